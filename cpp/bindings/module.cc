@@ -1,0 +1,13 @@
+// module.cc: the pybind11 module spark_infer._core.
+#include <pybind11/pybind11.h>
+
+namespace spark {
+void RegisterOps(pybind11::module_& m);
+void RegisterEngine(pybind11::module_& m);
+}  // namespace spark
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "spark-infer C++ core: Highway SIMD kernels and the transformer engine";
+  spark::RegisterOps(m);
+  spark::RegisterEngine(m);
+}

@@ -1,0 +1,207 @@
+// ops_bindings.cc: every kernel, reachable from Python for tests and benchmarks.
+// Outputs are caller-provided arrays (zero-copy); the GIL is released while a kernel runs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bindings/arrays.h"
+#include "hwy/highway.h"
+#include "hwy/targets.h"
+#include "ops/activation.h"
+#include "ops/matvec.h"
+#include "ops/norm.h"
+#include "ops/sparse.h"
+#include "ops/topk.h"
+#include "util/threading.h"
+
+namespace spark {
+namespace py = pybind11;
+using py::arg;
+using OptArray = std::optional<py::array>;
+
+namespace {
+
+void CheckIndices(const int32_t* idx, size_t n, size_t rows) {
+  for (size_t j = 0; j < n; ++j) {
+    if (idx[j] < 0 || static_cast<size_t>(idx[j]) >= rows) {
+      throw py::index_error("idx[" + std::to_string(j) + "] = " + std::to_string(idx[j]) +
+                            " is outside [0, " + std::to_string(rows) + ")");
+    }
+  }
+}
+
+// Unary map binding: out = f(x), same 1-D shape.
+template <class F>
+void Unary(py::array x, py::array out, F f) {
+  const float* px = Checked<float>(x, "x", {-1});
+  const size_t n = static_cast<size_t>(x.shape(0));
+  float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(n)}, true);
+  py::gil_scoped_release release;
+  f(px, n, po);
+}
+
+// Targets compiled and supported, read once before any test forces one (forcing shrinks what
+// hwy::SupportedAndGeneratedTargets reports).
+const std::vector<int64_t>& AllTargets() {
+  static const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  return targets;
+}
+
+std::vector<std::pair<std::string, int64_t>> SupportedTargetList() {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (int64_t t : AllTargets()) out.emplace_back(hwy::TargetName(t), t);
+  return out;
+}
+
+}  // namespace
+
+void RegisterOps(py::module_& m) {
+  AllTargets();
+  // --- threads and SIMD targets
+  m.def("physical_cores", &PhysicalCores, "Physical cores of this machine.");
+  m.def("num_threads", &NumThreads, "Threads the kernels use.");
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
+    SetNumThreads(n);
+  }, arg("n"), "Set the number of threads the kernels use (>= 1).");
+  m.def("supported_targets", &SupportedTargetList,
+        "SIMD targets compiled into this build and supported by this CPU: [(name, bit)], best first.");
+  m.def("set_target", [](int64_t bit) {
+    if (bit != 0) {
+      bool ok = false;
+      for (int64_t t : AllTargets()) ok |= (t == bit);
+      if (!ok) throw py::value_error("target " + std::to_string(bit) + " is not compiled or not supported here");
+    }
+    hwy::SetSupportedTargetsForTest(bit);
+  }, arg("bit"), "Force one SIMD target for all kernels (a bit from supported_targets()); 0 restores the best.");
+  m.def("current_target", []() -> std::string {
+    const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();  // best first
+    return targets.empty() ? "none" : hwy::TargetName(targets[0]);
+  }, "Name of the SIMD target the kernels dispatch to now.");
+
+  // --- dense
+  m.def("matvec", [](py::array w, py::array x, py::array out, OptArray scale) {
+    const MatRef mw = CheckedWeights(w, scale);
+    const float* px = Checked<float>(x, "x", {static_cast<py::ssize_t>(mw.cols)});
+    float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(mw.rows)}, true);
+    py::gil_scoped_release release;
+    MatVec(mw, px, po);
+  }, arg("w").noconvert(), arg("x").noconvert(), arg("out").noconvert(), arg("scale").noconvert() = py::none(),
+     "out[r] = w[r, :] . x. w: [rows, cols] float32 | uint16 (bf16) | int8 (+ scale [rows]).");
+  m.def("matmul", [](py::array w, py::array x, py::array out, OptArray scale) {
+    const MatRef mw = CheckedWeights(w, scale);
+    const float* px = Checked<float>(x, "x", {-1, static_cast<py::ssize_t>(mw.cols)});
+    const py::ssize_t T = x.shape(0);
+    float* po = Checked<float>(out, "out", {T, static_cast<py::ssize_t>(mw.rows)}, true);
+    py::gil_scoped_release release;
+    MatMul(mw, px, static_cast<size_t>(T), po);
+  }, arg("w").noconvert(), arg("x").noconvert(), arg("out").noconvert(), arg("scale").noconvert() = py::none(),
+     "out[t, r] = w[r, :] . x[t, :] for a chunk of T tokens. x: [T, cols], out: [T, rows].");
+
+  // --- sparse
+  m.def("masked_matvec", [](py::array w, py::array x, py::array idx, py::array out, OptArray scale) {
+    const MatRef mw = CheckedWeights(w, scale);
+    const float* px = Checked<float>(x, "x", {static_cast<py::ssize_t>(mw.cols)});
+    const int32_t* pi = Checked<int32_t>(idx, "idx", {-1});
+    const size_t n = static_cast<size_t>(idx.shape(0));
+    float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(n)}, true);
+    CheckIndices(pi, n, mw.rows);
+    py::gil_scoped_release release;
+    MaskedMatVec(mw, px, pi, n, po);
+  }, arg("w").noconvert(), arg("x").noconvert(), arg("idx").noconvert(), arg("out").noconvert(),
+     arg("scale").noconvert() = py::none(),
+     "out[j] = w[idx[j], :] . x; rows not in idx are never read. idx: int32 [n], out: [n].");
+  m.def("sparse_vecmat", [](py::array w, py::array u, py::array idx, py::array out, OptArray scale) {
+    const MatRef mw = CheckedWeights(w, scale);
+    const int32_t* pi = Checked<int32_t>(idx, "idx", {-1});
+    const size_t n = static_cast<size_t>(idx.shape(0));
+    const float* pu = Checked<float>(u, "u", {static_cast<py::ssize_t>(n)});
+    float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(mw.cols)}, true);
+    CheckIndices(pi, n, mw.rows);
+    py::gil_scoped_release release;
+    SparseVecMat(mw, pu, pi, n, po);
+  }, arg("w").noconvert(), arg("u").noconvert(), arg("idx").noconvert(), arg("out").noconvert(),
+     arg("scale").noconvert() = py::none(),
+     "out = sum_j u[j] * w[idx[j], :] (column tiles per thread). u: [n], out: [cols].");
+
+  // --- statistical top-k
+  m.def("inv_normal_cdf", [](double p) {
+    if (!(p > 0.0 && p < 1.0)) throw py::value_error("p must be in (0, 1), got " + std::to_string(p));
+    return InvNormalCdf(p);
+  }, arg("p"), "Q(p): the inverse standard-normal CDF.");
+  m.def("statistical_topk", [](py::array x, double fraction) {
+    if (!(fraction > 0.0 && fraction < 1.0))
+      throw py::value_error("fraction must be in (0, 1), got " + std::to_string(fraction));
+    const float* px = Checked<float>(x, "x", {-1});
+    const size_t n = static_cast<size_t>(x.shape(0));
+    py::array_t<int32_t> idx(static_cast<py::ssize_t>(n));
+    py::array_t<float> shifted(static_cast<py::ssize_t>(n));
+    const float q = static_cast<float>(InvNormalCdf(1.0 - fraction));
+    TopKStats s;
+    {
+      py::gil_scoped_release release;
+      s = StatisticalTopK(px, n, q, idx.mutable_data(), shifted.mutable_data());
+    }
+    idx.resize({static_cast<py::ssize_t>(s.count)});
+    shifted.resize({static_cast<py::ssize_t>(s.count)});
+    return py::make_tuple(idx, shifted, s.theta);
+  }, arg("x").noconvert(), arg("fraction"),
+     "theta = mean(x) + std(x) * Q(1 - fraction) (population std). Returns (idx of x > theta, "
+     "x[idx] - theta, theta).");
+
+  // --- norms, RoPE, activations
+  m.def("rms_norm", [](py::array x, py::array w, py::array out, float eps) {
+    const float* px = Checked<float>(x, "x", {-1});
+    const py::ssize_t n = x.shape(0);
+    const float* pw = Checked<float>(w, "w", {n});
+    float* po = Checked<float>(out, "out", {n}, true);
+    py::gil_scoped_release release;
+    RmsNorm(px, pw, static_cast<size_t>(n), eps, po);
+  }, arg("x").noconvert(), arg("w").noconvert(), arg("out").noconvert(), arg("eps") = 1e-6f,
+     "out = x / sqrt(mean(x^2) + eps) * (1 + w).");
+  m.def("rope_angles", [](double pos, double base, size_t m) {
+    if (m == 0 || m % 2) throw py::value_error("m must be even and > 0");
+    py::array_t<float> c(static_cast<py::ssize_t>(m / 2)), s(static_cast<py::ssize_t>(m / 2));
+    RopeAngles(pos, base, m, c.mutable_data(), s.mutable_data());
+    return py::make_tuple(c, s);
+  }, arg("pos"), arg("base"), arg("m"), "(cos, sin) of pos * base^(-2i/m), i < m/2.");
+  m.def("rope", [](py::array x, py::array cos, py::array sin) {
+    float* px = Checked<float>(x, "x", {-1}, true);
+    const py::ssize_t m = x.shape(0);
+    if (m % 2) throw py::value_error("x: length must be even");
+    const float* pc = Checked<float>(cos, "cos", {m / 2});
+    const float* ps = Checked<float>(sin, "sin", {m / 2});
+    py::gil_scoped_release release;
+    Rope(px, static_cast<size_t>(m), pc, ps);
+  }, arg("x").noconvert(), arg("cos").noconvert(), arg("sin").noconvert(),
+     "In place: rotate pairs (i, i + m/2) of x by the angles given as cos/sin [m/2].");
+  m.def("gelu_tanh", [](py::array x, py::array out) { Unary(x, out, GeluTanh); },
+        arg("x").noconvert(), arg("out").noconvert(), "out = tanh-GELU(x).");
+  m.def("softplus", [](py::array x, py::array out) { Unary(x, out, Softplus); },
+        arg("x").noconvert(), arg("out").noconvert(), "out = log(1 + exp(x)).");
+  m.def("softmax", [](py::array x, py::array out) {
+    if (x.ndim() == 1 && x.shape(0) == 0) throw py::value_error("x: softmax of an empty vector");
+    Unary(x, out, Softmax);
+  }, arg("x").noconvert(), arg("out").noconvert(), "out = softmax(x).");
+  m.def("softcap", [](py::array x, float cap, py::array out) {
+    if (!(cap > 0.0f)) throw py::value_error("cap must be > 0");
+    Unary(x, out, [cap](const float* a, size_t n, float* o) { SoftCap(a, n, cap, o); });
+  }, arg("x").noconvert(), arg("cap"), arg("out").noconvert(), "out = cap * tanh(x / cap).");
+  m.def("gelu_mul", [](py::array gate, py::array up, py::array out) {
+    const float* pg = Checked<float>(gate, "gate", {-1});
+    const py::ssize_t n = gate.shape(0);
+    const float* pu = Checked<float>(up, "up", {n});
+    float* po = Checked<float>(out, "out", {n}, true);
+    py::gil_scoped_release release;
+    GeluMul(pg, pu, static_cast<size_t>(n), po);
+  }, arg("gate").noconvert(), arg("up").noconvert(), arg("out").noconvert(),
+     "out = tanh-GELU(gate) * up.");
+}
+
+}  // namespace spark

@@ -1,0 +1,65 @@
+// matvec.cc: dispatch and threading for matvec-inl.h.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/matvec.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+#include "ops/matvec-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace spark {
+namespace HWY_NAMESPACE {
+
+// Dispatch on the weight type; out: [T, out_stride].
+HWY_NOINLINE void MatMulRows(const MatRef& w, const float* HWY_RESTRICT x, size_t T,
+                             float* HWY_RESTRICT out, size_t out_stride, size_t r0, size_t r1) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return MatMulRowsT(static_cast<const float*>(w.data), nullptr, w.cols, x, T, out,
+                         out_stride, r0, r1);
+    case WeightType::kBF16:
+      return MatMulRowsT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, x, T,
+                         out, out_stride, r0, r1);
+    case WeightType::kI8:
+      return MatMulRowsT(static_cast<const int8_t*>(w.data), w.scale, w.cols, x, T, out,
+                         out_stride, r0, r1);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace spark
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "ops/matvec.h"
+#include "util/threading.h"
+
+namespace spark {
+HWY_EXPORT(MatMulRows);
+
+namespace {
+// Rows per thread part: a multiple of the 4-row decode tile, and enough work (>= 64 KiB of
+// weights) that a part is worth a thread wake-up.
+size_t RowGranule(const MatRef& w) {
+  const size_t row_bytes = w.cols * WeightTypeBytes(w.type);
+  size_t g = (64 * 1024 + row_bytes - 1) / row_bytes;
+  return (g + 3) / 4 * 4;
+}
+}  // namespace
+
+void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t out_stride,
+                 size_t r0, size_t r1) {
+  HWY_DYNAMIC_DISPATCH(MatMulRows)(w, x, T, out, out_stride, r0, r1);
+}
+
+void MatVec(const MatRef& w, const float* x, float* out) { MatMul(w, x, 1, out); }
+
+void MatMul(const MatRef& w, const float* x, size_t T, float* out) {
+  const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
+  ParallelFor(w.rows, RowGranule(w), [&](size_t r0, size_t r1, int) {
+    fn(w, x, T, out, w.rows, r0, r1);
+  });
+}
+
+}  // namespace spark
+#endif  // HWY_ONCE

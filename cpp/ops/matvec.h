@@ -1,0 +1,27 @@
+// matvec.h: dense products with a weight matrix W: [rows, cols] (f32, bf16 or int8 + row scale).
+// Activations and accumulation are f32. Threads split the output rows (no cross-thread sums),
+// so results are identical for any thread count.
+#ifndef SPARK_OPS_MATVEC_H_
+#define SPARK_OPS_MATVEC_H_
+
+#include <stddef.h>
+
+#include "ops/weights.h"
+
+namespace spark {
+
+// out[r] = W[r, :] . x for r < rows.  x: [cols], out: [rows]. out must not alias x.
+void MatVec(const MatRef& w, const float* x, float* out);
+
+// Chunk matmul for T tokens: out[t, r] = W[r, :] . x[t, :].  x: [T, cols], out: [T, rows].
+// Each weight row is loaded once per group of tokens, not once per token.
+void MatMul(const MatRef& w, const float* x, size_t T, float* out);
+
+// Single-threaded, on the caller: out[t * out_stride + r] = W[r, :] . x[t, :] for r in [r0, r1).
+// For callers that already split work between threads (attention over heads).
+void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t out_stride,
+                 size_t r0, size_t r1);
+
+}  // namespace spark
+
+#endif  // SPARK_OPS_MATVEC_H_

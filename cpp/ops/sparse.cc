@@ -1,0 +1,76 @@
+// sparse.cc: dispatch and threading for sparse-inl.h.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/sparse.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+#include "ops/sparse-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace spark {
+namespace HWY_NAMESPACE {
+
+HWY_NOINLINE void MaskedMatVecRange(const MatRef& w, const float* HWY_RESTRICT x,
+                                    const int32_t* HWY_RESTRICT idx, size_t j0, size_t j1,
+                                    float* HWY_RESTRICT out) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return MaskedMatVecT(static_cast<const float*>(w.data), nullptr, w.cols, x, idx, j0, j1,
+                           out);
+    case WeightType::kBF16:
+      return MaskedMatVecT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, x, idx,
+                           j0, j1, out);
+    case WeightType::kI8:
+      return MaskedMatVecT(static_cast<const int8_t*>(w.data), w.scale, w.cols, x, idx, j0, j1,
+                           out);
+  }
+}
+
+HWY_NOINLINE void SparseVecMatCols(const MatRef& w, const float* HWY_RESTRICT u,
+                                   const int32_t* HWY_RESTRICT idx, size_t n,
+                                   float* HWY_RESTRICT out, size_t c0, size_t c1) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return SparseVecMatT(static_cast<const float*>(w.data), nullptr, w.cols, u, idx, n, out,
+                           c0, c1);
+    case WeightType::kBF16:
+      return SparseVecMatT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, u, idx,
+                           n, out, c0, c1);
+    case WeightType::kI8:
+      return SparseVecMatT(static_cast<const int8_t*>(w.data), w.scale, w.cols, u, idx, n, out,
+                           c0, c1);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace spark
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "ops/sparse.h"
+#include "util/threading.h"
+
+namespace spark {
+HWY_EXPORT(MaskedMatVecRange);
+HWY_EXPORT(SparseVecMatCols);
+
+void MaskedMatVec(const MatRef& w, const float* x, const int32_t* idx, size_t n_idx, float* out) {
+  const auto fn = HWY_DYNAMIC_DISPATCH(MaskedMatVecRange);
+  // 16 rows per part at least: a part below ~32 KiB of weights is not worth a thread.
+  ParallelFor(n_idx, 16, [&](size_t j0, size_t j1, int) { fn(w, x, idx, j0, j1, out); });
+}
+
+void SparseVecMatRange(const MatRef& w, const float* u, const int32_t* idx, size_t n_idx,
+                       float* out, size_t c0, size_t c1) {
+  HWY_DYNAMIC_DISPATCH(SparseVecMatCols)(w, u, idx, n_idx, out, c0, c1);
+}
+
+void SparseVecMat(const MatRef& w, const float* u, const int32_t* idx, size_t n_idx, float* out) {
+  const auto fn = HWY_DYNAMIC_DISPATCH(SparseVecMatCols);
+  // Tiles of 64 columns: whole cache lines of every weight type, and a multiple of any
+  // vector width, so only the last tile has a scalar tail.
+  ParallelFor(w.cols, 64, [&](size_t c0, size_t c1, int) { fn(w, u, idx, n_idx, out, c0, c1); });
+}
+
+}  // namespace spark
+#endif  // HWY_ONCE

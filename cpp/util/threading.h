@@ -1,0 +1,27 @@
+// threading.h: the process-wide kernel thread count and a parallel-for over [0, n).
+//
+// Kernels split their *outputs* between threads (rows of a matvec, column tiles of a vec-mat),
+// never a reduction, so results do not depend on the thread count. Threads are OpenMP's; a
+// call with n_threads == 1 or tiny work runs inline on the caller.
+#ifndef SPARK_UTIL_THREADING_H_
+#define SPARK_UTIL_THREADING_H_
+
+#include <stddef.h>
+
+#include <functional>
+
+namespace spark {
+
+// Physical cores of this machine (SMT siblings counted once); at least 1.
+int PhysicalCores();
+// Threads the kernels use; defaults to PhysicalCores().
+int NumThreads();
+void SetNumThreads(int n);
+
+// Calls fn(begin, end, thread) on num_parts contiguous parts of [0, n), each a multiple of
+// `granule` (except the last). Parts <= NumThreads(); part t is run by thread t.
+void ParallelFor(size_t n, size_t granule, const std::function<void(size_t, size_t, int)>& fn);
+
+}  // namespace spark
+
+#endif  // SPARK_UTIL_THREADING_H_
