@@ -4,10 +4,12 @@
 namespace spark {
 void RegisterOps(pybind11::module_& m);
 void RegisterEngine(pybind11::module_& m);
+void RegisterBench(pybind11::module_& m);
 }  // namespace spark
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "spark-infer C++ core: Highway SIMD kernels and the transformer engine";
   spark::RegisterOps(m);
   spark::RegisterEngine(m);
+  spark::RegisterBench(m);
 }
