@@ -1,6 +1,138 @@
-// engine_bindings.cc: the transformer engine (filled in by the engine issue).
+// engine_bindings.cc: spark_infer._core.Engine. Arguments are checked with the GIL held; the GIL
+// is released while the engine runs. Errors: FormatError (ValueError) for bad files,
+// ValueError for bad arguments, FileNotFoundError for a missing file.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "bindings/arrays.h"
+#include "model/engine.h"
+#include "util/json.h"
 
 namespace spark {
-void RegisterEngine(pybind11::module_& m) { (void)m; }
+namespace py = pybind11;
+using py::arg;
+
+namespace {
+
+py::dict ConfigDict(const ModelConfig& c) {
+  py::dict d;
+  d["vocab_size"] = c.vocab_size;
+  d["d_model"] = c.d_model;
+  d["n_layers"] = c.n_layers;
+  d["n_heads"] = c.n_heads;
+  d["n_kv_heads"] = c.n_kv_heads;
+  d["head_dim"] = c.head_dim;
+  d["d_ff"] = c.d_ff;
+  d["ffn_predictor_dim"] = c.ffn_predictor_dim;
+  d["attn_predictor_dim"] = c.attn_predictor_dim;
+  return d;
+}
+
+}  // namespace
+
+void RegisterEngine(py::module_& m) {
+  static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const FormatError& e) {
+      PyErr_SetString(format_error.ptr(), e.what());
+    } catch (const std::invalid_argument& e) {
+      const std::string msg = e.what();
+      if (msg.rfind("no such file: ", 0) == 0) {
+        PyErr_SetString(PyExc_FileNotFoundError, msg.c_str());
+      } else {
+        PyErr_SetString(PyExc_ValueError, msg.c_str());
+      }
+    }
+  });
+
+  py::class_<Engine>(m, "Engine", R"doc(
+A Gemma 2 / Gemma 3 transformer (dense or Spark) over a memory-mapped engine file.
+
+Arguments:
+  path: the engine file (.spark).
+  context_length: positions the KV cache holds (allocated once).
+  max_chunk: tokens per prefill chunk the buffers are sized for (grows if needed).
+)doc")
+      .def(py::init([](const std::string& path, size_t context_length, size_t max_chunk) {
+             py::gil_scoped_release release;
+             return std::make_unique<Engine>(path, context_length, max_chunk);
+           }),
+           arg("path"), arg("context_length"), arg("max_chunk") = 64)
+      .def_property_readonly("metadata", [](const Engine& e) {
+        py::dict d;
+        for (const auto& [k, v] : e.metadata()) d[py::str(k)] = py::bytes(v);
+        return d;
+      }, "The file's metadata, as bytes values.")
+      .def_property_readonly("shape", [](const Engine& e) { return ConfigDict(e.config()); },
+                             "The model's shapes as the engine read them.")
+      .def_property_readonly("vocab_size", [](const Engine& e) { return e.config().vocab_size; })
+      .def_property_readonly("context_length", &Engine::context_length)
+      .def_property_readonly("pos", &Engine::pos, "Positions in the KV cache now.")
+      .def_property_readonly("weight_bytes", &Engine::weight_bytes)
+      .def_property_readonly("kv_bytes", &Engine::kv_bytes)
+      .def_property_readonly("weight_type", [](const Engine& e) { return WeightTypeName(e.matrix_type()); })
+      .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads for this engine.")
+      .def("reset", &Engine::Reset, "Forget the whole cache (position 0).")
+      .def("rewind", &Engine::Rewind, arg("pos"), "Keep the cache for positions < pos.")
+      .def("prefill", [](Engine& e, py::array tokens, size_t chunk, bool all_logits) {
+        const int32_t* pt = Checked<int32_t>(tokens, "tokens", {-1});
+        const size_t n = static_cast<size_t>(tokens.shape(0));
+        const size_t V = e.config().vocab_size;
+        py::array_t<float> logits = all_logits
+            ? py::array_t<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(V)})
+            : py::array_t<float>(static_cast<py::ssize_t>(V));
+        float* pl = logits.mutable_data();
+        {
+          py::gil_scoped_release release;
+          e.Prefill(pt, n, chunk, pl, all_logits);
+        }
+        return logits;
+      }, arg("tokens").noconvert(), arg("chunk") = 64, arg("all_logits") = false,
+         "Run int32 tokens at the current position in chunks; returns the last token's logits "
+         "[vocab], or every token's [n, vocab] with all_logits=True.")
+      .def("decode", [](Engine& e, int64_t token) {
+        if (token < 0 || static_cast<size_t>(token) >= e.config().vocab_size)
+          throw py::value_error("token id " + std::to_string(token) + " is outside the vocabulary [0, " +
+                                std::to_string(e.config().vocab_size) + ")");
+        py::array_t<float> logits(static_cast<py::ssize_t>(e.config().vocab_size));
+        float* pl = logits.mutable_data();
+        {
+          py::gil_scoped_release release;
+          e.Decode(static_cast<int32_t>(token), pl);
+        }
+        return logits;
+      }, arg("token"), "Run one token; returns its logits [vocab].")
+      .def("stats", [](const Engine& e) {
+        const auto& s = e.stats();
+        const size_t L = s.size();
+        py::array_t<double> ffn(static_cast<py::ssize_t>(L)), att(static_cast<py::ssize_t>(L));
+        for (size_t i = 0; i < L; ++i) {
+          ffn.mutable_data()[i] = s[i].ffn_tokens > 0 ? s[i].ffn_active / (s[i].ffn_tokens * e.config().d_ff) : 0.0;
+          att.mutable_data()[i] = s[i].attn_queries > 0 ? s[i].attn_attended / s[i].attn_queries : 0.0;
+        }
+        py::dict d;
+        d["ffn_active_fraction"] = ffn;
+        d["attn_mean_tokens"] = att;
+        return d;
+      }, "Per layer, for the last prefill/decode call: the fraction of FFN neurons active "
+         "(mean over tokens) and the mean number of attended tokens per (token, query head).")
+      .def("times", [](const Engine& e) {
+        const TimeBreakdown& t = e.times();
+        py::dict d;
+        d["embed"] = t.embed;
+        d["attention"] = t.attention;
+        d["ffn"] = t.ffn;
+        d["logits"] = t.logits;
+        d["other"] = t.other;
+        return d;
+      }, "Seconds per component in the last call.");
+}
+
 }  // namespace spark

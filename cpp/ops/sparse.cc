@@ -10,7 +10,7 @@ HWY_BEFORE_NAMESPACE();
 namespace spark {
 namespace HWY_NAMESPACE {
 
-HWY_NOINLINE void MaskedMatVecRange(const MatRef& w, const float* HWY_RESTRICT x,
+HWY_NOINLINE void MaskedMatVecRows(const MatRef& w, const float* HWY_RESTRICT x,
                                     const int32_t* HWY_RESTRICT idx, size_t j0, size_t j1,
                                     float* HWY_RESTRICT out) {
   switch (w.type) {
@@ -51,13 +51,18 @@ HWY_AFTER_NAMESPACE();
 #include "util/threading.h"
 
 namespace spark {
-HWY_EXPORT(MaskedMatVecRange);
+HWY_EXPORT(MaskedMatVecRows);
 HWY_EXPORT(SparseVecMatCols);
 
 void MaskedMatVec(const MatRef& w, const float* x, const int32_t* idx, size_t n_idx, float* out) {
-  const auto fn = HWY_DYNAMIC_DISPATCH(MaskedMatVecRange);
+  const auto fn = HWY_DYNAMIC_DISPATCH(MaskedMatVecRows);
   // 16 rows per part at least: a part below ~32 KiB of weights is not worth a thread.
   ParallelFor(n_idx, 16, [&](size_t j0, size_t j1, int) { fn(w, x, idx, j0, j1, out); });
+}
+
+void MaskedMatVecRange(const MatRef& w, const float* x, const int32_t* idx, size_t j0, size_t j1,
+                       float* out) {
+  HWY_DYNAMIC_DISPATCH(MaskedMatVecRows)(w, x, idx, j0, j1, out);
 }
 
 void SparseVecMatRange(const MatRef& w, const float* u, const int32_t* idx, size_t n_idx,

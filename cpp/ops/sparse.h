@@ -20,6 +20,10 @@ void MaskedMatVec(const MatRef& w, const float* x, const int32_t* idx, size_t n_
 // so the result does not depend on the thread count.
 void SparseVecMat(const MatRef& w, const float* u, const int32_t* idx, size_t n_idx, float* out);
 
+// Single-threaded, on the caller: entries [j0, j1) of MaskedMatVec.
+void MaskedMatVecRange(const MatRef& w, const float* x, const int32_t* idx, size_t j0, size_t j1,
+                       float* out);
+
 // Single-threaded, on the caller: columns [c0, c1) of SparseVecMat.
 void SparseVecMatRange(const MatRef& w, const float* u, const int32_t* idx, size_t n_idx,
                        float* out, size_t c0, size_t c1);

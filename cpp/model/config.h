@@ -1,0 +1,39 @@
+// config.h: the model config (docs/engine-file.md), parsed from the engine file's JSON and
+// validated before any buffer is sized from it.
+#ifndef SPARK_MODEL_CONFIG_H_
+#define SPARK_MODEL_CONFIG_H_
+
+#include <stddef.h>
+
+#include <string>
+#include <vector>
+
+namespace spark {
+
+struct ModelConfig {
+  std::string arch;
+  size_t vocab_size = 0, d_model = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0,
+         d_ff = 0;
+  float norm_eps = 1e-6f;
+  float query_scale = 1.0f;
+  float attn_softcap = 0.0f;   // 0: none
+  float final_softcap = 0.0f;  // 0: none
+  bool qk_norm = false;
+  std::vector<bool> layer_is_local;  // [n_layers]
+  size_t sliding_window = 0;
+  double rope_base_global = 10000.0, rope_base_local = 10000.0, rope_scale_global = 1.0;
+  size_t ffn_predictor_dim = 0;  // 0: dense GeGLU FFN
+  float ffn_topk_fraction = 0.08f;
+  size_t attn_predictor_dim = 0;  // 0: dense attention
+  size_t attn_topk = 256;
+
+  bool SparkFfn() const { return ffn_predictor_dim > 0; }
+  bool SparkAttn() const { return attn_predictor_dim > 0; }
+
+  // Throws FormatError naming the field.
+  static ModelConfig FromJson(const std::string& json);
+};
+
+}  // namespace spark
+
+#endif  // SPARK_MODEL_CONFIG_H_

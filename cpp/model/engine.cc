@@ -1,0 +1,231 @@
+// engine.cc: loading, buffers, and the layer loop (Forward). Attention and FFN live in
+// attention.cc and ffn.cc.
+#include "model/engine.h"
+
+#include <math.h>
+#include <string.h>
+
+#include <chrono>
+#include <stdexcept>
+
+#include "ops/activation.h"
+#include "ops/matvec.h"
+#include "ops/norm.h"
+#include "ops/topk.h"
+#include "util/json.h"
+#include "util/threading.h"
+
+namespace spark {
+namespace {
+
+constexpr const char* kFormatName = "spark-infer";
+constexpr const char* kFormatVersion = "1";
+
+hwy::AlignedFreeUniquePtr<float[]> Floats(size_t n) {
+  auto p = hwy::AllocateAligned<float>(n ? n : 1);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// f32 copy of row r of an embedding matrix (any weight type).
+void EmbeddingRow(const MatRef& m, size_t r, float scale, float* out) {
+  const uint8_t* row = m.Row(r);
+  switch (m.type) {
+    case WeightType::kF32:
+      for (size_t c = 0; c < m.cols; ++c) out[c] = reinterpret_cast<const float*>(row)[c] * scale;
+      break;
+    case WeightType::kBF16:
+      for (size_t c = 0; c < m.cols; ++c) {
+        uint16_t b;
+        memcpy(&b, row + 2 * c, 2);
+        const uint32_t bits = static_cast<uint32_t>(b) << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        out[c] = f * scale;
+      }
+      break;
+    case WeightType::kI8:
+      for (size_t c = 0; c < m.cols; ++c)
+        out[c] = static_cast<float>(reinterpret_cast<const int8_t*>(row)[c]) * m.scale[r] * scale;
+      break;
+  }
+}
+
+const std::string& MetadataOrThrow(const SafetensorsFile& f, const std::string& key) {
+  auto it = f.metadata().find(key);
+  if (it == f.metadata().end())
+    throw FormatError(f.path() + ": not a spark-infer engine file (metadata has no '" + key + "')");
+  return it->second;
+}
+
+}  // namespace
+
+Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
+    : file_(path), ctx_(context_length), threads_(NumThreads()) {
+  if (MetadataOrThrow(file_, "format") != kFormatName)
+    throw FormatError(path + ": metadata 'format' is '" + file_.metadata().at("format") + "', expected 'spark-infer'");
+  const std::string& version = MetadataOrThrow(file_, "format_version");
+  if (version != kFormatVersion)
+    throw FormatError(path + ": engine file format version '" + version + "' is not supported (this engine reads version " +
+                      kFormatVersion + "); convert the model again with this version of spark-infer");
+  try {
+    config_ = ModelConfig::FromJson(MetadataOrThrow(file_, "config"));
+  } catch (const FormatError& e) {
+    throw FormatError(path + ": " + e.what());
+  }
+  weights_ = ModelWeights::Load(file_, config_);
+  if (context_length == 0) throw std::invalid_argument("context_length must be >= 1");
+  if (context_length > (size_t{1} << 24)) throw std::invalid_argument("context_length is too large");
+  if (max_chunk == 0) throw std::invalid_argument("max_chunk must be >= 1");
+  if (config_.SparkFfn()) ffn_q_ = static_cast<float>(InvNormalCdf(1.0 - config_.ffn_topk_fraction));
+  kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.attn_predictor_dim, ctx_);
+  iota_.resize(ctx_);
+  for (size_t i = 0; i < ctx_; ++i) iota_[i] = static_cast<int32_t>(i);
+  ffn_idx_.resize(config_.d_ff);
+  ffn_shift_ = Floats(config_.d_ff);
+  ffn_u_ = Floats(config_.d_ff);
+  stats_.resize(config_.n_layers);
+  AllocateActivations(max_chunk);
+}
+
+void Engine::set_threads(int n) {
+  if (n < 1) throw std::invalid_argument("threads must be >= 1");
+  threads_ = n;
+}
+
+void Engine::Rewind(size_t pos) {
+  if (pos > pos_)
+    throw std::invalid_argument("cannot rewind to position " + std::to_string(pos) + ": only " +
+                                std::to_string(pos_) + " positions are cached");
+  pos_ = pos;
+}
+
+void Engine::AllocateActivations(size_t T) {
+  const ModelConfig& c = config_;
+  T_ = T;
+  x_ = Floats(T * c.d_model);
+  xn_ = Floats(T * c.d_model);
+  tmp_ = Floats(T * c.d_model);
+  q_ = Floats(T * c.n_heads * c.head_dim);
+  att_ = Floats(T * c.n_heads * c.head_dim);
+  k_ = Floats(T * c.n_kv_heads * c.head_dim);
+  v_ = Floats(T * c.n_kv_heads * c.head_dim);
+  ff_a_ = Floats(T * c.d_ff);
+  ff_b_ = c.SparkFfn() ? Floats(1) : Floats(T * c.d_ff);
+  x1_ = Floats(T * c.ffn_predictor_dim);
+  x2_ = Floats(T * (c.d_model - c.ffn_predictor_dim));
+  rope_cos_ = Floats(2 * T * c.head_dim / 2);
+  rope_sin_ = Floats(2 * T * c.head_dim / 2);
+}
+
+void Engine::EnsureScratch() {
+  while (scratch_.size() < static_cast<size_t>(threads_)) {
+    Scratch s;
+    s.s1 = Floats(ctx_);
+    s.sel = Floats(ctx_);
+    s.s2 = Floats(ctx_);
+    s.idx.resize(ctx_);
+    scratch_.push_back(std::move(s));
+  }
+}
+
+void Engine::Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logits, bool all_logits) {
+  if (n == 0) throw std::invalid_argument("no tokens to process");
+  if (chunk == 0) throw std::invalid_argument("chunk must be >= 1");
+  if (n > ctx_ - pos_)
+    throw std::invalid_argument(std::to_string(n) + " tokens do not fit: " + std::to_string(pos_) +
+                                " of the context of " + std::to_string(ctx_) + " are in use");
+  for (size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || static_cast<size_t>(tokens[i]) >= config_.vocab_size)
+      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                  " is outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
+  }
+  SetNumThreads(threads_);
+  EnsureScratch();
+  if (chunk > T_) AllocateActivations(chunk);
+  for (LayerStats& s : stats_) s = LayerStats();
+  times_ = TimeBreakdown();
+  for (size_t done = 0; done < n; done += chunk) {
+    const size_t T = std::min(chunk, n - done);
+    const bool last = done + T == n;
+    float* out = all_logits ? logits + done * config_.vocab_size : (last ? logits : nullptr);
+    Forward(tokens + done, T, out, all_logits);
+  }
+}
+
+void Engine::RopeTables(size_t T) {
+  const ModelConfig& c = config_;
+  const size_t half = c.head_dim / 2, ra = c.attn_predictor_dim;
+  for (int local = 0; local < 2; ++local) {
+    const double base = local ? c.rope_base_local : c.rope_base_global;
+    const double scale = local ? 1.0 : c.rope_scale_global;
+    for (size_t t = 0; t < T; ++t) {
+      const double p = static_cast<double>(pos_ + t) / scale;
+      float* cs = rope_cos_.get() + (local * T_ + t) * half;
+      float* sn = rope_sin_.get() + (local * T_ + t) * half;
+      // Spark attention rotates [0, r_a) and [r_a, head_dim) on their own: two angle sets.
+      if (ra) {
+        RopeAngles(p, base, ra, cs, sn);
+        RopeAngles(p, base, c.head_dim - ra, cs + ra / 2, sn + ra / 2);
+      } else {
+        RopeAngles(p, base, c.head_dim, cs, sn);
+      }
+    }
+  }
+}
+
+void Engine::Forward(const int32_t* tokens, size_t T, float* logits, bool all_logits) {
+  const ModelConfig& c = config_;
+  const size_t d = c.d_model;
+  double t0 = Now();
+  const float embed_scale = sqrtf(static_cast<float>(d));
+  for (size_t t = 0; t < T; ++t) EmbeddingRow(weights_.embed, tokens[t], embed_scale, x_.get() + t * d);
+  RopeTables(T);
+  double t1 = Now();
+  times_.embed += t1 - t0;
+
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = weights_.layers[l];
+    t0 = Now();
+    for (size_t t = 0; t < T; ++t) RmsNorm(x_.get() + t * d, L.attn_norm, d, c.norm_eps, xn_.get() + t * d);
+    Attention(l, T);
+    t1 = Now();
+    times_.attention += t1 - t0;
+    for (size_t t = 0; t < T; ++t) {
+      float* x = x_.get() + t * d;
+      float* y = tmp_.get() + t * d;
+      RmsNorm(y, L.attn_post_norm, d, c.norm_eps, y);
+      for (size_t i = 0; i < d; ++i) x[i] += y[i];
+      RmsNorm(x, L.ffn_norm, d, c.norm_eps, xn_.get() + t * d);
+    }
+    t0 = Now();
+    times_.other += t0 - t1;
+    Ffn(l, T);
+    t1 = Now();
+    times_.ffn += t1 - t0;
+    for (size_t t = 0; t < T; ++t) {
+      float* x = x_.get() + t * d;
+      float* y = tmp_.get() + t * d;
+      RmsNorm(y, L.ffn_post_norm, d, c.norm_eps, y);
+      for (size_t i = 0; i < d; ++i) x[i] += y[i];
+    }
+    times_.other += Now() - t1;
+  }
+  pos_ += T;
+
+  if (logits == nullptr) return;
+  t0 = Now();
+  const size_t first = all_logits ? 0 : T - 1;
+  const size_t rows = T - first;
+  for (size_t t = first; t < T; ++t)
+    RmsNorm(x_.get() + t * d, weights_.final_norm, d, c.norm_eps, xn_.get() + (t - first) * d);
+  MatMul(weights_.embed, xn_.get(), rows, logits);
+  if (c.final_softcap > 0) SoftCap(logits, rows * c.vocab_size, c.final_softcap, logits);
+  times_.logits += Now() - t0;
+}
+
+}  // namespace spark

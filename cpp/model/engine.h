@@ -1,0 +1,105 @@
+// engine.h: a whole Gemma 2 / Gemma 3 transformer, dense or Spark, over a memory-mapped engine
+// file. Activations and the KV cache are allocated once at load; Prefill runs chunks of T tokens
+// (each weight row loaded once per chunk), Decode one token. The engine holds no Python objects.
+#ifndef SPARK_MODEL_ENGINE_H_
+#define SPARK_MODEL_ENGINE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hwy/aligned_allocator.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+
+namespace spark {
+
+// Sparsity actually used by the last Prefill/Decode call, per layer.
+struct LayerStats {
+  double ffn_active = 0;     // sum over tokens of active FFN neurons
+  double ffn_tokens = 0;     // tokens
+  double attn_attended = 0;  // sum over (token, query head) of attended tokens
+  double attn_queries = 0;   // (token, query head) pairs
+};
+
+// Wall time of the last call per component, seconds (for the benchmark's breakdown).
+struct TimeBreakdown {
+  double embed = 0, attention = 0, ffn = 0, logits = 0, other = 0;
+};
+
+class Engine {
+ public:
+  // Throws FormatError (bad file), std::invalid_argument (bad argument, missing file).
+  Engine(const std::string& path, size_t context_length, size_t max_chunk = 64);
+
+  const ModelConfig& config() const { return config_; }
+  const std::map<std::string, std::string>& metadata() const { return file_.metadata(); }
+  size_t context_length() const { return ctx_; }
+  size_t pos() const { return pos_; }
+  size_t weight_bytes() const { return weights_.bytes; }
+  size_t kv_bytes() const { return kv_.Bytes(); }
+  WeightType matrix_type() const { return weights_.matrix_type; }
+  int threads() const { return threads_; }
+  void set_threads(int n);
+
+  void Reset() { pos_ = 0; }
+  void Rewind(size_t pos);  // keep the cache for positions < pos
+
+  // Runs tokens at positions pos().. in chunks of `chunk` (<= max_chunk of the constructor is not
+  // required: larger chunks grow the buffers). logits: [n, vocab] if all_logits, else [vocab] for
+  // the last token. Throws std::invalid_argument on a bad token or a context overflow, before
+  // touching any state.
+  void Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logits, bool all_logits);
+  void Decode(int32_t token, float* logits) { Prefill(&token, 1, 1, logits, false); }
+
+  const std::vector<LayerStats>& stats() const { return stats_; }
+  const TimeBreakdown& times() const { return times_; }
+
+ private:
+  void AllocateActivations(size_t T);
+  void EnsureScratch();
+  void Forward(const int32_t* tokens, size_t T, float* logits, bool all_logits);
+  void RopeTables(size_t T);
+  void Attention(size_t layer, size_t T);
+  void Ffn(size_t layer, size_t T);
+
+  SafetensorsFile file_;
+  ModelConfig config_;
+  ModelWeights weights_;
+  KVCache kv_;
+  size_t ctx_;
+  size_t pos_ = 0;
+  int threads_;
+  float ffn_q_ = 0;  // Q(1 - ffn_topk_fraction)
+
+  // Activations for a chunk of up to T_ tokens.
+  size_t T_ = 0;
+  hwy::AlignedFreeUniquePtr<float[]> x_, xn_, tmp_;        // [T, d_model]
+  hwy::AlignedFreeUniquePtr<float[]> q_, k_, v_, att_;     // [T, heads * head_dim]
+  hwy::AlignedFreeUniquePtr<float[]> ff_a_, ff_b_;         // [T, d_ff]
+  hwy::AlignedFreeUniquePtr<float[]> x1_, x2_;             // Spark FFN: [T, r], [T, d - r]
+  hwy::AlignedFreeUniquePtr<float[]> rope_cos_, rope_sin_;  // [2 (global, local)][T][head_dim/2]
+  std::vector<int32_t> ffn_idx_;                           // [d_ff]
+  hwy::AlignedFreeUniquePtr<float[]> ffn_shift_, ffn_u_;   // [d_ff]
+  std::vector<int32_t> iota_;                              // [ctx]: 0, 1, 2, ...
+
+  // Per-thread attention scratch, [ctx] each.
+  struct Scratch {
+    hwy::AlignedFreeUniquePtr<float[]> s1, sel, s2;
+    std::vector<int32_t> idx;
+  };
+  std::vector<Scratch> scratch_;
+
+  std::vector<LayerStats> stats_;
+  TimeBreakdown times_;
+};
+
+}  // namespace spark
+
+#endif  // SPARK_MODEL_ENGINE_H_

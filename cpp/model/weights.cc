@@ -1,0 +1,102 @@
+#include "model/weights.h"
+
+#include <string>
+
+#include "util/json.h"
+
+namespace spark {
+namespace {
+
+std::string ShapeStr(const std::vector<size_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+class Loader {
+ public:
+  explicit Loader(const SafetensorsFile& f) : f_(f) {}
+
+  const TensorInfo& Checked(const std::string& name, const std::vector<size_t>& shape) {
+    const TensorInfo& t = f_.Get(name);
+    if (t.shape != shape)
+      throw FormatError(f_.path() + ": tensor '" + name + "' has shape " + ShapeStr(t.shape) +
+                        ", the config needs " + ShapeStr(shape));
+    bytes_ += t.bytes;
+    return t;
+  }
+
+  const float* Vector(const std::string& name, size_t n) {
+    const TensorInfo& t = Checked(name, {n});
+    if (t.dtype != "F32") throw FormatError(f_.path() + ": tensor '" + name + "' must be F32, got " + t.dtype);
+    return reinterpret_cast<const float*>(t.data);
+  }
+
+  MatRef Matrix(const std::string& name, size_t rows, size_t cols) {
+    const TensorInfo& t = Checked(name, {rows, cols});
+    MatRef m;
+    m.data = t.data;
+    m.rows = rows;
+    m.cols = cols;
+    if (t.dtype == "F32") {
+      m.type = WeightType::kF32;
+    } else if (t.dtype == "BF16") {
+      m.type = WeightType::kBF16;
+    } else if (t.dtype == "I8") {
+      m.type = WeightType::kI8;
+      m.scale = Vector(name + ".scale", rows);
+    } else {
+      throw FormatError(f_.path() + ": tensor '" + name + "' has dtype " + t.dtype +
+                        "; matrices must be F32, BF16 or I8");
+    }
+    return m;
+  }
+
+  size_t bytes() const { return bytes_; }
+
+ private:
+  const SafetensorsFile& f_;
+  size_t bytes_ = 0;
+};
+
+}  // namespace
+
+ModelWeights ModelWeights::Load(const SafetensorsFile& file, const ModelConfig& c) {
+  Loader ld(file);
+  ModelWeights w;
+  const size_t d = c.d_model, hd = c.head_dim;
+  w.embed = ld.Matrix("token_embd", c.vocab_size, d);
+  w.final_norm = ld.Vector("output_norm", d);
+  for (size_t i = 0; i < c.n_layers; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    LayerWeights L;
+    L.attn_norm = ld.Vector(p + "attn_norm", d);
+    L.attn_post_norm = ld.Vector(p + "attn_post_norm", d);
+    L.ffn_norm = ld.Vector(p + "ffn_norm", d);
+    L.ffn_post_norm = ld.Vector(p + "ffn_post_norm", d);
+    if (c.qk_norm) {
+      L.q_norm = ld.Vector(p + "attn_q_norm", hd);
+      L.k_norm = ld.Vector(p + "attn_k_norm", hd);
+    }
+    L.q = ld.Matrix(p + "attn_q", c.n_heads * hd, d);
+    L.k = ld.Matrix(p + "attn_k", c.n_kv_heads * hd, d);
+    L.v = ld.Matrix(p + "attn_v", c.n_kv_heads * hd, d);
+    L.o = ld.Matrix(p + "attn_output", d, c.n_heads * hd);
+    if (c.SparkFfn()) {
+      const size_t r = c.ffn_predictor_dim;
+      L.k1 = ld.Matrix(p + "ffn_k1", c.d_ff, r);
+      L.k2 = ld.Matrix(p + "ffn_k2", c.d_ff, d - r);
+      L.v_ffn = ld.Matrix(p + "ffn_v", c.d_ff, d);
+    } else {
+      L.gate = ld.Matrix(p + "ffn_gate", c.d_ff, d);
+      L.up = ld.Matrix(p + "ffn_up", c.d_ff, d);
+      L.down = ld.Matrix(p + "ffn_down", d, c.d_ff);
+    }
+    w.layers.push_back(L);
+  }
+  w.matrix_type = w.layers.empty() ? w.embed.type : w.layers[0].q.type;
+  w.bytes = ld.bytes();
+  return w;
+}
+
+}  // namespace spark

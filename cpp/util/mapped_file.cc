@@ -1,0 +1,43 @@
+#include "util/mapped_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <stdexcept>
+
+#include "util/json.h"
+
+namespace spark {
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) throw std::invalid_argument("no such file: " + path);
+    throw std::runtime_error("cannot open " + path + ": " + strerror(err));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    throw std::invalid_argument("not a regular file: " + path);
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ == 0) {
+    close(fd);
+    throw FormatError(path + ": the file is empty");
+  }
+  void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) throw std::runtime_error("cannot map " + path + ": " + strerror(errno));
+  data_ = static_cast<const uint8_t*>(p);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+}  // namespace spark
