@@ -90,11 +90,11 @@ void Engine::Attention(size_t layer, size_t T) {
       size_t count = n;
       if (n > topk) {
         const float q = static_cast<float>(InvNormalCdf(1.0 - static_cast<double>(topk) / n));
-        const size_t kept = StatisticalTopK(s1, n, q, s.idx.data(), nullptr).count;
-        // All scores equal (std 0) keeps nothing: attend to everything rather than nothing.
-        if (kept > 0) {
-          idx = s.idx.data();
-          count = kept;
+        count = StatisticalTopK(s1, n, q, s.idx.data(), nullptr).count;
+        idx = s.idx.data();
+        if (count == 0) {  // all scores equal (std 0): an empty sum, as the definition says
+          std::fill(out, out + hd, 0.0f);
+          continue;
         }
       }
       float* w = s.sel.get();
