@@ -1,0 +1,279 @@
+"""Model config of an engine file: the schema of docs/engine-file.md, one field per row there.
+
+`ModelConfig` is frozen and validated on construction, so a config that exists is a config the
+engine can run. It round-trips through JSON (`to_json` / `from_json`), which is how it is stored
+in the `config` metadata entry of a `*.spark` file. `preset(name)` builds the shapes of the models
+this project targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ModelConfig", "preset", "PRESETS", "LAYER_GLOBAL", "LAYER_LOCAL"]
+
+LAYER_GLOBAL = "global"
+LAYER_LOCAL = "local"
+_ARCHS = ("gemma2", "gemma3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model's shapes and behaviours. Field meanings: docs/engine-file.md, "Config"."""
+
+    arch: str                      # "gemma2" | "gemma3" (informational)
+    vocab_size: int                # e.g. 256000
+    d_model: int                   # e.g. 2304
+    n_layers: int                  # e.g. 26
+    n_heads: int                   # e.g. 8
+    n_kv_heads: int                # e.g. 4; n_heads % n_kv_heads == 0
+    head_dim: int                  # e.g. 256; even (RoPE rotates pairs)
+    d_ff: int                      # e.g. 9216 (dense) or 13824 (Spark)
+    query_scale: float             # q multiplier before q.k, e.g. 256 ** -0.5
+    layer_types: tuple[str, ...]   # "global" / "local", one per layer
+    norm_eps: float = 1e-6
+    attn_softcap: float = 0.0      # 0: none
+    final_softcap: float = 0.0     # 0: none
+    qk_norm: bool = False
+    sliding_window: int = 4096     # local layers: itself plus sliding_window - 1 earlier keys
+    rope_base_global: float = 10000.0
+    rope_base_local: float = 10000.0
+    rope_scale_global: float = 1.0
+    ffn_predictor_dim: int = 0     # 0: dense GeGLU FFN; r > 0: Spark FFN
+    ffn_topk_fraction: float = 0.08
+    attn_predictor_dim: int = 0    # 0: dense attention; r_a > 0: Spark attention
+    attn_topk: int = 256
+    bos_id: int = 2
+    eos_id: int = 1
+    pad_id: int = 0
+    start_of_turn_id: int = 105
+    end_of_turn_id: int = 106
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; a frozen, hashable config wants a tuple.
+        if isinstance(self.layer_types, list):
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        # JSON may spell 1.0 as 1; store floats as floats so to_json is stable.
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        self.validate()
+
+    # ----------------------------------------------------------------------------- validation
+
+    def validate(self) -> None:
+        """Raise ValueError, in plain words, if any field is out of range or inconsistent."""
+        _check_types(self)
+        if self.arch not in _ARCHS:
+            raise ValueError(f"arch must be one of {_ARCHS}, got {self.arch!r}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                     "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                             f"({self.n_kv_heads})")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
+        for name in ("rope_base_global", "rope_base_local"):
+            value = getattr(self, name)
+            # A base of 1 or less gives every frequency the same (or a growing) angle.
+            if not (math.isfinite(value) and value > 1):
+                raise ValueError(f"{name} must be a finite number > 1, got {value}")
+        for name in ("norm_eps", "query_scale", "rope_scale_global"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("attn_softcap", "final_softcap"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 (0 means none), got {value}")
+        if len(self.layer_types) != self.n_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries but n_layers is "
+                             f"{self.n_layers}")
+        for i, kind in enumerate(self.layer_types):
+            if kind not in (LAYER_GLOBAL, LAYER_LOCAL):
+                raise ValueError(f"layer_types[{i}] must be 'global' or 'local', got {kind!r}")
+        if self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be at least 1, got {self.sliding_window}")
+        r = self.ffn_predictor_dim
+        if r != 0 and not (0 < r < self.d_model and r % 2 == 0):
+            raise ValueError(f"ffn_predictor_dim must be 0 (dense FFN) or an even number in "
+                             f"(0, d_model={self.d_model}), got {r}")
+        if not (0.0 < self.ffn_topk_fraction < 1.0):
+            raise ValueError(f"ffn_topk_fraction must be in (0, 1), got {self.ffn_topk_fraction}")
+        r_a = self.attn_predictor_dim
+        # Both parts of a Spark head are RoPE-rotated on their own, so both sizes must be even.
+        if r_a != 0 and not (0 < r_a < self.head_dim and r_a % 2 == 0):
+            raise ValueError(f"attn_predictor_dim must be 0 (dense attention) or an even number "
+                             f"in (0, head_dim={self.head_dim}), got {r_a}")
+        if self.attn_topk < 1:
+            raise ValueError(f"attn_topk must be at least 1, got {self.attn_topk}")
+        for name in ("bos_id", "eos_id", "pad_id", "start_of_turn_id", "end_of_turn_id"):
+            value = getattr(self, name)
+            if not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name} must be a token id in [0, vocab_size={self.vocab_size}), "
+                                 f"got {value}")
+
+    # ----------------------------------------------------------------------------- helpers
+
+    @property
+    def is_spark_ffn(self) -> bool:
+        """True when every layer's FFN is the Spark FFN (ffn_predictor_dim > 0)."""
+        return self.ffn_predictor_dim > 0
+
+    @property
+    def is_spark_attn(self) -> bool:
+        """True when every layer's attention is Spark attention (attn_predictor_dim > 0)."""
+        return self.attn_predictor_dim > 0
+
+    def is_local(self, layer: int) -> bool:
+        """True when `layer` is a sliding-window layer."""
+        return self.layer_types[layer] == LAYER_LOCAL
+
+    def rope_base(self, layer: int) -> float:
+        return self.rope_base_local if self.is_local(layer) else self.rope_base_global
+
+    def rope_scale(self, layer: int) -> float:
+        """Positions of `layer` are divided by this (linear scaling applies to global layers)."""
+        return 1.0 if self.is_local(layer) else self.rope_scale_global
+
+    # ----------------------------------------------------------------------------- JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layer_types"] = list(self.layer_types)
+        return d
+
+    def to_json(self) -> str:
+        """Compact JSON with every field, in declaration order."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.name not in d and f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"missing config field(s): {', '.join(missing)}")
+        layer_types = d.get("layer_types")
+        if not isinstance(layer_types, (list, tuple)):
+            raise ValueError("layer_types must be a list of 'global' / 'local'")
+        return cls(**{**d, "layer_types": tuple(layer_types)})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelConfig:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated). Changing n_layers alone re-derives
+        layer_types by repeating the current pattern."""
+        if "n_layers" in changes and "layer_types" not in changes:
+            n = changes["n_layers"]
+            pattern = self.layer_types
+            changes["layer_types"] = tuple(pattern[i % len(pattern)] for i in range(max(n, 0)))
+        return dataclasses.replace(self, **changes)
+
+
+_INT_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+               "sliding_window", "ffn_predictor_dim", "attn_predictor_dim", "attn_topk", "bos_id",
+               "eos_id", "pad_id", "start_of_turn_id", "end_of_turn_id")
+_FLOAT_FIELDS = ("query_scale", "norm_eps", "attn_softcap", "final_softcap", "rope_base_global",
+                 "rope_base_local", "rope_scale_global", "ffn_topk_fraction")
+
+
+def _check_types(cfg: ModelConfig) -> None:
+    # bool is an int subclass in Python; a config with `"d_model": true` is a mistake.
+    for name in _INT_FIELDS:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    for name in _FLOAT_FIELDS:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+    if not isinstance(cfg.qk_norm, bool):
+        raise ValueError(f"qk_norm must be true or false, got {cfg.qk_norm!r}")
+    if not isinstance(cfg.arch, str):
+        raise ValueError(f"arch must be a string, got {cfg.arch!r}")
+    if not isinstance(cfg.layer_types, tuple):
+        raise ValueError("layer_types must be a list of 'global' / 'local'")
+
+
+# --------------------------------------------------------------------------------- presets
+
+def _gemma2_layers(n_layers: int) -> tuple[str, ...]:
+    # Gemma 2 alternates, starting with a sliding-window layer at layer 0.
+    return tuple(LAYER_LOCAL if i % 2 == 0 else LAYER_GLOBAL for i in range(n_layers))
+
+
+def _gemma3_layers(n_layers: int) -> tuple[str, ...]:
+    # Gemma 3: five local layers, then one global: layer i is global iff (i + 1) % 6 == 0.
+    return tuple(LAYER_GLOBAL if (i + 1) % 6 == 0 else LAYER_LOCAL for i in range(n_layers))
+
+
+def _gemma2_2b() -> ModelConfig:
+    # Gemma 2's tokenizer puts <start_of_turn>/<end_of_turn> at 106/107 (Gemma 3's at 105/106).
+    return ModelConfig(
+        arch="gemma2", vocab_size=256000, d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4,
+        head_dim=256, d_ff=9216, query_scale=1.0 / 16.0, layer_types=_gemma2_layers(26),
+        attn_softcap=50.0, final_softcap=30.0, qk_norm=False, sliding_window=4096,
+        rope_base_global=10000.0, rope_base_local=10000.0, start_of_turn_id=106,
+        end_of_turn_id=107)
+
+
+def _spark_2b() -> ModelConfig:
+    # d_ff 13824 = 1.5 * 9216 matches the gated FFN's parameter count (spark-paper.md 2.2).
+    return _gemma2_2b().replace(d_ff=13824, ffn_predictor_dim=1024, ffn_topk_fraction=0.08,
+                                attn_predictor_dim=128, attn_topk=256)
+
+
+def _gemma3_270m() -> ModelConfig:
+    return ModelConfig(
+        arch="gemma3", vocab_size=262144, d_model=640, n_layers=18, n_heads=4, n_kv_heads=1,
+        head_dim=256, d_ff=2048, query_scale=1.0 / 16.0, layer_types=_gemma3_layers(18),
+        qk_norm=True, sliding_window=512, rope_base_global=1_000_000.0, rope_base_local=10000.0)
+
+
+def _gemma3_1b() -> ModelConfig:
+    return ModelConfig(
+        arch="gemma3", vocab_size=262144, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1,
+        head_dim=256, d_ff=6912, query_scale=1.0 / 16.0, layer_types=_gemma3_layers(26),
+        qk_norm=True, sliding_window=512, rope_base_global=1_000_000.0, rope_base_local=10000.0)
+
+
+def _spark_gemma3_270m() -> ModelConfig:
+    return _gemma3_270m().replace(d_ff=3072, ffn_predictor_dim=320, ffn_topk_fraction=0.08,
+                                  attn_predictor_dim=128, attn_topk=256)
+
+
+PRESETS = {
+    "gemma2-2b": _gemma2_2b,
+    "spark-2b": _spark_2b,
+    "gemma3-270m": _gemma3_270m,
+    "gemma3-1b": _gemma3_1b,
+    "spark-gemma3-270m": _spark_gemma3_270m,
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """The config of a named model shape: one of PRESETS."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None

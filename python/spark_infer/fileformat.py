@@ -1,0 +1,468 @@
+"""Write and read engine files (`*.spark`): safetensors containers laid out per docs/engine-file.md.
+
+Contract:
+- `tensor_specs(cfg)` is the one table of tensors a config implies (name, shape, is_matrix);
+  the writer, the reader and the tests all use it.
+- Norm vectors are F32. Matrices are F32, BF16 (round to nearest even) or I8 with a `<name>.scale`
+  F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`. One dtype for all matrices except
+  `token_embd`, which may differ.
+- Layout written here (the safetensors format allows no holes between tensors): the header is
+  padded with spaces so the data starts at a multiple of 64 bytes; tensors follow contiguously,
+  F32 first, then BF16, then I8 (each group in table order), so every tensor starts at a multiple
+  of its element size. Readers should check alignment rather than assume it.
+- The writer streams: it writes the header (computable from the config alone), pre-sizes the file
+  and writes each tensor at its offset as the source hands it over, converting in row chunks of
+  about `_CHUNK_ELEMS` elements, so peak memory is one source tensor plus one chunk. Output goes to
+  a temporary file in the target directory, renamed over the target only on success.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NamedTuple, Union
+
+import numpy as np
+
+from .config import ModelConfig
+
+__all__ = [
+    "FormatError", "TensorSpec", "RowBlocks", "tensor_specs", "f32_to_bf16", "bf16_to_f32",
+    "quantize_int8", "dequantize_int8", "write_engine_file", "read_engine_file",
+    "FORMAT_NAME", "FORMAT_VERSION", "DTYPES",
+]
+
+FORMAT_NAME = "spark-infer"
+FORMAT_VERSION = "1"
+DTYPES = ("f32", "bf16", "int8")
+_ST_DTYPE = {"f32": "F32", "bf16": "BF16", "int8": "I8"}
+_ITEMSIZE = {"F32": 4, "BF16": 2, "I8": 1}
+_HEADER_ALIGN = 64
+# 1 Mi elements (4 MiB of f32) per chunk: temporaries stay in cache (measured ~1.5x faster bf16
+# conversion than 4 Mi chunks), and numpy calls stay long enough to hide their overhead.
+_CHUNK_ELEMS = 1 << 20
+
+
+class FormatError(ValueError):
+    """An engine file that breaks docs/engine-file.md; the message names the tensor or field."""
+
+
+class TensorSpec(NamedTuple):
+    name: str
+    shape: tuple[int, ...]
+    is_matrix: bool
+
+
+@dataclass(frozen=True)
+class RowBlocks:
+    """A tensor handed over as consecutive blocks of rows (each [n_i, *shape[1:]], sum n_i =
+    shape[0]), for sources that never hold the whole tensor, e.g. a random generator."""
+
+    shape: tuple[int, ...]
+    blocks: Iterable[np.ndarray]
+
+
+TensorValue = Union[np.ndarray, RowBlocks]
+TensorSource = Union[Mapping[str, Any], Callable[[str, tuple[int, ...]], Any],
+                     Iterable[tuple[str, Any]]]
+
+
+# ------------------------------------------------------------------------------ tensor table
+
+def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
+    """Every tensor `cfg` implies, in table order (docs/engine-file.md, "Tensors")."""
+    d, hd, ff = cfg.d_model, cfg.head_dim, cfg.d_ff
+    specs = [TensorSpec("token_embd", (cfg.vocab_size, d), True),
+             TensorSpec("output_norm", (d,), False)]
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        specs += [TensorSpec(p + "attn_norm", (d,), False),
+                  TensorSpec(p + "attn_post_norm", (d,), False),
+                  TensorSpec(p + "ffn_norm", (d,), False),
+                  TensorSpec(p + "ffn_post_norm", (d,), False)]
+        if cfg.qk_norm:
+            specs += [TensorSpec(p + "attn_q_norm", (hd,), False),
+                      TensorSpec(p + "attn_k_norm", (hd,), False)]
+        specs += [TensorSpec(p + "attn_q", (cfg.n_heads * hd, d), True),
+                  TensorSpec(p + "attn_k", (cfg.n_kv_heads * hd, d), True),
+                  TensorSpec(p + "attn_v", (cfg.n_kv_heads * hd, d), True),
+                  TensorSpec(p + "attn_output", (d, cfg.n_heads * hd), True)]
+        if cfg.is_spark_ffn:
+            r = cfg.ffn_predictor_dim
+            specs += [TensorSpec(p + "ffn_k1", (ff, r), True),
+                      TensorSpec(p + "ffn_k2", (ff, d - r), True),
+                      TensorSpec(p + "ffn_v", (ff, d), True)]
+        else:
+            specs += [TensorSpec(p + "ffn_gate", (ff, d), True),
+                      TensorSpec(p + "ffn_up", (ff, d), True),
+                      TensorSpec(p + "ffn_down", (d, ff), True)]
+    return specs
+
+
+# ------------------------------------------------------------------------------ conversions
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (uint16) of float32(x), rounded to nearest, ties to even.
+
+    Integer rounding on the f32 bits: add 0x7FFF plus the lowest kept bit, then drop 16 bits.
+    A carry into the exponent is the correct rounding (up to inf past the bf16 maximum). NaN
+    keeps its sign and top payload bits and is forced quiet, so it never rounds into inf.
+    """
+    x32 = np.asarray(x, dtype=np.float32)
+    bits = x32.view(np.uint32)
+    t = bits >> 16
+    t &= 1
+    t += 0x7FFF
+    t += bits             # wraps only for NaN bit patterns, which are replaced below
+    t >>= 16
+    out = t.astype(np.uint16)
+    nan = np.isnan(x32)
+    if nan.any():
+        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return out
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bf16 bit patterns (uint16, or any 2-byte dtype viewed as uint16)."""
+    b = np.asarray(bits)
+    if b.dtype != np.uint16:
+        b = b.view(np.uint16)
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8: q [rows, cols] int8 and scale [rows] f32 with
+    scale[r] = max|w[r, :]| / 127 (0 for a zero row) and q = round_half_even(w / scale).
+    |w - scale * q| <= scale / 2 per element, up to f32 rounding of the division."""
+    w32 = np.asarray(w, dtype=np.float32)
+    if w32.ndim != 2:
+        raise ValueError(f"quantize_int8 wants a 2-D matrix, got shape {w32.shape}")
+    amax = np.max(np.abs(w32), axis=1) if w32.shape[1] > 0 else np.zeros(w32.shape[0], np.float32)
+    scale = (amax / np.float32(127.0)).astype(np.float32)
+    q = np.zeros(w32.shape, dtype=np.float32)
+    np.divide(w32, scale[:, None], out=q, where=scale[:, None] > 0)
+    np.rint(q, out=q)
+    np.clip(q, -127.0, 127.0, out=q)
+    return q.astype(np.int8), scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 w[r, c] = scale[r] * q[r, c]."""
+    return np.asarray(q, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
+
+
+# ------------------------------------------------------------------------------ layout
+
+class _Entry(NamedTuple):
+    name: str
+    shape: tuple[int, ...]
+    st_dtype: str          # safetensors dtype: F32 | BF16 | I8
+    begin: int             # offset within the data section
+    end: int
+
+
+def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str) -> dict[str, _Entry]:
+    """Offsets of every tensor (and int8 scale) in the data section, F32 first, then BF16, I8."""
+    wanted: list[tuple[str, tuple[int, ...], str]] = []
+    for spec in tensor_specs(cfg):
+        if not spec.is_matrix:
+            wanted.append((spec.name, spec.shape, "F32"))
+            continue
+        code = _ST_DTYPE[embed_dtype if spec.name == "token_embd" else dtype]
+        wanted.append((spec.name, spec.shape, code))
+        if code == "I8":
+            wanted.append((spec.name + ".scale", (spec.shape[0],), "F32"))
+    # Stable sort by decreasing element size: each tensor starts aligned to its element size.
+    wanted.sort(key=lambda item: -_ITEMSIZE[item[2]])
+    entries: dict[str, _Entry] = {}
+    offset = 0
+    for name, shape, code in wanted:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[code]
+        entries[name] = _Entry(name, shape, code, offset, offset + nbytes)
+        offset += nbytes
+    return entries
+
+
+def _header_bytes(cfg: ModelConfig, entries: dict[str, _Entry],
+                  tokenizer_proto: bytes | None) -> bytes:
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": cfg.to_json()}
+    if tokenizer_proto is not None:
+        metadata["tokenizer"] = base64.b64encode(bytes(tokenizer_proto)).decode("ascii")
+    header: dict[str, Any] = {"__metadata__": metadata}
+    for e in sorted(entries.values(), key=lambda e: e.begin):
+        header[e.name] = {"dtype": e.st_dtype, "shape": list(e.shape),
+                          "data_offsets": [e.begin, e.end]}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    # Spaces after the JSON (as the safetensors writer does) put the data start on a 64-byte line.
+    pad = (-(8 + len(text))) % _HEADER_ALIGN
+    text += b" " * pad
+    return len(text).to_bytes(8, "little") + text
+
+
+# ------------------------------------------------------------------------------ writer
+
+def _check_dtype_name(kind: str, value: str) -> str:
+    if value not in DTYPES:
+        raise ValueError(f"{kind} must be one of {DTYPES}, got {value!r}")
+    return value
+
+
+def _value_shape(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, RowBlocks):
+        return tuple(int(n) for n in value.shape)
+    if not hasattr(value, "shape"):
+        raise ValueError(f"tensor {name!r}: expected a numpy array or RowBlocks, got "
+                         f"{type(value).__name__}")
+    return tuple(int(n) for n in value.shape)
+
+
+def _as_float_block(name: str, block: Any) -> np.ndarray:
+    a = np.asarray(block)
+    # ml_dtypes' bfloat16 is not an np.floating subtype but converts exactly to f32.
+    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+        raise ValueError(f"tensor {name!r}: expected floating-point values, got dtype {a.dtype}")
+    return a.astype(np.float32, copy=False)
+
+
+def _row_blocks(name: str, value: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """Yield float32 blocks of whole rows (of elements for a 1-D tensor), shape-checked."""
+    if isinstance(value, RowBlocks):
+        rows_seen = 0
+        for block in value.blocks:
+            b = _as_float_block(name, block)
+            if b.ndim != len(shape) or tuple(b.shape[1:]) != shape[1:]:
+                raise ValueError(f"tensor {name!r}: block of shape {b.shape} does not fit "
+                                 f"shape {shape}")
+            rows_seen += b.shape[0]
+            if rows_seen > shape[0]:
+                raise ValueError(f"tensor {name!r}: blocks give more than {shape[0]} rows")
+            yield b
+        if rows_seen != shape[0]:
+            raise ValueError(f"tensor {name!r}: blocks give {rows_seen} rows, expected {shape[0]}")
+        return
+    a = np.asarray(value)
+    if len(shape) == 1:
+        yield _as_float_block(name, a)
+        return
+    cols = int(np.prod(shape[1:], dtype=np.int64))
+    step = max(1, _CHUNK_ELEMS // max(cols, 1))
+    for r0 in range(0, shape[0], step):
+        yield _as_float_block(name, a[r0:r0 + step])
+
+
+def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name: str,
+                  value: Any) -> None:
+    entry = entries[name]
+    shape = _value_shape(name, value)
+    if shape != entry.shape:
+        raise ValueError(f"tensor {name!r} has shape {shape}, expected {entry.shape}")
+    row_elems = int(np.prod(entry.shape[1:], dtype=np.int64))   # 1 for a vector
+    row = 0
+    for block in _row_blocks(name, value, entry.shape):
+        if not np.all(np.isfinite(block)):
+            raise ValueError(f"tensor {name!r} has NaN or infinite values")
+        n_rows = block.shape[0]
+        if entry.st_dtype == "F32":
+            out = np.ascontiguousarray(block, dtype="<f4")
+        elif entry.st_dtype == "BF16":
+            out = f32_to_bf16(block)
+        else:
+            out, scale = quantize_int8(block.reshape(n_rows, -1))
+            scale_entry = entries[name + ".scale"]
+            f.seek(data_start + scale_entry.begin + 4 * row)
+            f.write(np.ascontiguousarray(scale, dtype="<f4").data)
+        f.seek(data_start + entry.begin + row * row_elems * _ITEMSIZE[entry.st_dtype])
+        f.write(np.ascontiguousarray(out).data)
+        row += n_rows
+
+
+def _iter_source(source: TensorSource, specs: list[TensorSpec]) -> Iterator[tuple[str, Any]]:
+    """(name, value) pairs of every tensor; a mapping is checked in full before this returns."""
+    if isinstance(source, Mapping):
+        _check_mapping(source, specs)
+        return ((s.name, source[s.name]) for s in specs)
+    return _iter_lazy_source(source, specs)
+
+
+def _check_mapping(source: Mapping[str, Any], specs: list[TensorSpec]) -> None:
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in source]
+    if missing:
+        raise ValueError(f"missing tensor {missing[0]!r}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = sorted(set(source) - set(names))
+    if unexpected:
+        raise ValueError(f"unexpected tensor {unexpected[0]!r} (not in the table for this "
+                         f"config)")
+    # Shapes are known up front: fail before the first byte is written.
+    for spec in specs:
+        shape = _value_shape(spec.name, source[spec.name])
+        if shape != spec.shape:
+            raise ValueError(f"tensor {spec.name!r} has shape {shape}, expected {spec.shape}")
+
+
+def _iter_lazy_source(source: Any, specs: list[TensorSpec]) -> Iterator[tuple[str, Any]]:
+    names = {s.name for s in specs}
+    if callable(source):
+        for spec in specs:
+            yield spec.name, source(spec.name, spec.shape)
+    else:
+        seen: set[str] = set()
+        for item in source:
+            name, value = item
+            if name not in names:
+                raise ValueError(f"unexpected tensor {name!r} (not in the table for this config)")
+            if name in seen:
+                raise ValueError(f"tensor {name!r} given twice")
+            seen.add(name)
+            yield name, value
+        missing = [s.name for s in specs if s.name not in seen]
+        if missing:
+            raise ValueError(f"missing tensor {missing[0]!r}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: TensorSource,
+                      dtype: str = "bf16", tokenizer_proto: bytes | None = None,
+                      embed_dtype: str | None = None) -> None:
+    """Write an engine file at `path` (atomically: a temporary file renamed at the end).
+
+    tensors: every tensor of `tensor_specs(cfg)` as float values (float32 preferred), given as
+      - a mapping name -> array or RowBlocks (all names and shapes checked before writing), or
+      - a callable (name, shape) -> array or RowBlocks, called once per tensor in table order, or
+      - an iterable of (name, array or RowBlocks) pairs, in any order.
+    dtype: matrix dtype, "f32" | "bf16" | "int8"; embed_dtype: token_embd's (default: dtype).
+    Raises ValueError naming the tensor for a missing, unexpected, misshapen or non-finite one;
+    no file is left at `path` (nor a temporary) when anything fails.
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    _check_dtype_name("dtype", dtype)
+    embed_dtype = _check_dtype_name("embed_dtype", dtype if embed_dtype is None else embed_dtype)
+    if tokenizer_proto is not None and not isinstance(tokenizer_proto, (bytes, bytearray,
+                                                                        memoryview)):
+        raise ValueError("tokenizer_proto must be bytes (a serialized SentencePiece ModelProto)")
+    specs = tensor_specs(cfg)
+    entries = _layout(cfg, dtype, embed_dtype)
+    header = _header_bytes(cfg, entries, tokenizer_proto)
+    data_start = len(header)
+    data_size = max((e.end for e in entries.values()), default=0)
+    source_iter = _iter_source(tensors, specs)
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            f.write(header)
+            f.truncate(data_start + data_size)
+            for name, value in source_iter:
+                _write_tensor(f, data_start, entries, name, value)
+        os.chmod(tmp, 0o644)   # mkstemp makes 0600; an engine file is not a secret
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ------------------------------------------------------------------------------ reader
+
+def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
+                     ) -> tuple[ModelConfig, bytes | None, dict[str, np.ndarray]]:
+    """Read an engine file: (config, tokenizer proto bytes or None, tensors).
+
+    Tensors are the table's names (plus `<name>.scale` for I8 matrices unless dequantized).
+    dequantize=False: F32 as float32, BF16 as uint16 bit patterns, I8 as int8.
+    dequantize=True: every table tensor as float32 (bf16 widened exactly, int8 times scale).
+    Raises FormatError (naming the tensor or field) for a file that breaks the contract.
+    """
+    import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16", which safetensors asks for)
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(os.fspath(path), framework="numpy")
+    except (SafetensorError, OSError) as e:
+        raise FormatError(f"{os.fspath(path)}: not a readable safetensors file: {e}") from None
+    with handle as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT_NAME:
+            raise FormatError(f"metadata 'format' must be {FORMAT_NAME!r}, got "
+                              f"{meta.get('format')!r}")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise FormatError(f"metadata 'format_version' must be {FORMAT_VERSION!r}, got "
+                              f"{meta.get('format_version')!r}")
+        if "config" not in meta:
+            raise FormatError("metadata has no 'config'")
+        try:
+            cfg = ModelConfig.from_json(meta["config"])
+        except ValueError as e:
+            raise FormatError(f"metadata 'config': {e}") from None
+        tokenizer = None
+        if "tokenizer" in meta:
+            try:
+                tokenizer = base64.b64decode(meta["tokenizer"], validate=True)
+            except ValueError as e:
+                raise FormatError(f"metadata 'tokenizer' is not base64: {e}") from None
+
+        specs = tensor_specs(cfg)
+        present = set(f.keys())
+        expected: set[str] = set()
+        matrix_dtypes: set[str] = set()
+        for spec in specs:
+            if spec.name not in present:
+                raise FormatError(f"tensor {spec.name!r} is missing")
+            sl = f.get_slice(spec.name)
+            st_dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
+            expected.add(spec.name)
+            if shape != spec.shape:
+                raise FormatError(f"tensor {spec.name!r} has shape {shape}, expected {spec.shape}")
+            if not spec.is_matrix:
+                if st_dtype != "F32":
+                    raise FormatError(f"tensor {spec.name!r} must be F32, got {st_dtype}")
+                continue
+            if st_dtype not in ("F32", "BF16", "I8"):
+                raise FormatError(f"tensor {spec.name!r} has dtype {st_dtype}; matrices are F32, "
+                                  f"BF16 or I8")
+            if spec.name != "token_embd":
+                matrix_dtypes.add(st_dtype)
+                if len(matrix_dtypes) > 1:
+                    raise FormatError(f"tensor {spec.name!r} is {st_dtype}, but other matrices "
+                                      f"are {sorted(matrix_dtypes - {st_dtype})[0]}; all matrices "
+                                      f"but token_embd share one dtype")
+            if st_dtype == "I8":
+                scale_name = spec.name + ".scale"
+                if scale_name not in present:
+                    raise FormatError(f"tensor {scale_name!r} is missing (I8 matrix needs it)")
+                ssl = f.get_slice(scale_name)
+                if ssl.get_dtype() != "F32" or tuple(ssl.get_shape()) != (spec.shape[0],):
+                    raise FormatError(f"tensor {scale_name!r} must be F32 [{spec.shape[0]}], got "
+                                      f"{ssl.get_dtype()} {list(ssl.get_shape())}")
+                expected.add(scale_name)
+        unexpected = sorted(present - expected)
+        if unexpected:
+            raise FormatError(f"tensor {unexpected[0]!r} is not in the table for this config")
+
+        out: dict[str, np.ndarray] = {}
+        for spec in specs:
+            a = f.get_tensor(spec.name)
+            if a.dtype.itemsize == 2:   # BF16 (ml_dtypes.bfloat16 from safetensors)
+                a = a.view(np.uint16)
+            if not dequantize:
+                out[spec.name] = a
+                if a.dtype == np.int8:
+                    out[spec.name + ".scale"] = f.get_tensor(spec.name + ".scale")
+            elif a.dtype == np.uint16:
+                out[spec.name] = bf16_to_f32(a)
+            elif a.dtype == np.int8:
+                out[spec.name] = dequantize_int8(a, f.get_tensor(spec.name + ".scale"))
+            else:
+                out[spec.name] = a.astype(np.float32, copy=False)
+    return cfg, tokenizer, out

@@ -1,0 +1,282 @@
+"""Plain numpy float64 forward pass of an engine-file model, written from docs/engine-file.md.
+
+This is the oracle the engine is tested against, so it favours the equations over speed: one
+function per equation, a loop over query tokens and heads in attention, no caching. It is
+written from the contract only (never from engine code) and checked against Hugging Face's
+Gemma 2 / Gemma 3 (tests/test_reference.py) and, for the Spark parts, against brute force.
+
+Shapes: T tokens, D = d_model, H = n_heads, G = n_kv_heads, hd = head_dim, F = d_ff, V = vocab.
+Weights are the engine-file tensors by name, any float dtype (e.g. `read_engine_file(...,
+dequantize=True)`); matrices are [rows, cols] and act as y = W @ x.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig
+
+__all__ = [
+    "LayerStats", "normal_quantile", "statistical_threshold", "rms_norm", "gelu_tanh", "softcap",
+    "softplus", "rope", "dense_ffn", "spark_ffn", "visible_keys", "attention", "forward",
+    "forward_with_stats",
+]
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Sparsity measured in one layer over a forward pass."""
+
+    ffn_active_fraction: float   # mean over tokens of |active neurons| / d_ff (1.0 when dense)
+    attn_mean_tokens: float      # mean over tokens and query heads of |attended tokens|
+
+
+# ------------------------------------------------------------------------------ scalars
+
+# Acklam's rational approximation of the inverse normal CDF (relative error < 1.2e-9), which two
+# Halley steps on math.erfc then take to double precision.
+_A = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+      1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
+_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+      6.680131188771972e+01, -1.328068155288572e+01)
+_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+      -2.549671010115056e+00, 4.374664141464968e+00, 2.938163982698783e+00)
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+      3.754408661907416e+00)
+_P_LOW = 0.02425
+
+
+def _acklam(p: float) -> float:
+    if p < _P_LOW or p > 1.0 - _P_LOW:
+        q = math.sqrt(-2.0 * math.log(min(p, 1.0 - p)))
+        x = ((((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5])
+             / ((((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0))
+        return x if p < _P_LOW else -x
+    q = p - 0.5
+    r = q * q
+    return ((((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
+            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0))
+
+
+def normal_quantile(p: float) -> float:
+    """Q(p): the inverse standard-normal CDF, for 0 < p < 1 (Q(0.92) = 1.40507...)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"normal_quantile needs 0 < p < 1, got {p}")
+    x = _acklam(p)
+    for _ in range(2):
+        # Halley step on Phi(x) - p, Phi(x) = erfc(-x / sqrt 2) / 2.
+        e = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p
+        u = e * math.sqrt(2.0 * math.pi) * math.exp(0.5 * x * x)
+        x -= u / (1.0 + 0.5 * x * u)
+    return x
+
+
+def statistical_threshold(s: np.ndarray, fraction: float) -> float:
+    """theta = mean(s) + std(s) * Q(1 - fraction), population std (divide by len(s))."""
+    s = np.asarray(s, dtype=np.float64)
+    return float(np.mean(s) + np.std(s) * normal_quantile(1.0 - fraction))
+
+
+# ------------------------------------------------------------------------------ elementwise
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * (1 + w) over the last axis (files store w, not 1 + w)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * (1.0 + w)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(x / cap); cap 0 means no cap."""
+    return x if cap == 0 else cap * np.tanh(x / cap)
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)), without overflow."""
+    return np.logaddexp(0.0, x)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, base: float, offset: int, size: int
+         ) -> np.ndarray:
+    """Split-half RoPE of the part [offset, offset + size) of each head; the rest is unchanged.
+
+    x: [T, n, hd]; positions: [T] (already divided by any position scale). Pairs (o + i,
+    o + i + size/2) rotate by angle pos * base^(-2i/size), i < size/2.
+    """
+    half = size // 2
+    inv_freq = base ** (-2.0 * np.arange(half, dtype=np.float64) / size)      # [half]
+    angle = positions[:, None].astype(np.float64) * inv_freq[None, :]         # [T, half]
+    cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]           # [T, 1, half]
+    out = np.array(x, dtype=np.float64)
+    x1 = x[:, :, offset:offset + half]
+    x2 = x[:, :, offset + half:offset + size]
+    out[:, :, offset:offset + half] = x1 * cos - x2 * sin
+    out[:, :, offset + half:offset + size] = x2 * cos + x1 * sin
+    return out
+
+
+# ------------------------------------------------------------------------------ FFN
+
+def dense_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray
+              ) -> np.ndarray:
+    """GeGLU: down @ (gelu_tanh(gate @ x) * (up @ x)). x: [T, D] -> [T, D]."""
+    return (gelu_tanh(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+
+
+def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, fraction: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Spark FFN of each token: (y [T, D], active count per token [T]).
+
+    s = K1 x[:r]; theta = statistical_threshold(s, fraction); active = {i : s_i > theta};
+    u_i = gelu_tanh(s_i - theta) * (K2[i] . x[r:]); y = sum_{i active} u_i V[i].
+    k1: [F, r], k2: [F, D - r], v: [F, D] (all neuron-major).
+    """
+    r = k1.shape[1]
+    y = np.zeros((x.shape[0], v.shape[1]))
+    n_active = np.zeros(x.shape[0], dtype=np.int64)
+    for t in range(x.shape[0]):
+        s = k1 @ x[t, :r]                                   # [F]
+        theta = statistical_threshold(s, fraction)
+        active = np.nonzero(s > theta)[0]
+        u = gelu_tanh(s[active] - theta) * (k2[active] @ x[t, r:])
+        y[t] = u @ v[active]
+        n_active[t] = active.size
+    return y, n_active
+
+
+# ------------------------------------------------------------------------------ attention
+
+def visible_keys(t: int, local: bool, window: int) -> np.ndarray:
+    """Key positions query t sees: causal, and in a local layer itself plus window - 1 earlier."""
+    first = max(0, t - window + 1) if local else 0
+    return np.arange(first, t + 1)
+
+
+def _dense_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """softmax_j(softcap(query_scale * q . k_j)) weighted sum of v_j. q: [hd], k, v: [n, hd]."""
+    scores = softcap(cfg.query_scale * (k @ q), cfg.attn_softcap)
+    p = np.exp(scores - scores.max())
+    return (p / p.sum()) @ v
+
+
+def _spark_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig
+                ) -> tuple[np.ndarray, int]:
+    """Spark attention of one query head over n visible tokens: (o [hd], |S|).
+
+    s1_j = softcap(query_scale * q[:r_a] . k_j[:r_a]); S = all when n <= attn_topk, else
+    {j : s1_j > statistical_threshold(s1, attn_topk / n)};
+    w_j = softmax_{j in S}(s1_j) * softplus(query_scale * q[r_a:] . k_j[r_a:]); o = sum w_j v_j.
+    An empty S gives o = 0 (an empty sum).
+    """
+    r_a = cfg.attn_predictor_dim
+    n = k.shape[0]
+    s1 = softcap(cfg.query_scale * (k[:, :r_a] @ q[:r_a]), cfg.attn_softcap)     # [n]
+    if n <= cfg.attn_topk:
+        keep = np.arange(n)
+    else:
+        keep = np.nonzero(s1 > statistical_threshold(s1, cfg.attn_topk / n))[0]
+    if keep.size == 0:
+        return np.zeros(v.shape[1]), 0
+    p = np.exp(s1[keep] - s1[keep].max())
+    p /= p.sum()
+    g = softplus(cfg.query_scale * (k[keep, r_a:] @ q[r_a:]))
+    return (p * g) @ v[keep], int(keep.size)
+
+
+def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray
+              ) -> tuple[np.ndarray, float]:
+    """Self-attention of layer `layer` on x: [T, D] (already attn_norm'ed).
+
+    Returns (out [T, D], mean over tokens and query heads of the attended-token count).
+    """
+    p = f"blk.{layer}."
+    T, H, G, hd = x.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    q = (x @ w[p + "attn_q"].T).reshape(T, H, hd)
+    k = (x @ w[p + "attn_k"].T).reshape(T, G, hd)
+    v = (x @ w[p + "attn_v"].T).reshape(T, G, hd)
+    if cfg.qk_norm:
+        q = rms_norm(q, w[p + "attn_q_norm"], cfg.norm_eps)
+        k = rms_norm(k, w[p + "attn_k_norm"], cfg.norm_eps)
+    positions = np.arange(T, dtype=np.float64) / cfg.rope_scale(layer)
+    base = cfg.rope_base(layer)
+    if cfg.is_spark_attn:
+        r_a = cfg.attn_predictor_dim
+        q = rope(rope(q, positions, base, 0, r_a), positions, base, r_a, hd - r_a)
+        k = rope(rope(k, positions, base, 0, r_a), positions, base, r_a, hd - r_a)
+    else:
+        q = rope(q, positions, base, 0, hd)
+        k = rope(k, positions, base, 0, hd)
+
+    heads = np.zeros((T, H, hd))
+    attended = 0
+    group = H // G                      # query heads h share KV head h // group
+    for t in range(T):
+        vis = visible_keys(t, cfg.is_local(layer), cfg.sliding_window)
+        for h in range(H):
+            kh, vh = k[vis, h // group], v[vis, h // group]
+            if cfg.is_spark_attn:
+                heads[t, h], n_kept = _spark_head(q[t, h], kh, vh, cfg)
+            else:
+                heads[t, h], n_kept = _dense_head(q[t, h], kh, vh, cfg), vis.size
+            attended += n_kept
+    out = heads.reshape(T, H * hd) @ w[p + "attn_output"].T
+    return out, attended / (T * H)
+
+
+# ------------------------------------------------------------------------------ model
+
+def _ffn(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray
+         ) -> tuple[np.ndarray, float]:
+    p = f"blk.{layer}."
+    if cfg.is_spark_ffn:
+        y, n_active = spark_ffn(x, w[p + "ffn_k1"], w[p + "ffn_k2"], w[p + "ffn_v"],
+                                cfg.ffn_topk_fraction)
+        return y, float(np.mean(n_active)) / cfg.d_ff
+    return dense_ffn(x, w[p + "ffn_gate"], w[p + "ffn_up"], w[p + "ffn_down"]), 1.0
+
+
+def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
+                       tokens: Sequence[int] | np.ndarray
+                       ) -> tuple[np.ndarray, list[LayerStats]]:
+    """Causal forward pass over `tokens` at positions 0..T-1: (logits [T, V], stats per layer)."""
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if tokens.size == 0:
+        raise ValueError("tokens is empty")
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
+    w: dict[str, np.ndarray] = {}
+    for name, a in weights.items():
+        if name.endswith(".scale"):
+            continue                    # int8 scales: weights must come dequantized
+        a = np.asarray(a)
+        if a.dtype.kind != "f":
+            raise ValueError(f"weight {name!r} has dtype {a.dtype}; pass float values "
+                             f"(read_engine_file(..., dequantize=True))")
+        w[name] = a.astype(np.float64)
+    eps = cfg.norm_eps
+
+    h = w["token_embd"][tokens] * math.sqrt(cfg.d_model)            # [T, D]
+    stats = []
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        a, attn_tokens = attention(cfg, i, w, rms_norm(h, w[p + "attn_norm"], eps))
+        h = h + rms_norm(a, w[p + "attn_post_norm"], eps)
+        f, ffn_fraction = _ffn(cfg, i, w, rms_norm(h, w[p + "ffn_norm"], eps))
+        h = h + rms_norm(f, w[p + "ffn_post_norm"], eps)
+        stats.append(LayerStats(ffn_active_fraction=ffn_fraction, attn_mean_tokens=attn_tokens))
+    logits = rms_norm(h, w["output_norm"], eps) @ w["token_embd"].T   # tied LM head
+    return softcap(logits, cfg.final_softcap), stats
+
+
+def forward(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
+            tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Causal forward pass over `tokens`: logits [T, vocab_size], float64."""
+    return forward_with_stats(cfg, weights, tokens)[0]
