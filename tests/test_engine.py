@@ -1,0 +1,291 @@
+"""The C++ engine against the numpy reference (python/spark_infer/reference.py).
+
+Random small models of every kind the engine supports; the engine's logits must equal the
+reference's at every position, for chunked prefill and for each decode step. f32 weights: the
+engine computes in f32, the reference in float64, over a few hundred dependent ops, so ~1e-6
+relative is expected; we allow 1e-4 (DESIGN.md's bar). bf16/int8 weights: the reference runs on
+the same dequantized values, so the same bound holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from spark_infer import _core, reference
+from spark_infer.config import ModelConfig
+from spark_infer.fileformat import read_engine_file
+
+_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+_spec = importlib.util.spec_from_file_location("make_random_model",
+                                               os.path.join(_TOOLS, "make_random_model.py"))
+make_random_model_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_random_model_mod)
+make_random_model = make_random_model_mod.make_random_model
+
+REL_TOL = 1e-4
+
+
+def tiny(**overrides) -> ModelConfig:
+    base = dict(arch="gemma3", vocab_size=101, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2,
+                head_dim=16, d_ff=96, query_scale=0.25, layer_types=("local", "global", "local"),
+                sliding_window=5, qk_norm=True, rope_base_global=1e6, rope_base_local=1e4,
+                start_of_turn_id=5, end_of_turn_id=6)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+KINDS = {
+    # Gemma 2: soft-caps, alternating local/global, one RoPE base, no QK-norm.
+    "gemma2": tiny(arch="gemma2", qk_norm=False, attn_softcap=50.0, final_softcap=30.0,
+                   rope_base_global=1e4, query_scale=0.3),
+    # Gemma 3: QK-norm, window, two RoPE bases, position scaling on global layers.
+    "gemma3": tiny(rope_scale_global=2.0),
+    "gemma3_mha": tiny(n_kv_heads=4),                      # GQA ratio 1
+    "gemma3_gqa4": tiny(n_kv_heads=1),                     # GQA ratio 4
+    "spark_ffn": tiny(ffn_predictor_dim=24, ffn_topk_fraction=0.2),
+    # Spark FFN + attention; attn_topk 6 < contexts of up to 20 tokens, and the window (5) <
+    # attn_topk on local layers, so every branch (keep all / top-k / window) runs.
+    "spark_all": tiny(ffn_predictor_dim=24, ffn_topk_fraction=0.2, attn_predictor_dim=8,
+                      attn_topk=6, sliding_window=9),
+    "spark_all_gemma2": tiny(arch="gemma2", qk_norm=False, attn_softcap=20.0, final_softcap=30.0,
+                             ffn_predictor_dim=32, attn_predictor_dim=6, attn_topk=4,
+                             n_kv_heads=1),
+}
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """Engine files written once per (kind, dtype), with their dequantized weights."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("models")
+
+    def get(kind: str, dtype: str = "f32"):
+        key = (kind, dtype)
+        if key not in cache:
+            path = str(root / f"{kind}-{dtype}.spark")
+            make_random_model(path, KINDS[kind], dtype=dtype, seed=7)
+            _, _, weights = read_engine_file(path, dequantize=True)
+            cache[key] = (path, weights)
+        return cache[key]
+
+    return get
+
+
+def tokens_for(cfg: ModelConfig, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, cfg.vocab_size, n).astype(np.int32)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_prefill_and_decode_match_reference(kind, model_files):
+    cfg = KINDS[kind]
+    path, weights = model_files(kind)
+    tokens = tokens_for(cfg, 20)
+    expected, ref_stats = reference.forward_with_stats(cfg, weights, tokens)
+
+    engine = _core.Engine(path, context_length=32)
+    prefill = engine.prefill(tokens, chunk=7, all_logits=True)
+    assert prefill.shape == (20, cfg.vocab_size)
+    assert rel_err(prefill, expected) < REL_TOL
+    # The engine's sparsity counters equal the reference's (same selections).
+    stats = engine.stats()
+    np.testing.assert_allclose(stats["attn_mean_tokens"], [s.attn_mean_tokens for s in ref_stats],
+                               rtol=1e-12)
+    np.testing.assert_allclose(stats["ffn_active_fraction"],
+                               [s.ffn_active_fraction for s in ref_stats], rtol=1e-12)
+
+    engine.reset()
+    decoded = np.stack([engine.decode(int(t)) for t in tokens])
+    assert rel_err(decoded, expected) < REL_TOL
+    assert engine.pos == 20
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "spark_all"])
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_quantized_weights_match_reference_on_dequantized(kind, dtype, model_files):
+    cfg = KINDS[kind]
+    path, weights = model_files(kind, dtype)
+    tokens = tokens_for(cfg, 16, seed=1)
+    expected = reference.forward(cfg, weights, tokens)
+    got = _core.Engine(path, context_length=16).prefill(tokens, chunk=5, all_logits=True)
+    assert rel_err(got, expected) < REL_TOL
+
+
+def test_prefill_then_decode_equals_decode_only(model_files):
+    cfg = KINDS["spark_all"]
+    path, _ = model_files("spark_all")
+    tokens = tokens_for(cfg, 18, seed=2)
+    a = _core.Engine(path, context_length=32)
+    a.prefill(tokens[:11], chunk=4)
+    after_prefill = [a.decode(int(t)) for t in tokens[11:]]
+    b = _core.Engine(path, context_length=32)
+    decode_only = [b.decode(int(t)) for t in tokens]
+    np.testing.assert_allclose(np.stack(after_prefill), np.stack(decode_only[11:]),
+                               rtol=0, atol=1e-5 * np.abs(decode_only[-1]).max())
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "spark_all"])
+def test_threads_and_chunk_size_do_not_change_results(kind, model_files):
+    cfg = KINDS[kind]
+    path, _ = model_files(kind)
+    tokens = tokens_for(cfg, 19, seed=3)
+    results = []
+    for threads, chunk in [(1, 1), (2, 3), (2, 64), (1, 19)]:
+        engine = _core.Engine(path, context_length=19)
+        engine.threads = threads
+        results.append(engine.prefill(tokens, chunk=chunk, all_logits=True))
+    for r in results[1:]:
+        # Kernels split outputs, not reductions, so only chunk tiling changes float rounding.
+        np.testing.assert_allclose(r, results[0], rtol=0, atol=1e-5 * np.abs(results[0]).max())
+
+
+def test_rewind_keeps_the_prefix(model_files):
+    cfg = KINDS["gemma3"]
+    path, weights = model_files("gemma3")
+    tokens = tokens_for(cfg, 12, seed=4)
+    engine = _core.Engine(path, context_length=16)
+    engine.prefill(tokens[:8])
+    engine.prefill(np.array([1, 2, 3], np.int32))  # a turn we then take back
+    engine.rewind(8)
+    last = engine.prefill(tokens[8:])
+    expected = reference.forward(cfg, weights, tokens)[-1]
+    assert rel_err(last, expected) < REL_TOL
+    with pytest.raises(ValueError, match="rewind"):
+        engine.rewind(13)
+
+
+def test_spark_sparsity_is_measured():
+    """FFN active fraction within 2 points of the target; attention attends <= ~attn_topk once
+    the context exceeds it, and every visible token below it."""
+    cfg = tiny(d_model=128, d_ff=2048, ffn_predictor_dim=64, ffn_topk_fraction=0.08,
+               attn_predictor_dim=8, attn_topk=16, n_layers=2, layer_types=("global", "global"),
+               vocab_size=64)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.spark")
+        make_random_model(path, cfg, dtype="bf16", seed=3)
+        engine = _core.Engine(path, context_length=128)
+        tokens = tokens_for(cfg, 100, seed=5)
+        engine.prefill(tokens[:10])
+        stats = engine.stats()
+        np.testing.assert_allclose(stats["attn_mean_tokens"], 5.5)  # mean of 1..10: all visible
+        assert np.all(np.abs(stats["ffn_active_fraction"] - 0.08) < 0.02)
+        engine.prefill(tokens[10:99])
+        logits = engine.decode(int(tokens[99]))  # 100 visible tokens > attn_topk = 16
+        assert np.all(np.isfinite(logits))
+        att = engine.stats()["attn_mean_tokens"]
+        assert np.all(att < 16 * 1.6) and np.all(att > 16 * 0.4), att
+        assert np.all(np.abs(engine.stats()["ffn_active_fraction"] - 0.08) < 0.02)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+def test_bad_arguments(model_files):
+    cfg = KINDS["gemma3"]
+    path, _ = model_files("gemma3")
+    engine = _core.Engine(path, context_length=8)
+    with pytest.raises(ValueError, match="do not fit"):
+        engine.prefill(tokens_for(cfg, 9))
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.prefill(np.array([0, cfg.vocab_size], np.int32))
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.decode(-1)
+    with pytest.raises(TypeError):
+        engine.prefill(np.array([1, 2], np.int64))
+    with pytest.raises(ValueError):
+        engine.prefill(np.zeros(0, np.int32))
+    assert engine.pos == 0  # nothing above touched the state
+    engine.prefill(tokens_for(cfg, 8))
+    with pytest.raises(ValueError, match="do not fit"):
+        engine.decode(1)
+    with pytest.raises(FileNotFoundError):
+        _core.Engine(path + ".missing", context_length=8)
+    with pytest.raises(ValueError):
+        _core.Engine(path, context_length=0)
+
+
+def _header(path: str) -> tuple[int, bytes, bytes]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    return n, raw[8:8 + n], raw[8 + n:]
+
+
+def _write(path: str, header: bytes, data: bytes, pad: bool = True) -> None:
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header + data)
+
+
+def _edit_header(src: str, dst: str, edit) -> None:
+    import json
+    _, header, data = _header(src)
+    obj = json.loads(header)
+    edit(obj)
+    _write(dst, json.dumps(obj).encode(), data)
+
+
+def _rewrite(src: str, dst: str, change) -> None:
+    with open(src, "rb") as f:
+        raw = f.read()
+    with open(dst, "wb") as f:
+        f.write(change(raw))
+
+
+HOSTILE = {
+    "truncated": lambda src, dst: _rewrite(src, dst, lambda b: b[:-100]),
+    "truncated_header": lambda src, dst: _rewrite(src, dst, lambda b: b[:50]),
+    "tiny": lambda src, dst: _rewrite(src, dst, lambda b: b"\x01\x02"),
+    "header_size_lies": lambda src, dst: _rewrite(
+        src, dst, lambda b: (10**12).to_bytes(8, "little") + b[8:]),
+    "flipped_header_bytes": lambda src, dst: _rewrite(
+        src, dst, lambda b: b[:8] + bytes(x ^ 0x5A for x in b[8:40]) + b[40:]),
+    "shape_lies": lambda src, dst: _edit_header(
+        src, dst, lambda h: h["blk.0.attn_q"].__setitem__("shape", [32, 128])),
+    "offset_past_end": lambda src, dst: _edit_header(
+        src, dst, lambda h: h["blk.1.ffn_up"].__setitem__("data_offsets", [10**9, 10**9 + 96 * 64 * 4])),
+    "offset_size_mismatch": lambda src, dst: _edit_header(
+        src, dst, lambda h: h["output_norm"].__setitem__(
+            "data_offsets", [h["output_norm"]["data_offsets"][0], h["output_norm"]["data_offsets"][0] + 4])),
+    "missing_tensor": lambda src, dst: _edit_header(src, dst, lambda h: h.pop("blk.2.ffn_down")),
+    "wrong_dtype": lambda src, dst: _edit_header(
+        src, dst, lambda h: h["output_norm"].__setitem__("dtype", "I32")),
+    "unknown_version": lambda src, dst: _edit_header(
+        src, dst, lambda h: h["__metadata__"].__setitem__("format_version", "99")),
+    "bad_config": lambda src, dst: _edit_header(
+        src, dst, lambda h: h["__metadata__"].__setitem__("config", '{"d_model": -3}')),
+    "not_json": lambda src, dst: _write(dst, b"{not json", b""),
+    "deep_json": lambda src, dst: _write(dst, b"[" * 100000 + b"]" * 100000, b""),
+}
+
+
+@pytest.mark.parametrize("attack", list(HOSTILE))
+def test_hostile_files_raise_format_error(attack, model_files, tmp_path):
+    path, _ = model_files("gemma3")
+    bad = str(tmp_path / "bad.spark")
+    HOSTILE[attack](path, bad)
+    with pytest.raises(_core.FormatError) as info:
+        _core.Engine(bad, context_length=8)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value)  # a message, in words
+
+
+def test_format_error_messages_name_the_problem(model_files, tmp_path):
+    path, _ = model_files("gemma3")
+    bad = str(tmp_path / "bad.spark")
+    HOSTILE["missing_tensor"](path, bad)
+    with pytest.raises(_core.FormatError, match="blk.2.ffn_down"):
+        _core.Engine(bad, context_length=8)
+    HOSTILE["shape_lies"](path, bad)
+    with pytest.raises(_core.FormatError, match="blk.0.attn_q"):
+        _core.Engine(bad, context_length=8)
+    HOSTILE["unknown_version"](path, bad)
+    with pytest.raises(_core.FormatError, match="version"):
+        _core.Engine(bad, context_length=8)
