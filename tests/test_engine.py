@@ -9,8 +9,6 @@ the same dequantized values, so the same bound holds.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import os
 
 import numpy as np
@@ -19,13 +17,8 @@ import pytest
 from spark_infer import _core, reference
 from spark_infer.config import ModelConfig
 from spark_infer.fileformat import read_engine_file
+from spark_infer.random_model import make_random_model
 
-_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-_spec = importlib.util.spec_from_file_location("make_random_model",
-                                               os.path.join(_TOOLS, "make_random_model.py"))
-make_random_model_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_random_model_mod)
-make_random_model = make_random_model_mod.make_random_model
 
 REL_TOL = 1e-4
 
