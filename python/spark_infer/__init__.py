@@ -1,10 +1,21 @@
-"""spark-infer: CPU inference for Gemma-family models and their Spark Transformer variants."""
+"""spark-infer: CPU inference for Gemma-family models and their Spark Transformer variants.
+
+    >>> import spark_infer
+    >>> model = spark_infer.load()                  # Gemma 3 270M, the embedded default
+    >>> model.generate("The capital of France is", max_new_tokens=8, temperature=0)
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from spark_infer.config import ModelConfig
+from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError
+from spark_infer.model import GenerationStats, Model, load
+from spark_infer.sampling import SamplingParams
 
 try:
     __version__ = version("spark-infer")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+source"
 
-__all__ = ["__version__"]
+__all__ = ["load", "Model", "ModelConfig", "SamplingParams", "GenerationStats", "FormatError",
+           "ContextLengthError", "ModelBusyError", "__version__"]

@@ -466,3 +466,51 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
             else:
                 out[spec.name] = a.astype(np.float32, copy=False)
     return cfg, tokenizer, out
+
+
+def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What `spark-infer info` shows, from the header alone (no tensor is read).
+
+    Returns {path, file_bytes, format, format_version, config (dict), parameters, dtypes
+    {dtype: tensor count}, has_tokenizer}. Raises FormatError for a file that is not an
+    engine file (or of an unknown format version), FileNotFoundError if it does not exist.
+    """
+    import json as _json
+
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise FormatError(f"{path}: truncated (shorter than the 8-byte header size)")
+        n = int.from_bytes(head, "little")
+        if n > 100 * 2**20 or n > size - 8:
+            raise FormatError(f"{path}: header size {n} does not fit the file: not an engine file")
+        try:
+            header = _json.loads(f.read(n))
+        except ValueError as e:
+            raise FormatError(f"{path}: header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if meta.get("format") != FORMAT_NAME:
+        raise FormatError(f"{path}: not a spark-infer engine file (metadata 'format' is "
+                          f"{meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{path}: engine file format version {meta.get('format_version')!r} is "
+                          f"not supported (this version reads {FORMAT_VERSION!r})")
+    try:
+        cfg = ModelConfig.from_json(meta["config"])
+    except (KeyError, ValueError) as e:
+        raise FormatError(f"{path}: metadata 'config': {e}") from None
+    dtypes: dict[str, int] = {}
+    params = 0
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or "dtype" not in entry or "shape" not in entry:
+            raise FormatError(f"{path}: tensor {name!r}: malformed header entry")
+        dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + 1
+        if not name.endswith(".scale"):
+            params += int(np.prod(entry["shape"], dtype=np.int64))
+    return {"path": path, "file_bytes": size, "format": meta["format"],
+            "format_version": meta["format_version"], "config": cfg.to_dict(),
+            "parameters": params, "dtypes": dtypes, "has_tokenizer": bool(meta.get("tokenizer"))}

