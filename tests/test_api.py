@@ -1,0 +1,202 @@
+"""The Python API on a tiny random model: generation, sampling, streaming, stops, chat, logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spark_infer
+from spark_infer import reference
+from spark_infer.fileformat import read_engine_file
+
+from tiny_model import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("api") / "tiny.spark")
+    write_tiny_model(path)
+    return path
+
+
+@pytest.fixture()
+def model(model_path):
+    return spark_infer.load(model_path, context_length=96)
+
+
+def test_version_and_exports():
+    assert spark_infer.__version__ == "0.1.0"
+    for name in spark_infer.__all__:
+        assert hasattr(spark_infer, name)
+
+
+def test_logits_equal_reference(model, model_path):
+    cfg, _, weights = read_engine_file(model_path, dequantize=True)
+    ids = model.tokenize("Ruth said, Intreat me not to leave thee.")
+    got = model.logits(ids)
+    expected = reference.forward(cfg, weights, ids)
+    assert got.shape == (len(ids), cfg.vocab_size)
+    assert np.max(np.abs(got - expected)) < 1e-4 * np.max(np.abs(expected))
+
+
+def test_greedy_is_the_argmax_chain(model, model_path):
+    cfg, _, weights = read_engine_file(model_path, dequantize=True)
+    prompt = model.tokenize("And Naomi said")
+    model.generate(prompt, max_new_tokens=6, temperature=0)
+    ids = list(prompt)
+    # Independent check: extend by the reference's argmax, one token at a time.
+    end = {cfg.eos_id, cfg.end_of_turn_id}
+    expected = []
+    for _ in range(6):
+        nxt = int(np.argmax(reference.forward(cfg, weights, ids)[-1]))
+        if nxt in end:
+            break
+        expected.append(nxt)
+        ids.append(nxt)
+    text = model.generate(prompt, max_new_tokens=6, temperature=0)
+    assert text == model.detokenize(expected)
+
+
+def test_seed_reproducible_and_different_seeds_differ(model):
+    kw = dict(max_new_tokens=24, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
+    a = model.generate("Ruth", seed=1, **kw)
+    b = model.generate("Ruth", seed=1, **kw)
+    c = model.generate("Ruth", seed=2, **kw)
+    assert a == b
+    assert a != c
+
+
+def test_stream_joins_to_text(model):
+    kw = dict(max_new_tokens=30, temperature=0.9, seed=5)
+    pieces = list(model.generate("Boaz", stream=True, **kw))
+    assert len(pieces) > 1
+    assert "".join(pieces) == model.generate("Boaz", **kw)
+
+
+def test_stream_never_splits_utf8(model):
+    # The tiny vocabulary has no CJK or emoji pieces: these become byte-fallback tokens, 3-4
+    # per character, and the streaming decoder must hold them until each character is whole.
+    text = "日本語 ✓ é 🙂 end"
+    ids = model.tokenize(text, add_bos=False)
+    assert len(ids) > len(text)  # really byte tokens
+    decoder = model.tokenizer.stream()
+    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert any(p == "" for p in pieces)  # something was held back
+
+
+def test_stop_strings(model):
+    full = model.generate("Ruth", max_new_tokens=40, temperature=0)
+    assert len(full) > 6
+    stop = full[3:6]
+    cut = model.generate("Ruth", max_new_tokens=40, temperature=0, stop=[stop])
+    assert cut == full[:full.index(stop)]
+    assert model.last_stats.finish_reason == "stop"
+    streamed = "".join(model.generate("Ruth", max_new_tokens=40, temperature=0, stop=[stop],
+                                      stream=True))
+    assert streamed == cut
+
+
+def test_max_new_tokens_and_stats(model):
+    model.generate("Ruth", max_new_tokens=5, temperature=0)
+    s = model.last_stats
+    assert s.generated_tokens <= 5
+    assert s.prompt_tokens == len(model.tokenize("Ruth"))
+    if s.generated_tokens == 5:
+        assert s.finish_reason == "length"
+
+
+def test_prefix_reuse_prefills_only_new_tokens(model):
+    a = model.tokenize("And Ruth the Moabitess said unto Naomi")
+    model.generate(a, max_new_tokens=2, temperature=0)
+    assert model.last_stats.prefill_tokens == len(a)
+    model.generate(a + model.tokenize(" and", add_bos=False), max_new_tokens=2, temperature=0)
+    # Everything up to the first generated token the new prompt does not share is cached.
+    assert model.last_stats.prefill_tokens < len(a)
+
+
+def test_chat_second_turn_prefills_only_new_tokens(model):
+    msgs = [{"role": "user", "content": "Who is Naomi?"}]
+    answer = model.chat(msgs, max_new_tokens=8, temperature=0)
+    first_pos = model.engine.pos
+    msgs += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And Ruth?"}]
+    model.chat(msgs, max_new_tokens=8, temperature=0)
+    full = model.chat_ids(msgs)
+    new = model.last_stats.prefill_tokens
+    # The cache held the first prompt and the answer: only the tail after them is prefilled.
+    assert new == len(full) - first_pos
+    assert new < len(full) // 2 + 1
+
+
+def test_chat_template_tokens(model):
+    tok = model.tokenizer
+    ids = model.chat_ids([{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Hi"}])
+    assert ids[0] == tok.bos_id and ids[1] == tok.start_of_turn_id
+    assert ids.count(tok.start_of_turn_id) == 2 and ids.count(tok.end_of_turn_id) == 1
+    assert tok.decode(ids) == "user\nBe brief.\n\nHi\nmodel\n"
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(min_p=1.0),
+    dict(repetition_penalty=0.0), dict(max_new_tokens=0), dict(seed=-3), dict(stop=[""]),
+    dict(temperature=float("nan")),
+])
+def test_bad_sampling_values_raise_value_error(model, kwargs):
+    with pytest.raises(ValueError):
+        model.generate("Ruth", **kwargs)
+    assert model.generate("Ruth", max_new_tokens=2, temperature=0) is not None  # still usable
+
+
+def test_prompt_longer_than_context(model):
+    long = "Ruth " * 400
+    with pytest.raises(spark_infer.ContextLengthError, match="context"):
+        model.generate(long)
+    assert isinstance(model.generate("Ruth", max_new_tokens=2, temperature=0), str)
+
+
+def test_bad_files_and_names(tmp_path, model_path):
+    with pytest.raises(FileNotFoundError):
+        spark_infer.load(str(tmp_path / "nope.spark"))
+    bad = tmp_path / "bad.spark"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b" " * 14)
+    with pytest.raises(spark_infer.FormatError):
+        spark_infer.load(str(bad))
+    with pytest.raises(ValueError):
+        spark_infer.load(model_path, threads=0)
+
+
+def test_unknown_format_version_is_a_format_error(tmp_path, model_path):
+    import json
+    with open(model_path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"]["format_version"] = "7"
+    new = json.dumps(header).encode()
+    path = tmp_path / "v7.spark"
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
+    with pytest.raises(spark_infer.FormatError, match="version"):
+        spark_infer.load(str(path))
+
+
+def test_closing_a_stream_early_keeps_the_model_usable(model):
+    stream = model.generate("Ruth", max_new_tokens=30, temperature=0, stream=True)
+    next(stream)
+    with pytest.raises(spark_infer.ModelBusyError):
+        model.generate("Naomi", max_new_tokens=2)
+    stream.close()
+    full = model.generate("Ruth", max_new_tokens=30, temperature=0)
+    model.reset()
+    assert full == model.generate("Ruth", max_new_tokens=30, temperature=0)
+
+
+def test_perplexity_matches_logits(model):
+    text = "And Ruth said, Intreat me not to leave thee"
+    ids = model.tokenize(text)
+    logits = model.logits(ids).astype(np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    expected = float(np.exp(-np.mean([logp[i, ids[i + 1]] for i in range(len(ids) - 1)])))
+    assert model.perplexity(text) == pytest.approx(expected, rel=1e-6)
