@@ -41,7 +41,8 @@ namespace {
 // Rows per thread part: a multiple of the 4-row decode tile, and enough work (>= 64 KiB of
 // weights) that a part is worth a thread wake-up.
 size_t RowGranule(const MatRef& w) {
-  const size_t row_bytes = w.cols * WeightTypeBytes(w.type);
+  // max(1, ..): cols == 0 is valid (every output is 0) and must not divide by zero.
+  const size_t row_bytes = w.cols * WeightTypeBytes(w.type) + (w.cols == 0);
   size_t g = (64 * 1024 + row_bytes - 1) / row_bytes;
   return (g + 3) / 4 * 4;
 }

@@ -1,0 +1,75 @@
+#include "util/bandwidth.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <vector>
+
+#include "hwy/aligned_allocator.h"
+#include "ops/stream.h"
+#include "util/threading.h"
+
+namespace spark {
+namespace {
+
+// Restores the global thread count on every exit path, exceptions included.
+class ThreadCountScope {
+ public:
+  explicit ThreadCountScope(int threads) : saved_(NumThreads()) {
+    if (threads > 0) SetNumThreads(threads);
+  }
+  ~ThreadCountScope() { SetNumThreads(saved_); }
+  ThreadCountScope(const ThreadCountScope&) = delete;
+  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Parts of 64 KiB: the matvec kernels' granule, so the probe splits memory as they do.
+constexpr size_t kGranuleFloats = 64 * 1024 / sizeof(float);
+
+}  // namespace
+
+std::vector<double> ReadBandwidthSamples(size_t nbytes, int threads, int repeats) {
+  if (nbytes < sizeof(float)) throw std::invalid_argument("nbytes must be >= 4");
+  if (repeats < 1) throw std::invalid_argument("repeats must be >= 1");
+  const ThreadCountScope scope(threads);
+  const size_t n = nbytes / sizeof(float);
+  hwy::AlignedFreeUniquePtr<float[]> buf = hwy::AllocateAligned<float>(n);
+  if (!buf) throw std::bad_alloc();
+  float* p = buf.get();
+  // First touch by the thread that will read each part (its pages then sit on its node), with
+  // values whose sum stays finite.
+  ParallelFor(n, kGranuleFloats, [p](size_t b, size_t e, int) {
+    std::fill(p + b, p + e, 1.0f);
+  });
+  std::vector<float> sums(static_cast<size_t>(NumThreads()), 0.0f);
+  auto pass = [&] {
+    ParallelFor(n, kGranuleFloats, [&](size_t b, size_t e, int t) {
+      sums[static_cast<size_t>(t)] += StreamSum(p + b, e - b);
+    });
+  };
+  pass();  // warm-up: TLB, OpenMP team start
+  std::vector<double> gbps;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    pass();
+    const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+    gbps.push_back(static_cast<double>(n * sizeof(float)) / dt.count() * 1e-9);
+  }
+  // The sums are results nobody reads; a volatile store keeps the passes from being elided.
+  volatile float sink = 0.0f;
+  for (float s : sums) sink = sink + s;
+  (void)sink;
+  return gbps;
+}
+
+double ReadBandwidth(size_t nbytes, int threads, int repeats) {
+  std::vector<double> v = ReadBandwidthSamples(nbytes, threads, repeats);
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+}  // namespace spark

@@ -1,0 +1,30 @@
+"""Shared pytest fixtures.
+
+`target`: runs a test once per SIMD target that this build compiled and this CPU supports,
+forcing the kernels onto it (test ids are the target names, e.g. test_matvec[AVX2-...]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from spark_infer import _core
+
+# [(name, bit)], best first; the module reads this list once at import, before any test narrows
+# the set by forcing a target.
+TARGETS: list[tuple[str, int]] = list(_core.supported_targets())
+
+
+@pytest.fixture(params=[bit for _, bit in TARGETS], ids=[name for name, _ in TARGETS])
+def target(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Forces one SIMD target for the test's duration; yields its name. Restores the best after."""
+    name = dict((bit, n) for n, bit in TARGETS)[request.param]
+    _core.set_target(request.param)
+    try:
+        # A fixture that forced nothing would make every "per-target" test the same test.
+        assert _core.current_target() == name
+        yield name
+    finally:
+        _core.set_target(0)

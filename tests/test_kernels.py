@@ -1,0 +1,868 @@
+"""Every kernel of spark_infer._core against float64 numpy, on every SIMD target.
+
+References are float64 numpy written from each kernel's equation, never another kernel call:
+int8 weights are compared on their dequantized values (q * scale), bf16 weights on the bf16
+values themselves (rounded from f32 in numpy, round-to-nearest-even).
+
+Placement: every array a kernel sees sits one element past a 64-byte boundary (so never 32-byte
+aligned, still C-contiguous) inside a larger buffer whose surrounding elements are canaries:
+NaN in inputs (a read past the end that reaches a result poisons it) and a NaN with a marked
+payload in outputs (a write past the end, or an element left unwritten, shows).
+
+Tolerances. U = 2^-24 is the f32 unit roundoff. A sum of n products computed in f32, in any
+order, with or without FMA, is within gamma_n * sum |terms| of the exact sum, gamma_n =
+nU / (1 - nU) (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., §3.1); a scale
+product adds one rounding. We use (n + 2) * U * sum |terms| for every dot and vec-mat: it holds
+for any summation order, so it does not tie the test to one kernel's blocking. It is loose for
+large n, so each product kernel is also run on integer-valued inputs whose every partial sum is
+exactly representable: there the result must be exact, which catches a dropped or doubled
+element at any size, tails included.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from spark_infer import _core
+
+U = 2.0**-24  # f32 unit roundoff
+PAD = 64  # canary elements on each side: more than one 64-byte vector of any lane type
+OUT_CANARY = 0x7FC0DEAD  # a quiet NaN no kernel produces: marks unwritten output
+IN_CANARY: dict[Any, int] = {
+    np.dtype(np.float32): 0x7FC00000,  # NaN
+    np.dtype(np.uint16): 0x7FC1,  # bf16 NaN
+    np.dtype(np.int8): 127,  # int8 has no NaN: the largest value
+    np.dtype(np.int32): 0x7FFFFFFF,  # an index far out of range
+}
+DTYPES = ["f32", "bf16", "int8"]
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def bf16_bits(a: np.ndarray) -> np.ndarray:
+    """f32 -> bf16 bit patterns (uint16), round to nearest even. Finite inputs only."""
+    b = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_to_f64(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+class Placed:
+    """A copy of `values` at a misaligned address inside a canary-filled buffer."""
+
+    def __init__(self, values: np.ndarray, canary_bits: int) -> None:
+        dt = values.dtype
+        self.bits_dtype = np.dtype(f"u{dt.itemsize}")
+        self.canary = np.array(canary_bits, self.bits_dtype)
+        buf = np.empty(values.size + 2 * PAD + 64, dt)
+        buf.view(self.bits_dtype)[:] = self.canary
+        base, isz = buf.ctypes.data, dt.itemsize
+        # First element at or after PAD that lies one element past a 64-byte boundary.
+        self.lo = next(k for k in range(PAD, PAD + 64) if (base + k * isz) % 64 == isz)
+        self.hi = self.lo + values.size
+        self.buf = buf
+        self.a = buf[self.lo : self.hi].reshape(values.shape)
+        self.a[...] = values
+        self.original = np.array(self.a, copy=True)
+        assert self.a.flags.c_contiguous
+        assert values.size == 0 or self.a.ctypes.data % 32 != 0  # numpy may move empty views
+
+    @classmethod
+    def input(cls, values: np.ndarray) -> Placed:
+        return cls(values, IN_CANARY[values.dtype])
+
+    @classmethod
+    def output(cls, shape: tuple[int, ...] | int) -> Placed:
+        values = np.empty(shape, np.float32)
+        values.view(np.uint32)[...] = OUT_CANARY
+        return cls(values, OUT_CANARY)
+
+    def canaries_intact(self) -> bool:
+        bits = self.buf.view(self.bits_dtype)
+        return bool((bits[: self.lo] == self.canary).all() and (bits[self.hi :] == self.canary).all())
+
+    def unchanged(self) -> bool:
+        return self.canaries_intact() and np.array_equal(
+            self.a.view(self.bits_dtype), self.original.view(self.bits_dtype)
+        )
+
+    def fully_written(self) -> bool:
+        return self.canaries_intact() and bool((self.a.view(np.uint32) != OUT_CANARY).all())
+
+
+def check_io(out: Placed, *inputs: Placed) -> None:
+    """The kernel wrote every element of out, nothing around it, and left its inputs alone."""
+    assert out.fully_written(), "output canary overwritten, or an output element left unwritten"
+    for p in inputs:
+        assert p.unchanged(), "an input (or the canary around it) was modified"
+
+
+def make_weights(
+    dtype: str, rows: int, cols: int, rng: np.random.Generator, integer: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Returns (w as the kernel takes it, scale or None, w as float64 values).
+
+    integer=True: small integers (|w| <= 15; int8 scale 0.5, a power of two) so that every
+    partial sum in a kernel is exact (see the module docstring).
+    """
+    if integer:
+        v = rng.integers(-15, 16, size=(rows, cols)).astype(np.float32)
+    else:
+        v = rng.standard_normal((rows, cols)).astype(np.float32)
+    if dtype == "f32":
+        return v, None, v.astype(np.float64)
+    if dtype == "bf16":
+        bits = bf16_bits(v)
+        return bits, None, bf16_to_f64(bits)
+    if integer:
+        q = v.astype(np.int8)
+        scale = np.full(rows, 0.5, np.float32)
+    else:
+        q = rng.integers(-127, 128, size=(rows, cols), dtype=np.int8)
+        scale = (rng.uniform(0.5, 2.0, rows) / 127).astype(np.float32)
+    return q, scale, q.astype(np.float64) * scale.astype(np.float64)[:, None]
+
+
+def make_x(shape: tuple[int, ...] | int, rng: np.random.Generator, integer: bool) -> np.ndarray:
+    """Activations: standard normal, or integers in [-8, 8] for the exact runs."""
+    if integer:
+        return rng.integers(-8, 9, size=shape).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def placed_weights(w: np.ndarray, scale: np.ndarray | None) -> tuple[Placed, Placed | None]:
+    return Placed.input(w), (Placed.input(scale) if scale is not None else None)
+
+
+def assert_within(actual: np.ndarray, expected: np.ndarray, tol: np.ndarray) -> None:
+    err = np.abs(actual.astype(np.float64) - expected)
+    bad = ~(err <= tol)  # also catches NaN
+    if bad.any():
+        i = int(np.argmax(bad.ravel()))
+        raise AssertionError(
+            f"{int(bad.sum())} of {bad.size} outside tolerance; first at flat index {i}: "
+            f"got {actual.ravel()[i]!r}, want {expected.ravel()[i]!r}, tol {tol.ravel()[i]!r}"
+        )
+
+
+def dot_tol(n_terms: int, abs_sum: np.ndarray) -> np.ndarray:
+    # (n + 2) U sum |terms|: any-order f32 summation plus the scale product (module docstring).
+    return (n_terms + 2) * U * abs_sum
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """Seeded per test (by its id), so every test is reproducible on its own."""
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+@pytest.fixture
+def threads() -> Iterator[Callable[[int], None]]:
+    """set_num_threads for one test; the previous count is restored afterwards."""
+    saved = _core.num_threads()
+    yield _core.set_num_threads
+    _core.set_num_threads(saved)
+
+
+# Sizes: 0, 1, N-1, N, N+1, 2N+3 for every lane count N in {1, 4, 8, 16} (f32 lanes of SCALAR,
+# SSE4, AVX2, AVX3) and for bf16/int8 rows, then 1000+ and 13824 (the Spark FFN width).
+COLS = [0, 1, 3, 4, 5, 7, 8, 9, 11, 15, 16, 17, 19, 31, 32, 33, 35, 63, 64, 65, 1003, 13824]
+ROWS = [1, 2, 3, 4, 5, 6, 7, 9]  # around the 4-row decode tile
+MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(COLS)] + [
+    (0, 5),
+    (63, 63),
+    (1003, 67),  # several thread parts
+    (13824, 3),
+]
+
+
+# ----------------------------------------------------------------------------- dense
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MATVEC_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_matvec(target: str, dtype: str, shape: tuple[int, int], rng: np.random.Generator) -> None:
+    rows, cols = shape
+    for integer in (False, True):
+        w, scale, w64 = make_weights(dtype, rows, cols, rng, integer)
+        x = make_x(cols, rng, integer)
+        pw, ps = placed_weights(w, scale)
+        px, out = Placed.input(x), Placed.output(rows)
+        _core.matvec(pw.a, px.a, out.a, scale=ps.a if ps else None)
+        check_io(out, pw, px, *([ps] if ps else []))
+        x64 = x.astype(np.float64)
+        want = w64 @ x64
+        if integer:
+            np.testing.assert_array_equal(out.a, want.astype(np.float32))
+        else:
+            assert_within(out.a, want, dot_tol(cols, np.abs(w64) @ np.abs(x64)))
+
+
+MATMUL_SHAPES = [  # (T, rows, cols)
+    (0, 4, 4),
+    (1, 7, 7),
+    (2, 5, 17),
+    (3, 9, 35),
+    (5, 6, 65),
+    (64, 33, 63),
+    (7, 1003, 19),
+    (3, 4, 13824),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=lambda s: "T{}_{}x{}".format(*s))
+def test_matmul(target: str, dtype: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
+    T, rows, cols = shape
+    for integer in (False, True):
+        w, scale, w64 = make_weights(dtype, rows, cols, rng, integer)
+        x = make_x((T, cols), rng, integer)
+        pw, ps = placed_weights(w, scale)
+        px, out = Placed.input(x), Placed.output((T, rows))
+        _core.matmul(pw.a, px.a, out.a, scale=ps.a if ps else None)
+        check_io(out, pw, px, *([ps] if ps else []))
+        x64 = x.astype(np.float64)
+        want = x64 @ w64.T  # out[t, r] = w[r, :] . x[t, :]
+        if integer:
+            np.testing.assert_array_equal(out.a, want.astype(np.float32))
+        else:
+            assert_within(out.a, want, dot_tol(cols, np.abs(x64) @ np.abs(w64).T))
+
+
+# ---------------------------------------------------------------------------- sparse
+
+SPARSE_SHAPES = [  # (rows, cols, n_idx)
+    (1, 1, 1),
+    (7, 7, 0),
+    (9, 17, 5),
+    (64, 33, 8),
+    (100, 65, 37),
+    (300, 129, 150),
+    (50, 1003, 13),
+    (16, 13824, 3),
+    (13824, 7, 1106),  # Spark FFN rows, 8 % active
+]
+
+
+def make_idx(rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n row indices, unsorted; with a repeat when n allows (the kernels must not assume
+    sorted or distinct indices)."""
+    idx = rng.choice(rows, size=n, replace=n > rows).astype(np.int32)
+    if n >= 3:
+        idx[-1] = idx[0]
+    return idx
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SPARSE_SHAPES, ids=lambda s: "{}x{}_n{}".format(*s))
+def test_masked_matvec(
+    target: str, dtype: str, shape: tuple[int, int, int], rng: np.random.Generator
+) -> None:
+    rows, cols, n = shape
+    for integer in (False, True):
+        w, scale, w64 = make_weights(dtype, rows, cols, rng, integer)
+        x = make_x(cols, rng, integer)
+        idx = make_idx(rows, n, rng)
+        pw, ps = placed_weights(w, scale)
+        px, pi, out = Placed.input(x), Placed.input(idx), Placed.output(n)
+        _core.masked_matvec(pw.a, px.a, pi.a, out.a, scale=ps.a if ps else None)
+        check_io(out, pw, px, pi, *([ps] if ps else []))
+        x64 = x.astype(np.float64)
+        want = w64[idx] @ x64  # out[j] = w[idx[j], :] . x
+        if integer:
+            np.testing.assert_array_equal(out.a, want.astype(np.float32))
+        else:
+            assert_within(out.a, want, dot_tol(cols, np.abs(w64[idx]) @ np.abs(x64)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SPARSE_SHAPES, ids=lambda s: "{}x{}_n{}".format(*s))
+def test_sparse_vecmat(
+    target: str, dtype: str, shape: tuple[int, int, int], rng: np.random.Generator
+) -> None:
+    rows, cols, n = shape
+    for integer in (False, True):
+        w, scale, w64 = make_weights(dtype, rows, cols, rng, integer)
+        u = make_x(n, rng, integer)
+        idx = make_idx(rows, n, rng)
+        pw, ps = placed_weights(w, scale)
+        pu, pi, out = Placed.input(u), Placed.input(idx), Placed.output(cols)
+        _core.sparse_vecmat(pw.a, pu.a, pi.a, out.a, scale=ps.a if ps else None)
+        check_io(out, pw, pu, pi, *([ps] if ps else []))
+        u64 = u.astype(np.float64)
+        want = u64 @ w64[idx]  # out[c] = sum_j u[j] w[idx[j], c]
+        if integer:
+            np.testing.assert_array_equal(out.a, want.astype(np.float32))
+        else:
+            assert_within(out.a, want, dot_tol(n, np.abs(u64) @ np.abs(w64[idx])))
+
+
+def poison_unlisted(
+    dtype: str, w: np.ndarray, scale: np.ndarray | None, idx: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Copies of (w, scale) whose rows not in idx are NaN (f32, bf16) or, for int8, other
+    random values with a NaN scale: any read of an unlisted row changes or poisons the result."""
+    unlisted = np.setdiff1d(np.arange(w.shape[0]), idx)
+    w2 = w.copy()
+    s2 = None if scale is None else scale.copy()
+    if dtype == "f32":
+        w2[unlisted] = np.nan
+    elif dtype == "bf16":
+        w2[unlisted] = 0x7FC1
+    else:
+        w2[unlisted] = rng.integers(-128, 128, size=(len(unlisted), w.shape[1]), dtype=np.int8)
+        assert s2 is not None
+        s2[unlisted] = np.nan
+    return w2, s2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_kernels_never_read_unlisted_rows(
+    target: str, dtype: str, rng: np.random.Generator
+) -> None:
+    rows, cols, n = 1000, 67, 80
+    w, scale, _ = make_weights(dtype, rows, cols, rng)
+    idx = make_idx(rows, n, rng)
+    x, u = make_x(cols, rng, False), make_x(n, rng, False)
+    w2, s2 = poison_unlisted(dtype, w, scale, idx, rng)
+    for fn, vec, out_len in ((_core.masked_matvec, x, n), (_core.sparse_vecmat, u, cols)):
+        clean, poisoned = np.empty(out_len, np.float32), np.empty(out_len, np.float32)
+        fn(w, vec, idx, clean, scale=scale)
+        fn(w2, vec, idx, poisoned, scale=s2)
+        assert np.isfinite(poisoned).all()
+        np.testing.assert_array_equal(poisoned.view(np.uint32), clean.view(np.uint32))
+
+
+@pytest.mark.parametrize("fn", ["masked_matvec", "sparse_vecmat"])
+@pytest.mark.parametrize("bad", [-1, 10, 2**31 - 1, -(2**31)])
+def test_sparse_index_out_of_range(fn: str, bad: int) -> None:
+    w = np.ones((10, 8), np.float32)
+    idx = np.array([0, 3, bad, 9], np.int32)
+    vec = np.ones(8 if fn == "masked_matvec" else 4, np.float32)
+    out = np.full(4 if fn == "masked_matvec" else 8, 7.0, np.float32)
+    with pytest.raises(IndexError):
+        getattr(_core, fn)(w, vec, idx, out)
+    assert (out == 7.0).all()  # checked before anything is written
+
+
+# ----------------------------------------------------------------------- statistical top-k
+
+
+@pytest.mark.parametrize(
+    "p, q", [(0.92, 1.4050716), (0.95, 1.6448536), (0.5, 0.0), (0.001, -3.0902323)]
+)
+def test_inv_normal_cdf_known_quantiles(p: float, q: float) -> None:
+    assert abs(_core.inv_normal_cdf(p) - q) <= 1e-6
+
+
+def q_reference(p: float) -> float:
+    """Q(p) to ~1e-15: mpmath root of log Phi(x) = log p at 50 digits (log form: fine in the far
+    tails), else bisection on the same equation with math.erfc in float64."""
+    lower = p < 0.5
+    tail = p if lower else 1.0 - p  # exact for p >= 0.5 (Sterbenz)
+    try:
+        import mpmath
+    except ImportError:
+        def g(x: float) -> float:  # log of the upper-tail mass beyond x, minus log tail
+            return math.log(0.5 * math.erfc(x / math.sqrt(2.0))) - math.log(tail)
+
+        lo, hi = 0.0, 40.0  # g decreasing; g(0) >= 0 >= g(40) for tail in [1e-300, 0.5]
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if g(mid) > 0 else (lo, mid)
+        x = 0.5 * (lo + hi)
+    else:
+        with mpmath.workdps(50):
+            t = mpmath.mpf(tail)
+            x = float(mpmath.findroot(lambda z: mpmath.log(mpmath.ncdf(-z)) - mpmath.log(t),
+                                      mpmath.sqrt(-2 * mpmath.log(t)) + mpmath.mpf("0.1")))
+    return -x if lower else x
+
+
+def test_inv_normal_cdf_sweep() -> None:
+    rng = np.random.default_rng(7)
+    ps = np.concatenate([10.0 ** rng.uniform(-300, -0.31, 150), rng.uniform(0.0, 0.9999, 150)])
+    for p in map(float, ps):
+        if not 0.0 < p < 1.0 or p == 0.5:
+            continue
+        want = q_reference(p)
+        # topk.h promises |error| < 1e-13 (Acklam + one Halley step); we allow 1e-12 relative to
+        # max(1, |Q|). Past p ~ 0.9999 the Halley step evaluates Phi(x) - p as erfc(..) ~ 2 minus
+        # p, which cancels, so accuracy decays (to ~1e-8 at 1 - 1e-14); the sweep stops there.
+        assert abs(_core.inv_normal_cdf(p) - want) <= 1e-12 * max(1.0, abs(want)), p
+    for k in range(5, 16):  # the upper tail: Acklam's 1.15e-9 plus the cancellation above
+        p = 1.0 - 10.0**-k
+        want = q_reference(p)
+        assert abs(_core.inv_normal_cdf(p) - want) <= 2e-9 * abs(want), p
+
+
+def topk_reference_theta(x: np.ndarray, fraction: float) -> float:
+    """mean + std(ddof=0) * Q(1 - fraction), in float64, with Q rounded to f32 as the kernel
+    receives it (Q from the standard library, independent of the kernel)."""
+    q32 = float(np.float32(statistics.NormalDist().inv_cdf(1.0 - fraction)))
+    x64 = x.astype(np.float64)
+    return float(x64.mean() + x64.std(ddof=0) * q32)
+
+
+def test_topk_threshold_exact_on_dyadic_input(target: str, rng: np.random.Generator) -> None:
+    # x = 4 + d with d multiples of 2^-4 in [-2, 2], each d paired with -d. Every sum the kernel
+    # forms is then exact in f32 in any order: sum x = 4n <= 2^16 in steps of 2^-4 (20 bits),
+    # sum d^2 <= 4n < 2^16 in steps of 2^-8 (24 bits). So mean is exact and std has two
+    # roundings (divide, sqrt), theta at most two more, each <= U relative: |theta - ref| <=
+    # 4U (mean + std q) + U std q (the rounding of q to f32 is in the reference too). This is far
+    # below what the sample std (ddof=1) would move theta: std q / (2n) ~ 5.8e-5 here.
+    n = 13824
+    d = np.round(np.clip(rng.standard_normal(n // 2), -2, 2) * 16) / 16
+    x = (4.0 + np.concatenate([d, -d])[rng.permutation(n)]).astype(np.float32)
+    px = Placed.input(x)
+    idx, shifted, theta = _core.statistical_topk(px.a, 0.08)
+    assert px.unchanged()
+    want = topk_reference_theta(x, 0.08)
+    std_q = x.astype(np.float64).std() * 1.4050716
+    tol = 4 * U * (4.0 + std_q) + U * std_q
+    assert abs(theta - want) <= tol
+    ddof1 = 4.0 + x.astype(np.float64).std(ddof=1) * float(np.float32(1.4050716))
+    assert abs(ddof1 - want) > 10 * tol  # the check above can tell the two stds apart
+    np.testing.assert_array_equal(idx, np.flatnonzero(x > np.float32(theta)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 15, 16, 17, 63, 1003, 13824])
+def test_topk_matches_threshold_rule(target: str, n: int, rng: np.random.Generator) -> None:
+    x = (rng.standard_normal(n) * 2.0 + 0.5).astype(np.float32)
+    px = Placed.input(x)
+    idx, shifted, theta = _core.statistical_topk(px.a, 0.08)
+    assert px.unchanged()
+    assert idx.dtype == np.int32 and shifted.dtype == np.float32 and len(idx) == len(shifted)
+    # The kernel's own comparison is exact: indices, ascending, of exactly x > theta (f32).
+    t32 = np.float32(theta)
+    np.testing.assert_array_equal(idx, np.flatnonzero(x > t32))
+    np.testing.assert_array_equal(shifted, x[idx] - t32)
+    # theta vs float64 numpy. mean and the sum of squares are f32 sums of n terms: by the any-order
+    # bound each is within n U sum|term|, so |dmean| <= n U mean|x|, |dvar| <= (n + 2) U var,
+    # |dstd| <= (n/2 + 2) U std; plus 3U |theta| for q's and the final roundings.
+    x64 = x.astype(np.float64)
+    want = topk_reference_theta(x, 0.08)
+    q = 1.4050716
+    tol = n * U * np.abs(x64).mean() + (n / 2 + 2) * U * x64.std() * q + 3 * U * abs(want)
+    assert abs(theta - want) <= tol
+    # Against the reference threshold, membership may differ only within tol of it.
+    ref_set = x64 > want
+    got = np.zeros(n, bool)
+    got[idx] = True
+    assert (np.abs(x64[got != ref_set] - want) <= tol).all()
+
+
+def test_topk_kept_count_near_k() -> None:
+    # On N(0, 1) inputs the count is random around k = 0.08 d = 1105.9: binomial sd ~32, plus ~17
+    # each from the estimated mean and std moving theta (sd ~40 in all, 3.6 % of k). Seeded, so
+    # deterministic; bounds: every seed within 15 % (3.7 sd), the mean of 20 within 3 % (3.7 sd).
+    d, f = 13824, 0.08
+    counts = []
+    for seed in range(20):
+        x = np.random.default_rng(seed).standard_normal(d).astype(np.float32)
+        counts.append(len(_core.statistical_topk(x, f)[0]))
+    k = f * d
+    assert all(abs(c - k) <= 0.15 * k for c in counts), counts
+    assert abs(np.mean(counts) - k) <= 0.03 * k, counts
+
+
+def test_topk_edge_cases() -> None:
+    idx, shifted, theta = _core.statistical_topk(np.zeros(0, np.float32), 0.08)
+    assert len(idx) == 0 and len(shifted) == 0
+    idx, _, theta = _core.statistical_topk(np.full(9, 3.0, np.float32), 0.08)  # std 0: theta = x
+    assert theta == 3.0 and len(idx) == 0  # strict: x > theta keeps nothing
+    idx, shifted, theta = _core.statistical_topk(np.array([-1.0, 1.0], np.float32), 0.5)
+    assert theta == 0.0 and idx.tolist() == [1] and shifted.tolist() == [1.0]
+
+
+# ---------------------------------------------------------------- norms, RoPE, activations
+
+VEC_SIZES = [0, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 19, 35, 63, 1003, 13824]
+
+
+@pytest.mark.parametrize("n", VEC_SIZES)
+def test_rms_norm(target: str, n: int, rng: np.random.Generator) -> None:
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    w = (rng.standard_normal(n) * 0.5).astype(np.float32)
+    eps = 1e-6
+    px, pw, out = Placed.input(x), Placed.input(w), Placed.output(n)
+    _core.rms_norm(px.a, pw.a, out.a, eps)
+    check_io(out, px, pw)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ms = (x64**2).mean() if n else 0.0
+    want = x64 / np.sqrt(ms + eps) * (1.0 + w64)
+    # sum x^2: (n + 2) U relative (any order); mean, +eps, sqrt, 1/.. each <= U, halved by the
+    # sqrt for the sum: the scale is within (n/2 + 4) U; then 1 + w (U |1 + w| abs, since w is
+    # exact) and two products (2U).
+    tol = ((n / 2 + 4) * U + 3 * U) * np.abs(want) + U * np.abs(x64 / np.sqrt(ms + eps))
+    assert_within(out.a, want, tol)
+    # In place (out is x) gives the same bits.
+    inplace = Placed.input(x)
+    _core.rms_norm(inplace.a, pw.a, inplace.a, eps)
+    np.testing.assert_array_equal(inplace.a.view(np.uint32), out.a.view(np.uint32))
+
+
+@pytest.mark.parametrize("m", [0, 2, 8, 14, 16, 30, 32, 34, 38, 128, 256, 2006])
+def test_rope(target: str, m: int, rng: np.random.Generator) -> None:
+    h = m // 2
+    x = rng.standard_normal(m).astype(np.float32)
+    ang = rng.uniform(-np.pi, np.pi, h)
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    px, pc, ps = Placed(x, OUT_CANARY), Placed.input(cos), Placed.input(sin)
+    _core.rope(px.a, pc.a, ps.a)
+    assert px.canaries_intact() and pc.unchanged() and ps.unchanged()
+    a, b = x[:h].astype(np.float64), x[h:].astype(np.float64)
+    c64, s64 = cos.astype(np.float64), sin.astype(np.float64)
+    want = np.concatenate([a * c64 - b * s64, b * c64 + a * s64])
+    # two products and a sum (or one FMA): <= 2U (|a c| + |b s|), resp. 2U (|b c| + |a s|)
+    mag = np.concatenate([np.abs(a * c64) + np.abs(b * s64), np.abs(b * c64) + np.abs(a * s64)])
+    assert_within(px.a, want, 2 * U * mag)
+
+
+@pytest.mark.parametrize("pos", [0.0, 1.0, 17.0, 8191.5])
+@pytest.mark.parametrize("base", [10000.0, 1e6])
+@pytest.mark.parametrize("m", [2, 128, 256])
+def test_rope_angles(pos: float, base: float, m: int) -> None:
+    cos, sin = _core.rope_angles(pos, base, m)
+    i = np.arange(m // 2, dtype=np.float64)
+    ang = pos * base ** (-2.0 * i / m)
+    # double, then rounded to f32: within half an f32 ulp of the float64 value, plus the angle's
+    # float64 error (|ang| * 4 * 2^-53 from pow and the product) times |d cos| <= 1.
+    for got, want in ((cos, np.cos(ang)), (sin, np.sin(ang))):
+        tol = 0.5 * np.spacing(np.abs(want).astype(np.float32)).astype(np.float64) + ang * 2.0**-51
+        assert_within(got, want, tol)
+
+
+def gelu64(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_tol(x64: np.ndarray) -> np.ndarray:
+    # inner = sqrt(2/pi)(x + 0.044715 x^3): 4 roundings, so |d inner| <= 4U |inner|-ish terms;
+    # tanh moves it by (1 - t^2) |d inner| and adds its own 4 ulp (Highway Tanh, <= 8U absolute
+    # as |t| <= 1); 1 + t and two products add 3U |out|. Twice that, for the loose 4-ulp claims.
+    inner = math.sqrt(2.0 / math.pi) * (np.abs(x64) + 0.044715 * np.abs(x64) ** 3)
+    t = np.tanh(math.sqrt(2.0 / math.pi) * (x64 + 0.044715 * x64**3))
+    dt = (1.0 - t * t) * 4 * U * inner + 8 * U
+    return 2.0 * (0.5 * np.abs(x64) * (dt + U) + 3 * U * np.abs(gelu64(x64)))
+
+
+def activation_input(n: int, rng: np.random.Generator) -> np.ndarray:
+    x = rng.standard_normal(n) * 4.0
+    extremes = [-100.0, -30.0, -9.0, -1e-3, 0.0, 1e-30, 9.0, 30.0, 100.0]
+    x[: min(n, len(extremes))] = extremes[: min(n, len(extremes))]
+    return x.astype(np.float32)
+
+
+def run_unary(fn: Callable[..., None], x: np.ndarray, *args: float) -> np.ndarray:
+    """Runs fn(x, *args, out) on placed buffers, checks them, checks in-place gives the same
+    bits; returns the output."""
+    px, out = Placed.input(x), Placed.output(len(x))
+    fn(px.a, *args, out.a)
+    check_io(out, px)
+    inplace = Placed.input(x)
+    fn(inplace.a, *args, inplace.a)
+    np.testing.assert_array_equal(inplace.a.view(np.uint32), out.a.view(np.uint32))
+    return out.a
+
+
+@pytest.mark.parametrize("n", VEC_SIZES)
+def test_gelu_tanh(target: str, n: int, rng: np.random.Generator) -> None:
+    x = activation_input(n, rng)
+    got = run_unary(_core.gelu_tanh, x)
+    x64 = x.astype(np.float64)
+    assert_within(got, gelu64(x64), gelu_tol(x64) + 1e-37)
+
+
+@pytest.mark.parametrize("n", VEC_SIZES)
+def test_gelu_mul(target: str, n: int, rng: np.random.Generator) -> None:
+    g, u = activation_input(n, rng), (rng.standard_normal(n) * 2).astype(np.float32)
+    pg, pu, out = Placed.input(g), Placed.input(u), Placed.output(n)
+    _core.gelu_mul(pg.a, pu.a, out.a)
+    check_io(out, pg, pu)
+    g64, u64 = g.astype(np.float64), u.astype(np.float64)
+    want = gelu64(g64) * u64
+    assert_within(out.a, want, gelu_tol(g64) * np.abs(u64) + U * np.abs(want) + 1e-37)
+
+
+@pytest.mark.parametrize("n", VEC_SIZES)
+def test_softplus(target: str, n: int, rng: np.random.Generator) -> None:
+    x = activation_input(n, rng)
+    got = run_unary(_core.softplus, x)
+    x64 = x.astype(np.float64)
+    want = np.maximum(x64, 0) + np.log1p(np.exp(-np.abs(x64)))
+    # max(x, 0) exact; exp (1 ulp) then log1p (2 ulp, derivative <= 1) give <= 6U |log1p term|
+    # relative, and the add U |out|; doubled. exp(-100) is below f32's normal range: 2^-126 abs.
+    assert_within(got, want, 2 * (6 * U * np.log1p(np.exp(-np.abs(x64))) + U * want) + 2.0**-126)
+
+
+@pytest.mark.parametrize("n", VEC_SIZES)
+@pytest.mark.parametrize("cap", [30.0, 50.0])
+def test_softcap(target: str, n: int, cap: float, rng: np.random.Generator) -> None:
+    x = activation_input(n, rng) * np.float32(10)
+    got = run_unary(_core.softcap, x, cap)
+    x64 = x.astype(np.float64)
+    a = x64 / cap
+    t = np.tanh(a)
+    # x * (1/cap): 2U relative on a, moved by (1 - t^2); tanh 4 ulp (<= 8U |t|); the product U.
+    tol = 2 * cap * ((1 - t * t) * 2 * U * np.abs(a) + 8 * U * np.abs(t) + U * np.abs(t))
+    assert_within(got, cap * t, tol + 1e-37)
+
+
+@pytest.mark.parametrize("n", [s for s in VEC_SIZES if s > 0])
+def test_softmax(target: str, n: int, rng: np.random.Generator) -> None:
+    x = activation_input(n, rng)
+    got = run_unary(_core.softmax, x)
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max())
+    want = e / e.sum()
+    # x - max: U |x - max| absolute on the exponent (relative on e); exp 1 ulp; the sum of n
+    # terms (n + 2) U relative; 1/sum and the product 2U. Doubled for the exp claim's slack.
+    rel = 2 * ((np.abs(x64 - x64.max()) + 1) * U + (n + 4) * U)
+    assert_within(got, want, rel * want + 2.0**-126)
+    assert abs(float(got.astype(np.float64).sum()) - 1.0) <= 2 * (n + 4) * U
+
+
+# ------------------------------------------------------------- threads, GIL, zero-copy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thread_count_does_not_change_results(
+    dtype: str, threads: Callable[[int], None], rng: np.random.Generator
+) -> None:
+    # Kernels split outputs (rows, index ranges, column tiles) between threads, never a sum: the
+    # bits must not depend on the thread count. Shapes give every kernel several parts.
+    w, scale, _ = make_weights(dtype, 2000, 2304, rng)
+    x = make_x(2304, rng, False)
+    xt = make_x((5, 2304), rng, False)
+    idx = make_idx(2000, 400, rng)
+    u = make_x(400, rng, False)
+    runs: dict[int, list[np.ndarray]] = {}
+    for n in (1, 2):
+        threads(n)
+        outs = [np.empty(2000, np.float32), np.empty((5, 2000), np.float32),
+                np.empty(400, np.float32), np.empty(2304, np.float32)]
+        _core.matvec(w, x, outs[0], scale=scale)
+        _core.matmul(w, xt, outs[1], scale=scale)
+        _core.masked_matvec(w, x, idx, outs[2], scale=scale)
+        _core.sparse_vecmat(w, u, idx, outs[3], scale=scale)
+        runs[n] = outs
+    for a, b in zip(runs[1], runs[2]):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_gil_released_during_kernel(threads: Callable[[int], None]) -> None:
+    # A ticker thread stamps the time about every ms; it needs the GIL for each stamp. The main
+    # thread runs one matmul lasting >= 0.6 s. Had the kernel held the GIL, the ticker could run
+    # only around the call (the interpreter hands the GIL over at most every switch interval,
+    # 5 ms by default, so at most a few ms past t0 or before t1); stamps well inside the call
+    # (>= 0.15 s from either end) prove it was released. Released, the ticker stamps ~300 times
+    # in that window, so requiring one cannot flake.
+    threads(1)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1024, 1024)).astype(np.float32)
+    x = rng.standard_normal((16, 1024)).astype(np.float32)
+    out = np.empty((16, 1024), np.float32)
+    t = time.perf_counter()
+    _core.matmul(w, x, out)
+    dt = max(time.perf_counter() - t, 1e-6)
+    tokens = int(min(200_000, max(16, 16 * 0.6 / dt)))  # ~0.6 s of work
+    x = rng.standard_normal((tokens, 1024)).astype(np.float32)
+    out = np.empty((tokens, 1024), np.float32)
+    margin = 0.15
+    assert margin >= 20 * __import__("sys").getswitchinterval()
+    stamps: list[float] = []
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+            time.sleep(0.001)
+
+    th = threading.Thread(target=ticker)
+    th.start()
+    try:
+        time.sleep(0.02)
+        t0 = time.perf_counter()
+        _core.matmul(w, x, out)
+        t1 = time.perf_counter()
+    finally:
+        stop.set()
+        th.join()
+    assert t1 - t0 >= 3 * margin, f"kernel too short ({t1 - t0:.3f} s) to judge"
+    inside = [s for s in stamps if t0 + margin < s < t1 - margin]
+    assert inside, f"no ticks during a {t1 - t0:.3f} s kernel: the GIL was held"
+
+
+def test_outputs_written_in_place() -> None:
+    # The kernel writes into the caller's array (a view into buf), never a converted copy.
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    x = np.ones(4, np.float32)
+    buf = np.zeros(10, np.float32)
+    out = buf[5:8]
+    _core.matvec(w, x, out)
+    assert buf[5:8].tolist() == [6.0, 22.0, 38.0] and (buf[:5] == 0).all() and (buf[8:] == 0).all()
+    y = np.full(7, -1.0, np.float32)
+    _core.gelu_tanh(np.zeros(7, np.float32), y)
+    assert (y == 0).all()
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def good_args() -> dict[str, dict[str, np.ndarray]]:
+    """Valid keyword arguments per kernel; the bad-input tests break one at a time."""
+    f32 = np.float32
+    return {
+        "matvec": dict(w=np.ones((6, 5), f32), x=np.ones(5, f32), out=np.empty(6, f32)),
+        "matmul": dict(w=np.ones((6, 5), f32), x=np.ones((3, 5), f32), out=np.empty((3, 6), f32)),
+        "masked_matvec": dict(w=np.ones((6, 5), f32), x=np.ones(5, f32),
+                              idx=np.array([1, 4], np.int32), out=np.empty(2, f32)),
+        "sparse_vecmat": dict(w=np.ones((6, 5), f32), u=np.ones(2, f32),
+                              idx=np.array([1, 4], np.int32), out=np.empty(5, f32)),
+        "rms_norm": dict(x=np.ones(5, f32), w=np.ones(5, f32), out=np.empty(5, f32)),
+        "gelu_tanh": dict(x=np.ones(5, f32), out=np.empty(5, f32)),
+        "gelu_mul": dict(gate=np.ones(5, f32), up=np.ones(5, f32), out=np.empty(5, f32)),
+        "softplus": dict(x=np.ones(5, f32), out=np.empty(5, f32)),
+        "softmax": dict(x=np.ones(5, f32), out=np.empty(5, f32)),
+    }
+
+
+ARG_CASES = [(k, a) for k, args in good_args().items() for a in args]
+
+
+def call(kernel: str, args: dict[str, Any]) -> None:
+    getattr(_core, kernel)(**args)
+
+
+def test_good_args_are_good() -> None:  # so that each failure below is due to its one change
+    for kernel, args in good_args().items():
+        call(kernel, args)
+
+
+@pytest.mark.parametrize("kernel, name", ARG_CASES, ids=[f"{k}-{a}" for k, a in ARG_CASES])
+def test_wrong_dtype_is_type_error(kernel: str, name: str) -> None:
+    args = good_args()[kernel]
+    a = args[name]
+    args[name] = a.astype(np.float64 if a.dtype != np.float64 else np.float32)
+    with pytest.raises(TypeError):
+        call(kernel, args)
+    if name == "w":
+        args[name] = a.astype(np.int16)
+        with pytest.raises(TypeError):
+            call(kernel, args)
+
+
+@pytest.mark.parametrize("kernel, name", ARG_CASES, ids=[f"{k}-{a}" for k, a in ARG_CASES])
+def test_non_contiguous_is_value_error(kernel: str, name: str) -> None:
+    args = good_args()[kernel]
+    a = args[name]
+    strided = np.empty((2 * a.shape[0],) + a.shape[1:], a.dtype)[::2]
+    strided[...] = a
+    args[name] = strided
+    with pytest.raises(ValueError):
+        call(kernel, args)
+    if a.ndim == 2:  # Fortran order: right shape, wrong layout
+        args[name] = np.asfortranarray(a)
+        with pytest.raises(ValueError):
+            call(kernel, args)
+
+
+@pytest.mark.parametrize("kernel, name", ARG_CASES, ids=[f"{k}-{a}" for k, a in ARG_CASES])
+def test_shape_mismatch_is_value_error(kernel: str, name: str) -> None:
+    args = good_args()[kernel]
+    a = args[name]
+    bad_shapes = [a.shape[:-1] + (a.shape[-1] + 1,), a.shape + (1,), ()]
+    if name == "out" and kernel in ("masked_matvec", "sparse_vecmat", "matvec"):
+        bad_shapes.append((a.shape[0] - 1,))
+    for shape in bad_shapes:
+        args[name] = np.zeros(shape, a.dtype)
+        if kernel in ("gelu_tanh", "softplus", "softmax") and name == "x" and len(shape) == 1:
+            args["out"] = np.empty(shape, np.float32)  # a longer x with a matching out is valid
+            continue
+        if kernel == "rms_norm" and name == "x" and len(shape) == 1:
+            continue  # x fixes n; w and out then mismatch, covered by their own cases
+        if kernel == "gelu_mul" and name == "gate" and len(shape) == 1:
+            continue
+        if kernel in ("masked_matvec", "sparse_vecmat") and name == "idx" and len(shape) == 1:
+            continue  # idx fixes n; out (or u) then mismatches, covered by their own cases
+        with pytest.raises(ValueError):
+            call(kernel, args)
+        args = good_args()[kernel]
+
+
+@pytest.mark.parametrize("kernel", list(good_args()))
+def test_read_only_out_is_value_error(kernel: str) -> None:
+    args = good_args()[kernel]
+    args["out"].flags.writeable = False
+    with pytest.raises(ValueError):
+        call(kernel, args)
+    x = np.ones(4, np.float32)
+    x.flags.writeable = False
+    with pytest.raises(ValueError):  # rope writes x
+        _core.rope(x, np.ones(2, np.float32), np.ones(2, np.float32))
+
+
+def test_weight_scale_rules() -> None:
+    q = np.ones((3, 4), np.int8)
+    x, out = np.ones(4, np.float32), np.empty(3, np.float32)
+    with pytest.raises(ValueError):  # int8 needs a scale
+        _core.matvec(q, x, out)
+    with pytest.raises(ValueError):  # a scale is only for int8
+        _core.matvec(np.ones((3, 4), np.uint16), x, out, scale=np.ones(3, np.float32))
+    with pytest.raises(ValueError):
+        _core.matvec(q, x, out, scale=np.ones(4, np.float32))
+    with pytest.raises(TypeError):
+        _core.matvec(q, x, out, scale=np.ones(3, np.float64))
+
+
+def test_bad_scalars() -> None:
+    x = np.ones(8, np.float32)
+    for f in (0.0, 1.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            _core.statistical_topk(x, f)
+    with pytest.raises(TypeError):
+        _core.statistical_topk(x.astype(np.float64), 0.08)
+    for p in (0.0, 1.0, float("nan"), -1.0):
+        with pytest.raises(ValueError):
+            _core.inv_normal_cdf(p)
+    with pytest.raises(ValueError):
+        _core.softmax(np.zeros(0, np.float32), np.zeros(0, np.float32))
+    with pytest.raises(ValueError):
+        _core.softcap(x, 0.0, np.empty(8, np.float32))
+    with pytest.raises(ValueError):
+        _core.rope(np.ones(5, np.float32), np.ones(2, np.float32), np.ones(2, np.float32))
+    for m in (0, 3):
+        with pytest.raises(ValueError):
+            _core.rope_angles(1.0, 10000.0, m)
+    with pytest.raises(ValueError):
+        _core.set_num_threads(0)
+    with pytest.raises(ValueError):
+        _core.set_target(12345)
+
+
+# ------------------------------------------------------------------------ bandwidth probe
+
+
+def test_read_bandwidth_probe(threads: Callable[[int], None]) -> None:
+    threads(2)
+    samples = _core.read_bandwidth_samples(nbytes=1 << 20, threads=1, repeats=3)
+    assert len(samples) == 3 and all(math.isfinite(s) and s > 0 for s in samples)
+    assert _core.num_threads() == 2  # restored after forcing 1
+    gbps = _core.read_bandwidth(nbytes=(1 << 20) + 3, threads=None, repeats=1)
+    assert math.isfinite(gbps) and gbps > 0
+    for bad in (dict(nbytes=0), dict(threads=0), dict(repeats=0)):
+        with pytest.raises(ValueError):
+            _core.read_bandwidth(**bad)
