@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -488,3 +487,22 @@ def test_bad_dtype(tmp_path):
     _make_hf(src, "gemma2")
     with pytest.raises(ConversionError, match="dtype"):
         convert(src, tmp_path / "x.spark", dtype="f16", progress=False)
+
+
+def test_progress_bar(tmp_path, capsys):
+    src = tmp_path / "m"
+    _make_hf(src, "gemma2")
+    convert(src, tmp_path / "p.spark", dtype="int8", progress=True)
+    err = capsys.readouterr().err
+    assert "p.spark" in err and "tensor" in err
+
+
+def test_command_line(tmp_path, capsys):
+    from spark_infer.convert.__main__ import main
+
+    src = tmp_path / "m"
+    _make_hf(src, "gemma3")
+    assert main([str(src), str(tmp_path / "c.spark"), "--dtype", "f32", "--quiet"]) == 0
+    assert read_engine_file(tmp_path / "c.spark")[0].arch == "gemma3"
+    assert main([str(tmp_path / "nope"), str(tmp_path / "d.spark"), "--quiet"]) == 1
+    assert "no such file" in capsys.readouterr().err

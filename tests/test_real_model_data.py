@@ -123,6 +123,30 @@ def test_lower_precision_conversions_stay_close(dtype, tol, f32_weights):
     assert diff < tol
 
 
+@real.needs_gemma3
+def test_gguf_file_structure_and_dequantization():
+    """Every ggml type in the real file dequantizes like gguf.quants does on the whole tensor;
+    norm vectors are F32 and hold 1 + w."""
+    from gguf.quants import dequantize
+
+    from spark_infer.convert.gguf import GGUFFile, ggml_type_name
+
+    with GGUFFile(real.gguf_file()) as f:
+        assert len(f.tensors) == 236 and "output.weight" not in f.tensors
+        seen = {}
+        for t in f.tensors.values():
+            if t.name != "token_embd.weight":
+                seen.setdefault(t.type_name, t)
+            if "norm" in t.name:
+                assert t.type_name == "F32", t.name
+        assert set(seen) == {"F32", "Q5_0", "Q4_K", "Q6_K", "Q8_0"}
+        for name, t in seen.items():
+            raw = f.raw(t.name).reshape(int(np.prod(t.shape[1:])), -1)
+            want = dequantize(raw, t.ggml_type).reshape(t.np_shape)
+            np.testing.assert_array_equal(f.dequantize(t.name), want, err_msg=t.name)
+        assert ggml_type_name(f.tensors["token_embd.weight"].ggml_type) == "Q8_0"
+
+
 # ------------------------------------------------------------------------------- models.py
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):

@@ -128,7 +128,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     with load_source(src) as s:
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             bar = tqdm(total=len(s.names), unit="tensor", desc=f"converting to {out.name}",
                        leave=False)

@@ -23,7 +23,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -574,17 +574,6 @@ def check_gguf_tensors(f: GGUFFile, fields: dict) -> dict[str, str]:
             raise ConversionError(f"{f.path}: tensor 'output.weight' is an untied LM head; "
                                   "the engine only supports tied embeddings")
     return {engine_name(n): n for n in expected}
-
-
-def iter_gguf_tensors(f: GGUFFile, mapping: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (engine name, float32 array) one tensor at a time, norms converted to ``w``."""
-    for ename, gname in mapping.items():
-        a = f.dequantize(gname)
-        if is_norm(gname):
-            a = a - np.float32(1.0)
-        if not np.all(np.isfinite(a)):
-            raise ConversionError(f"{f.path}: tensor {gname!r} has non-finite values")
-        yield ename, a
 
 
 def load_gguf(path: str | os.PathLike) -> tuple[GGUFFile, dict, dict[str, str]]:

@@ -18,7 +18,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -377,9 +377,9 @@ class HFCheckpoint:
         self.names = {en: where[en] for en in shapes}
         self.shapes = shapes
         self._lm_head = lm_head
-        self.tied = bool(self.hf_config.get("tie_word_embeddings",
-                                            _text_config(cfg, "")[1].get("tie_word_embeddings",
-                                                                         True)))
+        text_cfg = _text_config(cfg, str(cfg_path))[1]
+        self.tied = bool(text_cfg.get("tie_word_embeddings",
+                                      cfg.get("tie_word_embeddings", True)))
 
     def check_lm_head(self, embd: np.ndarray) -> None:
         """An untied lm_head that differs from the embeddings cannot be represented."""

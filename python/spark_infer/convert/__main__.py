@@ -1,0 +1,37 @@
+"""python -m spark_infer.convert SRC OUT [--dtype bf16] [--embed-dtype D] [--quiet]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import ConversionError, convert
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m spark_infer.convert",
+                                 description="Convert a Gemma 2/3 GGUF file or Hugging Face "
+                                             "checkpoint directory into an engine file.")
+    ap.add_argument("src", help="a .gguf file or a directory with config.json + *.safetensors")
+    ap.add_argument("out", help="the engine file to write (*.spark)")
+    ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8"],
+                    help="matrix dtype (default bf16)")
+    ap.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8"],
+                    help="token_embd dtype (default: --dtype)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        out = convert(a.src, a.out, dtype=a.dtype, progress=not a.quiet,
+                      embed_dtype=a.embed_dtype)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not a.quiet:
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
