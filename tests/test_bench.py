@@ -1,0 +1,199 @@
+"""spark-infer bench (python/spark_infer/bench.py), end to end on tiny random models; not timed.
+
+Checks the JSON has the documented fields, that the sparsity it reports is what the engine's
+counters say when the same tokens are replayed through a fresh engine, and that the bytes per
+decode token of a dense model are the file's bytes plus the KV formula of the issue, computed
+here from the config alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spark_infer import _core, bench
+from spark_infer.config import ModelConfig
+from spark_infer.random_model import make_random_model
+
+# Tiny Gemma-2-like shapes. attn_topk 8 < the contexts below, so Spark attention really selects;
+# sliding_window 24 < 40, so the local layer's window clips the longer context.
+_BASE = dict(arch="gemma2", vocab_size=512, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
+             head_dim=32, query_scale=32 ** -0.5, layer_types=("local", "global"),
+             sliding_window=24, attn_softcap=50.0, final_softcap=30.0)
+SPARK = ModelConfig(**_BASE, d_ff=256, ffn_predictor_dim=32, ffn_topk_fraction=0.08,
+                    attn_predictor_dim=16, attn_topk=8)
+DENSE = ModelConfig(**_BASE, d_ff=128)
+
+CONTEXTS = (12, 40)
+PREFILL, CHUNK, STEPS = 32, 8, 3
+
+RESULT_FIELDS = {"model", "mode", "threads", "context", "tokens", "tok_s", "ms_per_token",
+                 "breakdown_ms_per_token", "ffn_active_fraction", "attn_mean_tokens",
+                 "ffn_active_mean", "attn_tokens_mean"}
+DECODE_FIELDS = {"bytes_per_token", "effective_gbs", "bandwidth_gbs", "bandwidth_fraction"}
+PREFILL_FIELDS = {"gflop_per_token", "gflops"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    d = tmp_path_factory.mktemp("bench")
+    spark, dense = d / "spark.spark", d / "dense.spark"
+    make_random_model(spark, SPARK, dtype="bf16", seed=3)
+    make_random_model(dense, DENSE, dtype="bf16", seed=3)
+    out_json, out_png = d / "out.json", d / "out.png"
+    rc = bench.main(["--vs", str(spark), str(dense), "--context", *map(str, CONTEXTS),
+                     "--prefill-tokens", str(PREFILL), "--chunk", str(CHUNK), "--steps",
+                     str(STEPS), "--repeats", "2", "--warmup", "1", "--threads", "1",
+                     "--bandwidth-bytes", str(1 << 22), "--seed", "5", "--quiet",
+                     "--json", str(out_json), "--plot", str(out_png)])
+    assert rc == 0
+    return {"report": json.loads(out_json.read_text()), "png": out_png, "spark": spark,
+            "dense": dense}
+
+
+def _result(report: dict, model: str, mode: str, context: int) -> dict:
+    (r,) = [r for r in report["results"]
+            if r["model"] == model and r["mode"] == mode and r["context"] == context]
+    return r
+
+
+def test_json_has_documented_fields(run: dict) -> None:
+    rep = run["report"]
+    assert rep["schema"] == bench.SCHEMA
+    for key in ("command", "commit", "date", "elapsed_s", "machine", "settings",
+                "bandwidth_gbs", "models", "results", "ratios", "notes"):
+        assert key in rep, key
+    assert {"cpu", "physical_cores", "logical_cpus", "highway_target", "simd", "python",
+            "platform"} <= set(rep["machine"])
+    assert rep["machine"]["highway_target"] == _core.current_target()
+    assert rep["settings"]["contexts"] == list(CONTEXTS)
+    assert rep["bandwidth_gbs"]["1"] > 0
+    labels = [m["label"] for m in rep["models"]]
+    assert labels == ["spark.spark", "dense.spark"]
+    for m in rep["models"]:
+        assert {"kind", "source", "path", "dtype", "spark", "config", "weight_bytes", "kv_bytes",
+                "load_s"} <= set(m)
+        assert m["dtype"] == "bf16" and m["source"] == "file"
+    assert [m["spark"] for m in rep["models"]] == [True, False]
+    assert ModelConfig.from_dict(rep["models"][0]["config"]) == SPARK
+
+    # One prefill point and one decode point per context, per model.
+    assert len(rep["results"]) == 2 * (1 + len(CONTEXTS))
+    for r in rep["results"]:
+        assert RESULT_FIELDS <= set(r), RESULT_FIELDS - set(r)
+        assert r["mode"] in ("prefill", "decode")
+        assert r["threads"] == 1
+        t = r["tok_s"]
+        assert len(t["samples"]) == 2
+        assert t["min"] <= t["median"] <= t["max"] and t["min"] > 0
+        assert set(r["breakdown_ms_per_token"]) == set(bench.COMPONENTS)
+        assert len(r["ffn_active_fraction"]) == len(r["attn_mean_tokens"]) == 2
+        if r["mode"] == "decode":
+            assert DECODE_FIELDS <= set(r)
+            assert r["tokens"] == STEPS
+            b = r["bytes_per_token"]
+            assert b["total"] == pytest.approx(b["weights"] + b["kv"])
+        else:
+            assert PREFILL_FIELDS <= set(r)
+            assert r["tokens"] == r["context"] == PREFILL
+
+    # --vs A B: one ratio per point, A over B, the median of per-sample ratios.
+    assert len(rep["ratios"]) == 1 + len(CONTEXTS)
+    for q in rep["ratios"]:
+        assert (q["a"], q["b"]) == ("spark.spark", "dense.spark")
+        a = _result(rep, q["a"], q["mode"], q["context"])["tok_s"]["samples"]
+        b = _result(rep, q["b"], q["mode"], q["context"])["tok_s"]["samples"]
+        assert q["median"] == pytest.approx(float(np.median(np.divide(a, b))))
+
+
+def test_outputs_written(run: dict) -> None:
+    assert run["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = bench.format_table(run["report"])
+    assert "spark.spark" in text and "dense.spark / " not in text
+    assert "spark.spark / dense.spark" in text
+
+
+def _replay(path: Path, cfg: ModelConfig, seed: int) -> dict:
+    """The bench's token streams through a fresh engine: (mode, context) -> (ffn, attn)."""
+    ctx_tokens = bench.bench_tokens(seed, cfg.vocab_size, max(CONTEXTS), stream=0)
+    step_tokens = bench.bench_tokens(seed, cfg.vocab_size, STEPS, stream=1)
+    e = _core.Engine(str(path), max(CONTEXTS) + STEPS + 1, max_chunk=CHUNK)
+    out = {}
+    e.prefill(ctx_tokens[:PREFILL], chunk=CHUNK)
+    s = e.stats()
+    out[("prefill", PREFILL)] = (s["ffn_active_fraction"], s["attn_mean_tokens"])
+    e.reset()
+    for ctx in CONTEXTS:           # extended ascending, as the bench does
+        e.prefill(ctx_tokens[e.pos:ctx], chunk=CHUNK)
+        ffn, att = np.zeros(cfg.n_layers), np.zeros(cfg.n_layers)
+        for tok in step_tokens:
+            e.decode(int(tok))
+            s = e.stats()
+            ffn += s["ffn_active_fraction"]
+            att += s["attn_mean_tokens"]
+            e.rewind(ctx)
+        out[("decode", ctx)] = (ffn / STEPS, att / STEPS)
+    return out
+
+
+def test_sparsity_matches_engine_counters(run: dict) -> None:
+    rep = run["report"]
+    replay = _replay(run["spark"], SPARK, seed=5)
+    for (mode, ctx), (ffn, att) in replay.items():
+        r = _result(rep, "spark.spark", mode, ctx)
+        np.testing.assert_allclose(r["ffn_active_fraction"], ffn, rtol=1e-12)
+        np.testing.assert_allclose(r["attn_mean_tokens"], att, rtol=1e-12)
+        assert r["ffn_active_mean"] == pytest.approx(float(np.mean(ffn)))
+        # Really sparse: ~8% of the FFN; attention keeps fewer tokens than it sees at 40.
+        assert 0.0 < r["ffn_active_mean"] < 0.3
+    assert _result(rep, "spark.spark", "decode", 40)["attn_tokens_mean"] < 24
+    for r in rep["results"]:
+        if r["model"] == "dense.spark":
+            assert r["ffn_active_fraction"] == [1.0, 1.0]
+
+
+def test_dense_bytes_per_token(run: dict) -> None:
+    rep = run["report"]
+    header_bytes = sum(bench.tensor_bytes(run["dense"]).values())  # every tensor is read
+    c = DENSE
+    for ctx in CONTEXTS:
+        visible = [min(ctx + 1, c.sliding_window), ctx + 1]          # local, global layer
+        kv = sum(c.n_kv_heads * v * 2 * c.head_dim * 4 for v in visible)
+        b = _result(rep, "dense.spark", "decode", ctx)["bytes_per_token"]
+        assert b["weights"] == header_bytes
+        assert b["kv"] == kv
+
+
+def test_missing_peer_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+                                             ) -> None:
+    import importlib.util
+
+    from spark_infer import models
+
+    @contextlib.contextmanager
+    def fake_gguf(name: str, directory: object = None):
+        yield tmp_path / "fake.gguf"
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(models, "gguf_path", fake_gguf)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n in ("llama_cpp", "torch") else
+                        real_find_spec(n, *a))
+    args = bench.build_parser().parse_args(["x", "--peers", "llama.cpp", "transformers",
+                                            "--threads", "1"])
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        assert bench._make_peers(args, 64, notes, stack) == []
+    assert any("llama.cpp skipped" in n and "llama-cpp-python" in n for n in notes)
+    assert any("transformers skipped" in n for n in notes)
+
+
+def test_bad_arguments_exit_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--steps", "1"])
+    assert e.value.code == 2
+    assert "no model" in capsys.readouterr().err
