@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import threading
 import time
 import zlib
@@ -663,26 +664,9 @@ def test_thread_count_does_not_change_results(
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-def test_gil_released_during_kernel(threads: Callable[[int], None]) -> None:
-    # A ticker thread stamps the time about every ms; it needs the GIL for each stamp. The main
-    # thread runs one matmul lasting >= 0.6 s. Had the kernel held the GIL, the ticker could run
-    # only around the call (the interpreter hands the GIL over at most every switch interval,
-    # 5 ms by default, so at most a few ms past t0 or before t1); stamps well inside the call
-    # (>= 0.15 s from either end) prove it was released. Released, the ticker stamps ~300 times
-    # in that window, so requiring one cannot flake.
-    threads(1)
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((1024, 1024)).astype(np.float32)
-    x = rng.standard_normal((16, 1024)).astype(np.float32)
-    out = np.empty((16, 1024), np.float32)
-    t = time.perf_counter()
-    _core.matmul(w, x, out)
-    dt = max(time.perf_counter() - t, 1e-6)
-    tokens = int(min(200_000, max(16, 16 * 0.6 / dt)))  # ~0.6 s of work
-    x = rng.standard_normal((tokens, 1024)).astype(np.float32)
-    out = np.empty((tokens, 1024), np.float32)
-    margin = 0.15
-    assert margin >= 20 * __import__("sys").getswitchinterval()
+def ticks_during(call: Callable[[], object], margin: float) -> tuple[int, float]:
+    """Runs call() while a ticker thread stamps the time about every ms (each stamp needs the
+    GIL). Returns (stamps more than `margin` s inside the call, the call's duration)."""
     stamps: list[float] = []
     stop = threading.Event()
 
@@ -696,14 +680,48 @@ def test_gil_released_during_kernel(threads: Callable[[int], None]) -> None:
     try:
         time.sleep(0.02)
         t0 = time.perf_counter()
-        _core.matmul(w, x, out)
+        call()
         t1 = time.perf_counter()
     finally:
         stop.set()
         th.join()
-    assert t1 - t0 >= 3 * margin, f"kernel too short ({t1 - t0:.3f} s) to judge"
-    inside = [s for s in stamps if t0 + margin < s < t1 - margin]
-    assert inside, f"no ticks during a {t1 - t0:.3f} s kernel: the GIL was held"
+    return sum(t0 + margin < s < t1 - margin for s in stamps), t1 - t0
+
+
+def scaled(make: Callable[[int], Callable[[], object]], n0: int, seconds: float) -> Callable[[], object]:
+    """make(n) for an n whose call lasts about `seconds` (timed at n0, assumed linear in n)."""
+    t = time.perf_counter()
+    make(n0)()
+    dt = max(time.perf_counter() - t, 1e-6)
+    return make(int(n0 * seconds / dt) + 1)
+
+
+def test_gil_released_during_kernel(threads: Callable[[int], None]) -> None:
+    # One matmul lasting ~0.6 s. Had it held the GIL, the ticker could stamp only around the
+    # call: the interpreter hands the GIL over at most every switch interval (5 ms by default),
+    # so a held GIL admits stamps at most a few ms past the start or before the end. Stamps more
+    # than 0.15 s inside prove it was released; released, the ticker stamps ~300 times there,
+    # so requiring one cannot flake. A negative control, a C call that holds the GIL as long,
+    # shows the method tells the two apart.
+    threads(1)
+    margin = 0.15
+    assert margin >= 20 * sys.getswitchinterval()
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1024, 1024)).astype(np.float32)
+
+    def matmul(tokens: int) -> Callable[[], object]:
+        x = rng.standard_normal((tokens, 1024)).astype(np.float32)
+        out = np.empty((tokens, 1024), np.float32)
+        return lambda: _core.matmul(w, x, out)
+
+    ticks, dt = ticks_during(scaled(matmul, 16, 0.6), margin)
+    assert dt >= 3 * margin, f"kernel too short ({dt:.3f} s) to judge"
+    assert ticks > 0, f"no ticks during a {dt:.3f} s kernel: the GIL was held"
+
+    if getattr(sys, "_is_gil_enabled", lambda: True)():
+        # sum() over a range is one C loop that never runs bytecode, so never yields the GIL.
+        ticks, dt = ticks_during(scaled(lambda n: lambda: sum(range(n)), 10**6, 0.6), margin)
+        assert dt >= 3 * margin and ticks == 0, (ticks, dt)
 
 
 def test_outputs_written_in_place() -> None:

@@ -1,9 +1,12 @@
 // matvec-inl.h (per target): out[t, r] = W[r, :] . x[t, :] for rows r in [r0, r1), tokens t < T.
 //   W: [rows, cols] row-major, f32 / bf16 / int8 (times scale[r]); x: [T, cols] f32;
 //   out: [T, out_stride] f32.
-// Register tiles of kR rows x kT tokens: each weight vector is loaded once per kT tokens (the
-// point of chunked prefill) and each x vector once per kR rows. The tail of a row is summed in
-// scalar code: weights live in a memory map, so we never read (or mask-load) past a row's end.
+// Decode (T = 1) uses a 4-row tile with two accumulators per row; chunks (T > 1) use register
+// tiles of kR rows x kT tokens, so each weight vector is loaded once per kT tokens (the point of
+// chunked prefill) and each x vector once per kR rows. The tail of a row is summed in scalar
+// code: weights live in a memory map, so we never read (or mask-load) past a row's end.
+// A row's result depends only on the row, x and the target, never on how rows were grouped
+// into tiles or threads (short groups are padded, not handled by other code).
 // Error vs a float64 dot of the same (dequantized) values: <= cols * 2^-24 * sum_i |w_i x_i|.
 
 #if defined(SPARK_OPS_MATVEC_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -16,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "ops/load-inl.h"
 #include "ops/weights.h"
@@ -25,25 +29,108 @@ namespace spark {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Rows per decode tile. Four rows share each x load; with two accumulators per row that is 8
+// independent FMA chains, what 2 FMA ports x 4-cycle latency need. One accumulator per row
+// (4 chains) halved the L2-resident rate of int8 and bf16 rows (AVX3, measured 26 -> 45 GB/s
+// for int8); more rows would spill on AVX2's 16 registers.
+constexpr size_t kDecodeRows = 4;
+
+// Touches the line holding p[i] of each of the kDecodeRows rows in `next`, once per 64 bytes of
+// progress through a row: called on every step of a loop that advances `step` weights, it keeps
+// the next tile's (scattered) rows arriving while this tile is summed. null: nothing.
+template <class W>
+HWY_INLINE void PrefetchStep(const W* const* next, size_t i, size_t step) {
+  if (next == nullptr) return;
+  const size_t bytes = step * sizeof(W);
+  if (bytes >= 64) {
+    for (size_t r = 0; r < kDecodeRows; ++r)
+      for (size_t b = 0; b < bytes; b += 64)
+        hwy::Prefetch(reinterpret_cast<const uint8_t*>(next[r] + i) + b);
+  } else if ((i * sizeof(W)) % 64 < bytes) {
+    for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(next[r] + i);
+  }
+}
+
+// out[r] = rows[r] . x for r < kDecodeRows; each row has `cols` weights. Rows may repeat.
+// next: null, or the rows of the tile after this one, to prefetch.
+template <class W>
+HWY_INLINE void DotRows4(const W* const* HWY_RESTRICT rows, size_t cols,
+                         const float* HWY_RESTRICT x, float* HWY_RESTRICT out,
+                         const W* const* HWY_RESTRICT next) {
+  const hn::ScalableTag<float> df;
+  const size_t NF = hn::Lanes(df);
+  const W* HWY_RESTRICT w0 = rows[0];
+  const W* HWY_RESTRICT w1 = rows[1];
+  const W* HWY_RESTRICT w2 = rows[2];
+  const W* HWY_RESTRICT w3 = rows[3];
+  auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;
+  auto b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  size_t i = 0;
+  for (; i + 2 * NF <= cols; i += 2 * NF) {
+    PrefetchStep(next, i, 2 * NF);
+    const auto vx0 = hn::LoadU(df, x + i);
+    const auto vx1 = hn::LoadU(df, x + i + NF);
+    a0 = hn::MulAdd(LoadF32(df, w0 + i), vx0, a0);
+    a1 = hn::MulAdd(LoadF32(df, w1 + i), vx0, a1);
+    a2 = hn::MulAdd(LoadF32(df, w2 + i), vx0, a2);
+    a3 = hn::MulAdd(LoadF32(df, w3 + i), vx0, a3);
+    b0 = hn::MulAdd(LoadF32(df, w0 + i + NF), vx1, b0);
+    b1 = hn::MulAdd(LoadF32(df, w1 + i + NF), vx1, b1);
+    b2 = hn::MulAdd(LoadF32(df, w2 + i + NF), vx1, b2);
+    b3 = hn::MulAdd(LoadF32(df, w3 + i + NF), vx1, b3);
+  }
+  if (i + NF <= cols) {
+    PrefetchStep(next, i, NF);
+    const auto vx0 = hn::LoadU(df, x + i);
+    a0 = hn::MulAdd(LoadF32(df, w0 + i), vx0, a0);
+    a1 = hn::MulAdd(LoadF32(df, w1 + i), vx0, a1);
+    a2 = hn::MulAdd(LoadF32(df, w2 + i), vx0, a2);
+    a3 = hn::MulAdd(LoadF32(df, w3 + i), vx0, a3);
+    i += NF;
+  }
+  float s[4] = {SumLanes(df, hn::Add(a0, b0)), SumLanes(df, hn::Add(a1, b1)),
+                SumLanes(df, hn::Add(a2, b2)), SumLanes(df, hn::Add(a3, b3))};
+  for (; i < cols; ++i) {
+    const float xi = x[i];
+    s[0] += ScalarF32(w0[i]) * xi;
+    s[1] += ScalarF32(w1[i]) * xi;
+    s[2] += ScalarF32(w2[i]) * xi;
+    s[3] += ScalarF32(w3[i]) * xi;
+  }
+  for (size_t r = 0; r < 4; ++r) out[r] = s[r];
+}
+
 // out[r + t * out_tok_stride] = rows[r] . x[t] for r < kR, t < kT; each row has `cols` weights.
+// One accumulator per (row, token): kR * kT independent chains, in registers (see below).
 template <size_t kR, size_t kT, class W>
 HWY_INLINE void DotTile(const W* const* rows, size_t cols, const float* HWY_RESTRICT x,
                         size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
   const hn::ScalableTag<float> df;
   const size_t NF = hn::Lanes(df);
+  // Fully unrolled (HWY_UNROLL; GCC 12 wants a literal bound) so that acc lives in registers:
+  // left rolled, acc stays on the stack and every FMA waits on a store-to-load forward
+  // (2-4x slower, measured).
   hn::Vec<decltype(df)> acc[kR][kT];
-  for (size_t r = 0; r < kR; ++r)
+  HWY_UNROLL(16)
+  for (size_t r = 0; r < kR; ++r) {
+    HWY_UNROLL(16)
     for (size_t t = 0; t < kT; ++t) acc[r][t] = hn::Zero(df);
+  }
   size_t i = 0;
   for (; i + NF <= cols; i += NF) {
     hn::Vec<decltype(df)> vw[kR];
+    HWY_UNROLL(16)
     for (size_t r = 0; r < kR; ++r) vw[r] = LoadF32(df, rows[r] + i);
+    HWY_UNROLL(16)
     for (size_t t = 0; t < kT; ++t) {
       const auto vx = hn::LoadU(df, x + t * x_stride + i);
+      HWY_UNROLL(16)
       for (size_t r = 0; r < kR; ++r) acc[r][t] = hn::MulAdd(vw[r], vx, acc[r][t]);
     }
   }
+  HWY_UNROLL(16)
   for (size_t r = 0; r < kR; ++r) {
+    HWY_UNROLL(16)
     for (size_t t = 0; t < kT; ++t) {
       float sum = SumLanes(df, acc[r][t]);
       for (size_t j = i; j < cols; ++j) sum += ScalarF32(rows[r][j]) * x[t * x_stride + j];
@@ -52,18 +139,21 @@ HWY_INLINE void DotTile(const W* const* rows, size_t cols, const float* HWY_REST
   }
 }
 
-// Rows [r0, r0 + kR) for all T tokens, in token groups of 4 (then 2, 1).
-// Contiguous rows w[0, kR) of `cols` weights.
-template <size_t kR, class W>
-HWY_INLINE void ContiguousRows(const W* w, size_t cols, const W** rows) {
-  for (size_t r = 0; r < kR; ++r) rows[r] = w + r * cols;
-}
+// Rows per chunk tile: kR x 4 accumulators plus kR weight vectors and one x vector must fit
+// in the register file. AVX-512 has 32: 4 x 4 (21 live); elsewhere 16: 2 x 4 (11 live).
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+constexpr size_t kChunkRows = 4;
+#else
+constexpr size_t kChunkRows = 2;
+#endif
 
+// Rows w[0, kR) of `cols` weights for all T tokens, in token groups of 4 (then 2, 1). The per
+// element arithmetic of DotTile does not depend on kR or kT, so neither does the result.
 template <size_t kR, class W>
 HWY_INLINE void RowsAllTokens(const W* HWY_RESTRICT w, size_t cols, const float* HWY_RESTRICT x,
                               size_t T, float* HWY_RESTRICT out, size_t out_stride) {
   const W* rows[kR];
-  ContiguousRows<kR>(w, cols, rows);
+  for (size_t r = 0; r < kR; ++r) rows[r] = w + r * cols;
   size_t t = 0;
   for (; t + 4 <= T; t += 4)
     DotTile<kR, 4>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
@@ -76,24 +166,27 @@ template <class W>
 HWY_INLINE void MatMulRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
                             size_t cols, const float* HWY_RESTRICT x, size_t T,
                             float* HWY_RESTRICT out, size_t out_stride, size_t r0, size_t r1) {
-  size_t r = r0;
   if (T == 1) {
-    // Decode: 4 rows share each x load; 4 independent FMA chains.
-    for (; r + 4 <= r1; r += 4) {
-      const W* rows[4];
-      ContiguousRows<4>(w + r * cols, cols, rows);
-      DotTile<4, 1>(rows, cols, x, cols, out + r, out_stride);
+    // Decode. Rows are contiguous, so the hardware prefetcher streams them: no prefetch.
+    for (size_t r = r0; r < r1; r += kDecodeRows) {
+      const size_t m = r1 - r < kDecodeRows ? r1 - r : kDecodeRows;
+      const W* rows[kDecodeRows];
+      for (size_t k = 0; k < kDecodeRows; ++k) rows[k] = w + (r + (k < m ? k : m - 1)) * cols;
+      float s[kDecodeRows];
+      DotRows4(rows, cols, x, s, static_cast<const W* const*>(nullptr));
+      for (size_t k = 0; k < m; ++k) out[r + k] = scale ? s[k] * scale[r + k] : s[k];
     }
-  } else {
-    for (; r + 2 <= r1; r += 2) RowsAllTokens<2>(w + r * cols, cols, x, T, out + r, out_stride);
+    return;
   }
+  size_t r = r0;
+  for (; r + kChunkRows <= r1; r += kChunkRows)
+    RowsAllTokens<kChunkRows>(w + r * cols, cols, x, T, out + r, out_stride);
   for (; r < r1; ++r) RowsAllTokens<1>(w + r * cols, cols, x, T, out + r, out_stride);
   if (scale != nullptr) {
     for (size_t t = 0; t < T; ++t)
       for (size_t rr = r0; rr < r1; ++rr) out[t * out_stride + rr] *= scale[rr];
   }
 }
-
 
 }  // namespace HWY_NAMESPACE
 }  // namespace spark

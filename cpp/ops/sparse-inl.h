@@ -22,35 +22,42 @@ namespace spark {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// out[j] = W[idx[j]] . x for j in [j0, j1). Four gathered rows share each x load.
+// out[j] = W[idx[j]] . x for j in [j0, j1), kDecodeRows gathered rows per tile (a short last
+// tile repeats its last row), so out[j] depends only on row idx[j] and x, not on j's tile or
+// thread. The rows are scattered, so the hardware prefetcher, which follows sequential lines,
+// would only catch on a few lines into each row: every tile prefetches the next tile's rows
+// while it sums its own (DotRows4's `next`).
 template <class W>
 HWY_INLINE void MaskedMatVecT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
                               size_t cols, const float* HWY_RESTRICT x,
                               const int32_t* HWY_RESTRICT idx, size_t j0, size_t j1,
                               float* HWY_RESTRICT out) {
-  size_t j = j0;
-  for (; j + 4 <= j1; j += 4) {
-    const W* rows[4];
-    for (size_t r = 0; r < 4; ++r) rows[r] = w + static_cast<size_t>(idx[j + r]) * cols;
-    if (j + 8 <= j1) {  // the next rows are scattered: start their first lines early
-      for (size_t r = 0; r < 4; ++r)
-        hwy::Prefetch(w + static_cast<size_t>(idx[j + 4 + r]) * cols);
-    }
-    DotTile<4, 1>(rows, cols, x, cols, out + j, 1);
-  }
-  for (; j < j1; ++j) {
-    const W* row = w + static_cast<size_t>(idx[j]) * cols;
-    DotTile<1, 1>(&row, cols, x, cols, out + j, 1);
-  }
-  if (scale != nullptr) {
-    for (j = j0; j < j1; ++j) out[j] *= scale[idx[j]];
+  // Row pointers of the tile at j (rows repeated past j1); false if the tile is empty.
+  auto tile_rows = [&](size_t j, const W** rows) {
+    if (j >= j1) return false;
+    const size_t m = j1 - j < kDecodeRows ? j1 - j : kDecodeRows;
+    for (size_t k = 0; k < kDecodeRows; ++k)
+      rows[k] = w + static_cast<size_t>(idx[j + (k < m ? k : m - 1)]) * cols;
+    return true;
+  };
+  const W* rows[kDecodeRows];
+  const W* next[kDecodeRows];
+  bool have_next = tile_rows(j0, next);
+  for (size_t j = j0; have_next; j += kDecodeRows) {
+    for (size_t k = 0; k < kDecodeRows; ++k) rows[k] = next[k];
+    have_next = tile_rows(j + kDecodeRows, next);
+    float s[kDecodeRows];
+    DotRows4(rows, cols, x, s, have_next ? next : nullptr);
+    const size_t m = j1 - j < kDecodeRows ? j1 - j : kDecodeRows;
+    for (size_t k = 0; k < m; ++k) out[j + k] = scale ? s[k] * scale[idx[j + k]] : s[k];
   }
 }
 
-
 // out[c] = sum_j coef_j * W[idx[j], c] for c in [c0, c1), coef_j = u[j] (* scale[idx[j]]).
 // Rows are visited in groups of 4 so each out vector is loaded and stored once per 4 rows; the
-// tile of out stays in L1 while each row segment streams through.
+// tile of out stays in L1 while each row segment streams through, and the next group's
+// segments are prefetched meanwhile (the rows are scattered: see MaskedMatVecT). The sum over
+// j runs in index order for every column, whatever c0 and c1 are.
 template <class W>
 HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
                               size_t cols, const float* HWY_RESTRICT u,
@@ -62,18 +69,25 @@ HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
   auto coef = [&](size_t j) {
     return scale ? u[j] * scale[idx[j]] : u[j];
   };
+  auto row = [&](size_t j) { return w + static_cast<size_t>(idx[j]) * cols; };
   size_t j = 0;
   for (; j + 4 <= n; j += 4) {
     const W* rows[4];
     float a[4];
     for (size_t r = 0; r < 4; ++r) {
-      rows[r] = w + static_cast<size_t>(idx[j + r]) * cols;
+      rows[r] = row(j + r);
       a[r] = coef(j + r);
+    }
+    const W* next_rows[kDecodeRows];
+    const bool have_next = j + 4 + kDecodeRows <= n;
+    if (have_next) {
+      for (size_t r = 0; r < kDecodeRows; ++r) next_rows[r] = row(j + 4 + r) + c0;
     }
     const auto a0 = hn::Set(df, a[0]), a1 = hn::Set(df, a[1]);
     const auto a2 = hn::Set(df, a[2]), a3 = hn::Set(df, a[3]);
     size_t c = c0;
     for (; c + NF <= c1; c += NF) {
+      PrefetchStep(have_next ? next_rows : nullptr, c - c0, NF);
       auto o = hn::LoadU(df, out + c);
       o = hn::MulAdd(a0, LoadF32(df, rows[0] + c), o);
       o = hn::MulAdd(a1, LoadF32(df, rows[1] + c), o);
@@ -82,21 +96,25 @@ HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
       hn::StoreU(o, df, out + c);
     }
     for (; c < c1; ++c) {
-      out[c] += a[0] * ScalarF32(rows[0][c]) + a[1] * ScalarF32(rows[1][c]) +
-                a[2] * ScalarF32(rows[2][c]) + a[3] * ScalarF32(rows[3][c]);
+      // Same order and roundings as the vector loop: one FMA per row, in row order.
+      float o = out[c];
+      o = a[0] * ScalarF32(rows[0][c]) + o;
+      o = a[1] * ScalarF32(rows[1][c]) + o;
+      o = a[2] * ScalarF32(rows[2][c]) + o;
+      o = a[3] * ScalarF32(rows[3][c]) + o;
+      out[c] = o;
     }
   }
   for (; j < n; ++j) {
-    const W* row = w + static_cast<size_t>(idx[j]) * cols;
+    const W* r = row(j);
     const float a = coef(j);
     const auto va = hn::Set(df, a);
     size_t c = c0;
     for (; c + NF <= c1; c += NF)
-      hn::StoreU(hn::MulAdd(va, LoadF32(df, row + c), hn::LoadU(df, out + c)), df, out + c);
-    for (; c < c1; ++c) out[c] += a * ScalarF32(row[c]);
+      hn::StoreU(hn::MulAdd(va, LoadF32(df, r + c), hn::LoadU(df, out + c)), df, out + c);
+    for (; c < c1; ++c) out[c] = a * ScalarF32(r[c]) + out[c];
   }
 }
-
 
 }  // namespace HWY_NAMESPACE
 }  // namespace spark
