@@ -85,8 +85,6 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
   kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.attn_predictor_dim, ctx_);
   iota_.resize(ctx_);
   for (size_t i = 0; i < ctx_; ++i) iota_[i] = static_cast<int32_t>(i);
-  ffn_idx_.resize(config_.d_ff);
-  ffn_shift_ = Floats(config_.d_ff);
   ffn_u_ = Floats(config_.d_ff);
   stats_.resize(config_.n_layers);
   AllocateActivations(max_chunk);
@@ -118,6 +116,16 @@ void Engine::AllocateActivations(size_t T) {
   ff_b_ = c.SparkFfn() ? Floats(1) : Floats(T * c.d_ff);
   x1_ = Floats(T * c.ffn_predictor_dim);
   x2_ = Floats(T * (c.d_model - c.ffn_predictor_dim));
+  if (c.SparkFfn()) {
+    ffn_idx_.assign(T * c.d_ff, 0);
+    ffn_count_.assign(T, 0);
+    ffn_shift_ = Floats(T * c.d_ff);
+    csr_offsets_.assign(c.d_ff + 1, 0);
+    csr_cursor_.assign(c.d_ff, 0);
+    csr_tokens_.assign(T * c.d_ff, 0);
+    csr_shift_ = Floats(T * c.d_ff);
+    csr_u_ = Floats(T * c.d_ff);
+  }
   rope_cos_ = Floats(2 * T * c.head_dim / 2);
   rope_sin_ = Floats(2 * T * c.head_dim / 2);
 }

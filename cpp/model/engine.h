@@ -85,8 +85,13 @@ class Engine {
   hwy::AlignedFreeUniquePtr<float[]> ff_a_, ff_b_;         // [T, d_ff]
   hwy::AlignedFreeUniquePtr<float[]> x1_, x2_;             // Spark FFN: [T, r], [T, d - r]
   hwy::AlignedFreeUniquePtr<float[]> rope_cos_, rope_sin_;  // [2 (global, local)][T][head_dim/2]
-  std::vector<int32_t> ffn_idx_;                           // [d_ff]
-  hwy::AlignedFreeUniquePtr<float[]> ffn_shift_, ffn_u_;   // [d_ff]
+  std::vector<int32_t> ffn_idx_;                           // [T, d_ff] active neurons per token
+  std::vector<int32_t> ffn_count_;                         // [T] active count per token
+  std::vector<int32_t> csr_offsets_;                       // [d_ff + 1] chunk: tokens per neuron
+  std::vector<int32_t> csr_cursor_;                        // [d_ff] write cursors
+  std::vector<int32_t> csr_tokens_;                        // [T * d_ff]
+  hwy::AlignedFreeUniquePtr<float[]> csr_shift_, csr_u_;   // [T * d_ff]
+  hwy::AlignedFreeUniquePtr<float[]> ffn_shift_, ffn_u_;   // [T, d_ff], [d_ff]
   std::vector<int32_t> iota_;                              // [ctx]: 0, 1, 2, ...
 
   // Per-thread attention scratch, [ctx] each.

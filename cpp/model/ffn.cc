@@ -4,12 +4,15 @@
 //     s = K1 x[:r] (one chunk matmul for all T), theta = statistical top-k of s,
 //     u_i = gelu_tanh(s_i - theta) * (K2[i] . x[r:]) for active i (vector-masked matvec),
 //     y = sum_i u_i V[i] (tiled sparse vec-mat).
+//   For a chunk (T > 1) the active (token, neuron) pairs are regrouped by neuron so each K2 and
+//   V row is read once per chunk, not once per token that activates it (ops/sparse_batch.h).
 #include <algorithm>
 
 #include "model/engine.h"
 #include "ops/activation.h"
 #include "ops/matvec.h"
 #include "ops/sparse.h"
+#include "ops/sparse_batch.h"
 #include "ops/topk.h"
 
 namespace spark {
@@ -37,14 +40,46 @@ void Engine::Ffn(size_t layer, size_t T) {
     std::copy(x + r, x + d, x2_.get() + t * rest);
   }
   MatMul(L.k1, x1_.get(), T, ff_a_.get());
+  size_t total = 0;
   for (size_t t = 0; t < T; ++t) {
-    const float* s = ff_a_.get() + t * dff;
-    const size_t n = StatisticalTopK(s, dff, ffn_q_, ffn_idx_.data(), ffn_shift_.get()).count;
-    MaskedMatVec(L.k2, x2_.get() + t * rest, ffn_idx_.data(), n, ffn_u_.get());
-    GeluMul(ffn_shift_.get(), ffn_u_.get(), n, ffn_u_.get());
-    SparseVecMat(L.v_ffn, ffn_u_.get(), ffn_idx_.data(), n, tmp_.get() + t * d);
-    st.ffn_active += static_cast<double>(n);
+    const size_t n = StatisticalTopK(ff_a_.get() + t * dff, dff, ffn_q_, ffn_idx_.data() + t * dff,
+                                     ffn_shift_.get() + t * dff).count;
+    ffn_count_[t] = static_cast<int32_t>(n);
+    total += n;
   }
+  st.ffn_active += static_cast<double>(total);
+
+  if (T == 1) {
+    const size_t n = static_cast<size_t>(ffn_count_[0]);
+    MaskedMatVec(L.k2, x2_.get(), ffn_idx_.data(), n, ffn_u_.get());
+    GeluMul(ffn_shift_.get(), ffn_u_.get(), n, ffn_u_.get());
+    SparseVecMat(L.v_ffn, ffn_u_.get(), ffn_idx_.data(), n, tmp_.get());
+    return;
+  }
+
+  // Regroup by neuron (counting sort; tokens stay ascending within a neuron).
+  int32_t* offsets = csr_offsets_.data();
+  std::fill(offsets, offsets + dff + 1, 0);
+  for (size_t t = 0; t < T; ++t) {
+    const int32_t* idx = ffn_idx_.data() + t * dff;
+    for (int32_t j = 0; j < ffn_count_[t]; ++j) ++offsets[idx[j] + 1];
+  }
+  for (size_t i = 0; i < dff; ++i) offsets[i + 1] += offsets[i];
+  // Write cursors: csr position of the next pair of each neuron (offsets[i] advanced in a copy).
+  int32_t* cursor = csr_cursor_.data();
+  std::copy(offsets, offsets + dff, cursor);
+  for (size_t t = 0; t < T; ++t) {
+    const int32_t* idx = ffn_idx_.data() + t * dff;
+    const float* shift = ffn_shift_.get() + t * dff;
+    for (int32_t j = 0; j < ffn_count_[t]; ++j) {
+      const int32_t k = cursor[idx[j]]++;
+      csr_tokens_[k] = static_cast<int32_t>(t);
+      csr_shift_[k] = shift[j];
+    }
+  }
+  CsrMaskedMatMul(L.k2, x2_.get(), offsets, csr_tokens_.data(), csr_u_.get());
+  GeluMul(csr_shift_.get(), csr_u_.get(), total, csr_u_.get());
+  CsrSparseMatMul(L.v_ffn, csr_u_.get(), offsets, csr_tokens_.data(), T, tmp_.get());
 }
 
 }  // namespace spark

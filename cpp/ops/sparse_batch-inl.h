@@ -1,0 +1,103 @@
+// sparse_batch-inl.h (per target): neuron-grouped (CSR) masked matmul and sparse matmul.
+
+#if defined(SPARK_OPS_SPARSE_BATCH_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef SPARK_OPS_SPARSE_BATCH_INL_H_
+#undef SPARK_OPS_SPARSE_BATCH_INL_H_
+#else
+#define SPARK_OPS_SPARSE_BATCH_INL_H_
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hwy/highway.h"
+#include "ops/load-inl.h"
+#include "ops/weights.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace spark {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// out[j] = row . x_j for kT token vectors; the row is loaded once for all of them.
+template <size_t kT, class W>
+HWY_INLINE void RowDotTokens(const W* HWY_RESTRICT row, size_t cols, const float* const* xs,
+                             float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> df;
+  const size_t NF = hn::Lanes(df);
+  hn::Vec<decltype(df)> acc[kT];
+  for (size_t t = 0; t < kT; ++t) acc[t] = hn::Zero(df);
+  size_t i = 0;
+  for (; i + NF <= cols; i += NF) {
+    const auto vw = LoadF32(df, row + i);
+    for (size_t t = 0; t < kT; ++t) acc[t] = hn::MulAdd(vw, hn::LoadU(df, xs[t] + i), acc[t]);
+  }
+  for (size_t t = 0; t < kT; ++t) {
+    float sum = SumLanes(df, acc[t]);
+    for (size_t j = i; j < cols; ++j) sum += ScalarF32(row[j]) * xs[t][j];
+    out[t] = sum;
+  }
+}
+
+template <class W>
+HWY_INLINE void CsrMaskedRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+                               size_t cols, const float* HWY_RESTRICT x,
+                               const int32_t* HWY_RESTRICT offsets,
+                               const int32_t* HWY_RESTRICT tokens, size_t r0, size_t r1,
+                               float* HWY_RESTRICT out) {
+  for (size_t r = r0; r < r1; ++r) {
+    const W* row = w + r * cols;
+    size_t k = static_cast<size_t>(offsets[r]);
+    const size_t end = static_cast<size_t>(offsets[r + 1]);
+    const float* xs[4];
+    for (; k + 4 <= end; k += 4) {
+      for (size_t j = 0; j < 4; ++j) xs[j] = x + static_cast<size_t>(tokens[k + j]) * cols;
+      RowDotTokens<4>(row, cols, xs, out + k);
+    }
+    for (; k < end; ++k) {
+      xs[0] = x + static_cast<size_t>(tokens[k]) * cols;
+      RowDotTokens<1>(row, cols, xs, out + k);
+    }
+    if (scale != nullptr) {
+      for (k = static_cast<size_t>(offsets[r]); k < end; ++k) out[k] *= scale[r];
+    }
+  }
+}
+
+// Columns [c0, c1) of out [T, cols]: zeroed, then every neuron's row segment is loaded once per
+// vector and added into each of its tokens' outputs.
+template <class W>
+HWY_INLINE void CsrSparseColsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+                               size_t rows, size_t cols, const float* HWY_RESTRICT u,
+                               const int32_t* HWY_RESTRICT offsets,
+                               const int32_t* HWY_RESTRICT tokens, size_t T,
+                               float* HWY_RESTRICT out, size_t c0, size_t c1) {
+  const hn::ScalableTag<float> df;
+  const size_t NF = hn::Lanes(df);
+  for (size_t t = 0; t < T; ++t)
+    for (size_t c = c0; c < c1; ++c) out[t * cols + c] = 0.0f;
+  for (size_t r = 0; r < rows; ++r) {
+    const size_t k0 = static_cast<size_t>(offsets[r]), k1 = static_cast<size_t>(offsets[r + 1]);
+    if (k0 == k1) continue;
+    const W* row = w + r * cols;
+    const float s = scale ? scale[r] : 1.0f;
+    size_t c = c0;
+    for (; c + NF <= c1; c += NF) {
+      const auto v = LoadF32(df, row + c);
+      for (size_t k = k0; k < k1; ++k) {
+        float* o = out + static_cast<size_t>(tokens[k]) * cols + c;
+        hn::StoreU(hn::MulAdd(hn::Set(df, u[k] * s), v, hn::LoadU(df, o)), df, o);
+      }
+    }
+    for (; c < c1; ++c) {
+      const float v = ScalarF32(row[c]);
+      for (size_t k = k0; k < k1; ++k) out[static_cast<size_t>(tokens[k]) * cols + c] += u[k] * s * v;
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace spark
+HWY_AFTER_NAMESPACE();
+
+#endif  // toggle guard

@@ -1,0 +1,72 @@
+// sparse_batch.cc: dispatch and threading for sparse_batch-inl.h.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/sparse_batch.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+#include "ops/sparse_batch-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace spark {
+namespace HWY_NAMESPACE {
+
+HWY_NOINLINE void CsrMaskedRows(const MatRef& w, const float* x, const int32_t* offsets,
+                                const int32_t* tokens, size_t r0, size_t r1, float* out) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return CsrMaskedRowsT(static_cast<const float*>(w.data), nullptr, w.cols, x, offsets,
+                            tokens, r0, r1, out);
+    case WeightType::kBF16:
+      return CsrMaskedRowsT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, x,
+                            offsets, tokens, r0, r1, out);
+    case WeightType::kI8:
+      return CsrMaskedRowsT(static_cast<const int8_t*>(w.data), w.scale, w.cols, x, offsets,
+                            tokens, r0, r1, out);
+  }
+}
+
+HWY_NOINLINE void CsrSparseCols(const MatRef& w, const float* u, const int32_t* offsets,
+                                const int32_t* tokens, size_t T, float* out, size_t c0,
+                                size_t c1) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return CsrSparseColsT(static_cast<const float*>(w.data), nullptr, w.rows, w.cols, u,
+                            offsets, tokens, T, out, c0, c1);
+    case WeightType::kBF16:
+      return CsrSparseColsT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.rows, w.cols,
+                            u, offsets, tokens, T, out, c0, c1);
+    case WeightType::kI8:
+      return CsrSparseColsT(static_cast<const int8_t*>(w.data), w.scale, w.rows, w.cols, u,
+                            offsets, tokens, T, out, c0, c1);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace spark
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "ops/sparse_batch.h"
+#include "util/threading.h"
+
+namespace spark {
+HWY_EXPORT(CsrMaskedRows);
+HWY_EXPORT(CsrSparseCols);
+
+void CsrMaskedMatMul(const MatRef& w, const float* x, const int32_t* offsets,
+                     const int32_t* tokens, float* out) {
+  const auto fn = HWY_DYNAMIC_DISPATCH(CsrMaskedRows);
+  ParallelFor(w.rows, 64, [&](size_t r0, size_t r1, int) { fn(w, x, offsets, tokens, r0, r1, out); });
+}
+
+void CsrSparseMatMul(const MatRef& w, const float* u, const int32_t* offsets,
+                     const int32_t* tokens, size_t T, float* out) {
+  const auto fn = HWY_DYNAMIC_DISPATCH(CsrSparseCols);
+  // 64-column tiles: whole cache lines of every weight type (see sparse.cc).
+  ParallelFor(w.cols, 64, [&](size_t c0, size_t c1, int) {
+    fn(w, u, offsets, tokens, T, out, c0, c1);
+  });
+}
+
+}  // namespace spark
+#endif  // HWY_ONCE

@@ -1,0 +1,32 @@
+// sparse_batch.h: the Spark FFN kernels for a chunk of T tokens (prefill), neuron by neuron.
+//
+// Per token, 8 % of the d_ff neurons are active, but over a 64-token chunk nearly every neuron
+// is active for some token, so running the per-token kernels T times would read each weight
+// row ~5 times per chunk. Instead the active (token, neuron) pairs are grouped by neuron (CSR:
+// offsets[i] .. offsets[i+1] list the tokens that activate neuron i, ascending), and each weight
+// row is loaded once per chunk and applied to all of its tokens.
+#ifndef SPARK_OPS_SPARSE_BATCH_H_
+#define SPARK_OPS_SPARSE_BATCH_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ops/weights.h"
+
+namespace spark {
+
+// out[k] = W[i, :] . x[tokens[k], :] for every neuron i < w.rows and k in
+// [offsets[i], offsets[i+1]). x: [T, w.cols]; offsets: [w.rows + 1]; out: [offsets[w.rows]].
+// Threads split the neurons.
+void CsrMaskedMatMul(const MatRef& w, const float* x, const int32_t* offsets,
+                     const int32_t* tokens, float* out);
+
+// out[t, c] = sum over neurons i (ascending) and k in [offsets[i], offsets[i+1]) with
+// tokens[k] == t of u[k] * W[i, c]. out: [T, w.cols], fully overwritten. Threads split the
+// columns into tiles; each walks every neuron for its tile only (no cross-thread sums).
+void CsrSparseMatMul(const MatRef& w, const float* u, const int32_t* offsets,
+                     const int32_t* tokens, size_t T, float* out);
+
+}  // namespace spark
+
+#endif  // SPARK_OPS_SPARSE_BATCH_H_
