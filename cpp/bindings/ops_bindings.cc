@@ -17,6 +17,7 @@
 #include "ops/matvec.h"
 #include "ops/norm.h"
 #include "ops/sparse.h"
+#include "ops/sparse_batch.h"
 #include "ops/topk.h"
 #include "util/threading.h"
 
@@ -129,6 +130,42 @@ void RegisterOps(py::module_& m) {
   }, arg("w").noconvert(), arg("u").noconvert(), arg("idx").noconvert(), arg("out").noconvert(),
      arg("scale").noconvert() = py::none(),
      "out = sum_j u[j] * w[idx[j], :] (column tiles per thread). u: [n], out: [cols].");
+
+  // --- sparse, a chunk of tokens grouped by neuron (CSR)
+  auto check_csr = [](py::array offsets, py::array tokens, size_t rows, size_t T) {
+    const int32_t* po = Checked<int32_t>(offsets, "offsets", {static_cast<py::ssize_t>(rows + 1)});
+    const int32_t* pt = Checked<int32_t>(tokens, "tokens", {-1});
+    const size_t nnz = static_cast<size_t>(tokens.shape(0));
+    if (po[0] != 0 || static_cast<size_t>(po[rows]) != nnz)
+      throw py::value_error("offsets must start at 0 and end at len(tokens)");
+    for (size_t i = 0; i < rows; ++i)
+      if (po[i + 1] < po[i]) throw py::value_error("offsets must be non-decreasing");
+    CheckIndices(pt, nnz, T);
+    return std::make_pair(po, pt);
+  };
+  m.def("csr_masked_matmul", [check_csr](py::array w, py::array x, py::array offsets, py::array tokens,
+                                         py::array out, OptArray scale) {
+    const MatRef mw = CheckedWeights(w, scale);
+    const float* px = Checked<float>(x, "x", {-1, static_cast<py::ssize_t>(mw.cols)});
+    const auto [po, pt] = check_csr(offsets, tokens, mw.rows, static_cast<size_t>(x.shape(0)));
+    float* pout = Checked<float>(out, "out", {tokens.shape(0)}, true);
+    py::gil_scoped_release release;
+    CsrMaskedMatMul(mw, px, po, pt, pout);
+  }, arg("w").noconvert(), arg("x").noconvert(), arg("offsets").noconvert(), arg("tokens").noconvert(),
+     arg("out").noconvert(), arg("scale").noconvert() = py::none(),
+     "out[k] = w[i, :] . x[tokens[k], :] for k in [offsets[i], offsets[i+1]).");
+  m.def("csr_sparse_matmul", [check_csr](py::array w, py::array u, py::array offsets, py::array tokens,
+                                         py::array out, OptArray scale) {
+    const MatRef mw = CheckedWeights(w, scale);
+    float* pout = Checked<float>(out, "out", {-1, static_cast<py::ssize_t>(mw.cols)}, true);
+    const size_t T = static_cast<size_t>(out.shape(0));
+    const auto [po, pt] = check_csr(offsets, tokens, mw.rows, T);
+    const float* pu = Checked<float>(u, "u", {tokens.shape(0)});
+    py::gil_scoped_release release;
+    CsrSparseMatMul(mw, pu, po, pt, T, pout);
+  }, arg("w").noconvert(), arg("u").noconvert(), arg("offsets").noconvert(), arg("tokens").noconvert(),
+     arg("out").noconvert(), arg("scale").noconvert() = py::none(),
+     "out[t, :] = sum over k with tokens[k] == t of u[k] * w[i(k), :]; out: [T, cols].");
 
   // --- statistical top-k
   m.def("inv_normal_cdf", [](double p) {

@@ -1,0 +1,83 @@
+"""The chunk (CSR) Spark FFN kernels against numpy, on every SIMD target: for T tokens, the
+active (token, neuron) pairs grouped by neuron; each weight row is used by all its tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spark_infer import _core
+from spark_infer.fileformat import bf16_to_f32, f32_to_bf16, quantize_int8, dequantize_int8
+
+
+def weights(rng, rows, cols, dtype):
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    if dtype == "f32":
+        return w, None, w.astype(np.float64)
+    if dtype == "bf16":
+        b = f32_to_bf16(w)
+        return b, None, bf16_to_f32(b).astype(np.float64)
+    q, s = quantize_int8(w)
+    return q, s, dequantize_int8(q, s).astype(np.float64)
+
+
+def csr(rng, rows, T, density):
+    """Random active pairs: (offsets [rows+1], tokens [nnz]) with tokens ascending per row."""
+    active = rng.random((T, rows)) < density
+    offsets = np.concatenate([[0], np.cumsum(active.sum(0))]).astype(np.int32)
+    tokens = np.concatenate([np.nonzero(active[:, i])[0] for i in range(rows)] or [[]])
+    return offsets, tokens.astype(np.int32), active
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "int8"])
+@pytest.mark.parametrize("rows, cols, T", [(1, 1, 1), (7, 63, 5), (130, 1000, 17), (64, 13, 64)])
+def test_csr_masked_matmul(target, dtype, rows, cols, T):
+    rng = np.random.default_rng(rows * 1000 + cols)
+    w, scale, wd = weights(rng, rows, cols, dtype)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    offsets, tokens, _ = csr(rng, rows, T, 0.3)
+    out = np.full(len(tokens) + 1, np.nan, np.float32)
+    _core.csr_masked_matmul(w, x, offsets, tokens, out[:len(tokens)], scale=scale)
+    row_of = np.repeat(np.arange(rows), np.diff(offsets))
+    expected = np.einsum("kc,kc->k", wd[row_of], x[tokens].astype(np.float64))
+    # f32 accumulation over `cols` terms: error <= cols * 2^-24 * sum |w x| (generous x4)
+    bound = 4 * cols * 2.0**-24 * np.einsum("kc,kc->k", np.abs(wd[row_of]), np.abs(x[tokens]))
+    assert np.all(np.abs(out[:len(tokens)] - expected) <= bound + 1e-30)
+    assert np.isnan(out[-1])  # nothing written past the end
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "int8"])
+@pytest.mark.parametrize("rows, cols, T", [(1, 1, 1), (9, 63, 4), (200, 1000, 17), (64, 2304, 8)])
+def test_csr_sparse_matmul(target, dtype, rows, cols, T):
+    rng = np.random.default_rng(rows + cols)
+    w, scale, wd = weights(rng, rows, cols, dtype)
+    offsets, tokens, active = csr(rng, rows, T, 0.2)
+    u = rng.standard_normal(len(tokens)).astype(np.float32)
+    # Rows no token uses must never be read: poison them.
+    unused = np.diff(offsets) == 0
+    if dtype == "f32":
+        w = w.copy()
+        w[unused] = np.nan
+    out = np.full((T, cols), np.nan, np.float32)
+    _core.csr_sparse_matmul(w, u, offsets, tokens, out, scale=scale)
+    row_of = np.repeat(np.arange(rows), np.diff(offsets))
+    expected = np.zeros((T, cols))
+    np.add.at(expected, tokens, u[:, None].astype(np.float64) * wd[row_of])
+    bound = 4 * rows * 2.0**-24 * (np.abs(u)[:, None] * np.abs(wd[row_of])).sum(0).max() + 1e-30
+    assert np.all(np.isfinite(out))
+    assert np.abs(out - expected).max() <= bound
+
+
+def test_csr_bad_input():
+    w = np.zeros((4, 8), np.float32)
+    x = np.zeros((3, 8), np.float32)
+    out = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match="offsets"):
+        _core.csr_masked_matmul(w, x, np.array([0, 1, 2, 2, 1], np.int32),
+                                np.array([0, 1], np.int32), out)
+    with pytest.raises(IndexError):
+        _core.csr_masked_matmul(w, x, np.array([0, 1, 2, 2, 2], np.int32),
+                                np.array([0, 3], np.int32), out)
+    with pytest.raises(TypeError):
+        _core.csr_masked_matmul(w, x, np.array([0, 1, 2, 2, 2], np.int64),
+                                np.array([0, 1], np.int32), out)
