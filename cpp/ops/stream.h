@@ -6,8 +6,9 @@
 
 namespace spark {
 
-// Returns sum_i p[i] for i < n, in f32 with independent per-lane accumulators. It exists to
-// read memory as fast as the core can; the order of summation is unspecified.
+// Returns sum_i p[i] for i < n, in f32 with independent per-lane accumulators, reading four
+// contiguous quarters of p at once. It exists to read memory as fast as one core can; the
+// order of summation is unspecified.
 // Single-threaded, on the caller.
 float StreamSum(const float* p, size_t n);
 
