@@ -61,9 +61,9 @@ void Engine::Attention(size_t layer, size_t T) {
   }
 
   const size_t topk = c.attn_topk;
-  std::vector<double> attended(threads_, 0.0);
-  ParallelFor(T * H, 1, [&](size_t begin, size_t end, int thread) {
-    Scratch& s = scratch_[thread];
+  std::vector<double> attended(MaxParts(), 0.0);
+  ParallelFor(T * H, 1, [&](size_t begin, size_t end, int part) {
+    Scratch& s = scratch_[part];
     for (size_t item = begin; item < end; ++item) {
       const size_t t = item / H, h = item % H, g = h / group;
       const size_t p = pos_ + t;
@@ -79,7 +79,7 @@ void Engine::Attention(size_t layer, size_t T) {
         if (c.attn_softcap > 0) SoftCap(sc, n, c.attn_softcap, sc);
         Softmax(sc, n, sc);
         SparseVecMatRange(values, sc, iota_.data(), n, out, 0, hd);
-        attended[thread] += static_cast<double>(n);
+        attended[part] += static_cast<double>(n);
         continue;
       }
       const MatRef pred{kv_.KPred(layer, g, lo), nullptr, WeightType::kF32, n, ra};
@@ -105,7 +105,7 @@ void Engine::Attention(size_t layer, size_t T) {
       Softplus(s2, count, s2);
       for (size_t i = 0; i < count; ++i) w[i] *= s2[i];
       SparseVecMatRange(values, w, idx, count, out, 0, hd);
-      attended[thread] += static_cast<double>(count);
+      attended[part] += static_cast<double>(count);
     }
   });
   for (double a : attended) stats_[layer].attn_attended += a;

@@ -131,7 +131,7 @@ void Engine::AllocateActivations(size_t T) {
 }
 
 void Engine::EnsureScratch() {
-  while (scratch_.size() < static_cast<size_t>(threads_)) {
+  while (scratch_.size() < static_cast<size_t>(MaxParts())) {
     Scratch s;
     s.s1 = Floats(ctx_);
     s.sel = Floats(ctx_);
