@@ -196,31 +196,33 @@ void Engine::Forward(const int32_t* tokens, size_t T, float* logits, bool all_lo
   double t1 = Now();
   times_.embed += t1 - t0;
 
-  for (size_t l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& L = weights_.layers[l];
-    t0 = Now();
-    for (size_t t = 0; t < T; ++t) RmsNorm(x_.get() + t * d, L.attn_norm, d, c.norm_eps, xn_.get() + t * d);
-    Attention(l, T);
-    t1 = Now();
-    times_.attention += t1 - t0;
+  // Gemma's sandwich: x += post_norm(block(pre_norm(x))), for attention, then the FFN.
+  auto add_normed = [&](const float* post_norm) {
     for (size_t t = 0; t < T; ++t) {
       float* x = x_.get() + t * d;
       float* y = tmp_.get() + t * d;
-      RmsNorm(y, L.attn_post_norm, d, c.norm_eps, y);
+      RmsNorm(y, post_norm, d, c.norm_eps, y);
       for (size_t i = 0; i < d; ++i) x[i] += y[i];
-      RmsNorm(x, L.ffn_norm, d, c.norm_eps, xn_.get() + t * d);
     }
+  };
+  auto pre_norm = [&](const float* norm) {
+    for (size_t t = 0; t < T; ++t) RmsNorm(x_.get() + t * d, norm, d, c.norm_eps, xn_.get() + t * d);
+  };
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = weights_.layers[l];
+    t0 = Now();
+    pre_norm(L.attn_norm);
+    Attention(l, T);
+    t1 = Now();
+    times_.attention += t1 - t0;
+    add_normed(L.attn_post_norm);
+    pre_norm(L.ffn_norm);
     t0 = Now();
     times_.other += t0 - t1;
     Ffn(l, T);
     t1 = Now();
     times_.ffn += t1 - t0;
-    for (size_t t = 0; t < T; ++t) {
-      float* x = x_.get() + t * d;
-      float* y = tmp_.get() + t * d;
-      RmsNorm(y, L.ffn_post_norm, d, c.norm_eps, y);
-      for (size_t i = 0; i < d; ++i) x[i] += y[i];
-    }
+    add_normed(L.ffn_post_norm);
     times_.other += Now() - t1;
   }
   pos_ += T;
