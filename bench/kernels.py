@@ -266,10 +266,12 @@ def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         for dtype in cfg.dtypes:
             results += bench_dtype(cfg, dtype, pool, rng, idx_sets, log)
         x_topk = rng.standard_normal(D_FF_SPARK).astype(np.float32)
-        want = np.flatnonzero(x_topk > np.float64(x_topk.mean(dtype=np.float64)
-                                                   + x_topk.std(dtype=np.float64) * 1.4050716))
+        x64 = x_topk.astype(np.float64)
+        theta = x64.mean() + x64.std() * statistics.NormalDist().inv_cdf(1 - FRACTION)
         got = _core.statistical_topk(x_topk, FRACTION)[0]
-        assert len(np.setxor1d(got, want)) <= 2, "statistical_topk disagrees with numpy"
+        differ = np.setxor1d(got, np.flatnonzero(x64 > theta))
+        if (np.abs(x64[differ] - theta) > 1e-4).any():  # f32 sums of 13824 terms: ~1e-6
+            raise SystemExit("statistical_topk: kept set differs from numpy's")
         for n in cfg.threads:
             _core.set_num_threads(n)
             times = time_calls(lambda i: _core.statistical_topk(x_topk, FRACTION),

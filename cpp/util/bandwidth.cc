@@ -26,7 +26,7 @@ class ThreadCountScope {
   int saved_;
 };
 
-// Parts of 64 KiB: the matvec kernels' granule, so the probe splits memory as they do.
+// Granules of 64 KiB, as the matvec kernels' (RowGranule): the probe splits memory as they do.
 constexpr size_t kGranuleFloats = 64 * 1024 / sizeof(float);
 
 }  // namespace
@@ -39,18 +39,20 @@ std::vector<double> ReadBandwidthSamples(size_t nbytes, int threads, int repeats
   hwy::AlignedFreeUniquePtr<float[]> buf = hwy::AllocateAligned<float>(n);
   if (!buf) throw std::bad_alloc();
   float* p = buf.get();
-  // First touch by the thread that will read each part (its pages then sit on its node), with
-  // values whose sum stays finite.
+  // First touch in parallel, split as the passes are (pages spread over the threads' memory
+  // nodes as the kernels' weights would be), with values whose sum stays finite.
   ParallelFor(n, kGranuleFloats, [p](size_t b, size_t e, int) {
     std::fill(p + b, p + e, 1.0f);
   });
-  std::vector<float> sums(static_cast<size_t>(NumThreads()), 0.0f);
+  // One slot per granule: ParallelFor makes at most that many parts, whatever its policy for
+  // parts per thread.
+  std::vector<float> sums((n + kGranuleFloats - 1) / kGranuleFloats, 0.0f);
   auto pass = [&] {
-    ParallelFor(n, kGranuleFloats, [&](size_t b, size_t e, int t) {
-      sums[static_cast<size_t>(t)] += StreamSum(p + b, e - b);
+    ParallelFor(n, kGranuleFloats, [&](size_t b, size_t e, int part) {
+      sums[static_cast<size_t>(part)] += StreamSum(p + b, e - b);
     });
   };
-  pass();  // warm-up: TLB, OpenMP team start
+  pass();  // warm-up: page tables, thread pool start
   std::vector<double> gbps;
   for (int r = 0; r < repeats; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
