@@ -65,13 +65,15 @@ def test_json_has_documented_fields(run: dict) -> None:
     rep = run["report"]
     assert rep["schema"] == bench.SCHEMA
     for key in ("command", "commit", "date", "elapsed_s", "machine", "settings",
-                "bandwidth_gbs", "models", "results", "ratios", "notes"):
+                "bandwidth_gbs", "bandwidth_samples", "models", "results", "ratios", "notes"):
         assert key in rep, key
     assert {"cpu", "physical_cores", "logical_cpus", "highway_target", "simd", "python",
             "platform"} <= set(rep["machine"])
     assert rep["machine"]["highway_target"] == _core.current_target()
     assert rep["settings"]["contexts"] == list(CONTEXTS)
-    assert rep["bandwidth_gbs"]["1"] > 0
+    # One probe at the start, then one per kept round of decode samples (2 per context).
+    assert len(rep["bandwidth_samples"]["1"]) == 1 + 2 * len(CONTEXTS)
+    assert rep["bandwidth_gbs"]["1"] == pytest.approx(np.median(rep["bandwidth_samples"]["1"]))
     labels = [m["label"] for m in rep["models"]]
     assert labels == ["spark.spark", "dense.spark"]
     for m in rep["models"]:

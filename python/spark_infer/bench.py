@@ -20,8 +20,10 @@ What is measured (DESIGN.md section 7; docs/STYLE.md, "Benchmarks"):
   r_a x 4, plus the gathered rows (head_dim - r_a keys + head_dim values) x 4 of
   min(visible, group x attended) tokens per KV head, attended = the engine's mean attended
   tokens per query head (an upper bound of the unique rows: the heads of a group select
-  independently). The machine's read bandwidth (`_core.read_bandwidth`, STREAM-like) is
-  measured in the same run for each thread count.
+  independently). The machine's read bandwidth (`_core.read_bandwidth`, STREAM-like, a buffer
+  of `--bandwidth-bytes`) is measured in the same run: once per thread count at the start, and
+  once after every round of decode samples, so a point is compared with the bandwidth the
+  machine had while it was measured (other processes on a shared machine move both).
 - FLOPs per prefill token (an FMA counts as 2): matrices as for the bytes (Spark FFN at its
   active fraction), attention scores and weighted sums over the visible (dense) or scanned and
   attended (Spark) tokens, and the LM head once per call.
@@ -47,7 +49,8 @@ JSON (`--json PATH`), schema "spark-infer-bench/1":
   machine: cpu (model name), physical_cores, logical_cpus, highway_target, simd (avx512f | avx2
     | ...), python, platform
   settings: threads [..], contexts [..], prefill_tokens, chunk, steps, repeats, warmup, seed
-  bandwidth_gbs: {threads (str): GB/s (1e9 B/s) read bandwidth, median of 5 passes}
+  bandwidth_gbs: {threads (str): GB/s (1e9 B/s) read bandwidth, median of every probe}
+  bandwidth_samples: {threads (str): [GB/s of each probe (median of 3 passes), in run order]}
   models: [{label, kind ("engine" | "llama.cpp" | "transformers"), source ("file" | "random" |
     "real"), path, dtype, spark (bool), config (the ModelConfig dict, engine only),
     weight_bytes, kv_bytes (cache allocated), load_s (open + first call, cold)}]
@@ -58,7 +61,8 @@ JSON (`--json PATH`), schema "spark-infer-bench/1":
     ffn_active_fraction [per layer] and attn_mean_tokens [per layer] (engine counters, mean
     over the timed calls; prefill: over the P tokens), ffn_active_mean, attn_tokens_mean,
     bytes_per_token {weights, kv, total} (decode), effective_gbs {median, min, max} (decode),
-    bandwidth_gbs, bandwidth_fraction (median effective / bandwidth; decode),
+    bandwidth_gbs (median of the probes taken between this point's samples; decode),
+    bandwidth_fraction (median effective / that bandwidth; decode),
     gflop_per_token and gflops (prefill, engine only)}]
   ratios: [{a, b, mode, threads, context, median, min, max, samples [..]}]: tok/s(a) / tok/s(b)
   notes: [str]: skipped peers, fallbacks
@@ -70,6 +74,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import inspect
 import json
 import logging
 import math
@@ -399,21 +404,27 @@ class TransformersRunner:
 
     kind = "transformers"
 
-    def __init__(self, label: str, gguf: Path) -> None:
+    def __init__(self, label: str, gguf: Path, dtype: str) -> None:
         import torch
         import transformers
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, GgufConfig
 
-        self.label, self.path, self.dtype = label, gguf, "bf16"
+        self.label, self.path, self.dtype = label, gguf, dtype
         self.torch = torch
         t0 = time.perf_counter()
+        # dequantize=True: a plain torch model of `dtype` (transformers 5 would otherwise keep
+        # the Q4_K blocks and run its own GGUF kernels).
         self.model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16,
-            attn_implementation="eager")
+            str(gguf.parent), gguf_file=gguf.name,
+            dtype={"bf16": torch.bfloat16, "f32": torch.float32}[dtype],
+            attn_implementation="eager", quantization_config=GgufConfig(dequantize=True))
         self.model.eval()
         self.load_s = time.perf_counter() - t0
         self.vocab = int(self.model.config.vocab_size)
         self.version = f"transformers {transformers.__version__}, torch {torch.__version__}"
+        # transformers 5.x renamed `past_key_values` to `cache` (the old name warns).
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.cache: Any = None
         self.snapshot: Any = None
         self.pos = 0
@@ -437,7 +448,7 @@ class TransformersRunner:
         with torch.inference_mode():
             for i in range(0, len(tokens), chunk):
                 ids = torch.from_numpy(tokens[i:i + chunk].astype(np.int64))[None, :]
-                self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
+                self.model(input_ids=ids, **{self._cache_arg: self.cache}, use_cache=True,
                            logits_to_keep=1)
         self.pos += len(tokens)
 
@@ -533,6 +544,8 @@ _GGUF_FTYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "BF16": "LLAMA_FTYPE_MOSTLY_B
 
 def _requantize(src: Path, gguf_type: str, root: Path) -> Path:
     """A `gguf_type` copy of the Q4_K_M GGUF made with llama.cpp's quantizer (cached)."""
+    import ctypes
+
     import llama_cpp
 
     out = root / f"gemma3-270m.{gguf_type}.requant.gguf"
@@ -544,7 +557,8 @@ def _requantize(src: Path, gguf_type: str, root: Path) -> Path:
     params.allow_requantize = True
     params.nthread = 2
     tmp = out.with_suffix(".tmp")
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
+                                        ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize to {gguf_type} failed (rc {rc})")
     tmp.replace(out)
@@ -589,10 +603,11 @@ def _make_peers(args: argparse.Namespace, context: int, notes: list[str], stack:
                     or importlib.util.find_spec("torch") is None):
                 notes.append("transformers skipped: torch and transformers are not installed")
                 continue
-            try:
-                peers.append(TransformersRunner("transformers bf16", src))
-            except (RuntimeError, ValueError, OSError, ImportError) as e:
-                notes.append(f"transformers skipped: {e}")
+            for dt in args.hf_dtypes:
+                try:
+                    peers.append(TransformersRunner(f"transformers {dt}", src, dt))
+                except (RuntimeError, ValueError, OSError, ImportError) as e:
+                    notes.append(f"transformers {dt} skipped: {e}")
         else:
             raise ValueError(f"unknown peer {peer!r} (llama.cpp, transformers)")
     return peers
@@ -674,7 +689,28 @@ class _Alternator:
         return fn()
 
 
-def measure(runners: list[Any], args: argparse.Namespace, bandwidth: dict[int, float]
+class BandwidthProbe:
+    """`_core.read_bandwidth` samples per thread count, kept in run order."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.samples: dict[int, list[float]] = {}
+
+    def __call__(self, threads: int) -> float | None:
+        if self.nbytes <= 0:
+            return None
+        from spark_infer import _core
+
+        gbs = float(_core.read_bandwidth(nbytes=self.nbytes, threads=threads, repeats=3))
+        self.samples.setdefault(threads, []).append(gbs)
+        return gbs
+
+    def median(self, threads: int) -> float | None:
+        got = self.samples.get(threads)
+        return statistics.median(got) if got else None
+
+
+def measure(runners: list[Any], args: argparse.Namespace, probe: BandwidthProbe
             ) -> list[dict[str, Any]]:
     """Every (mode, threads, context) point for every runner, samples interleaved."""
     vocab = min(r.vocab for r in runners)
@@ -700,7 +736,7 @@ def measure(runners: list[Any], args: argparse.Namespace, bandwidth: dict[int, f
                         samples[r.label].append(s)
             for r in runners:
                 res = _point(r, "prefill", threads, args.prefill_tokens, samples[r.label],
-                             bandwidth.get(threads), args.prefill_tokens)
+                             None, args.prefill_tokens)
                 results.append(res)
                 log.info("  %-28s prefill  t=%d  %8.2f tok/s", r.label, threads,
                          res["tok_s"]["median"])
@@ -717,18 +753,44 @@ def measure(runners: list[Any], args: argparse.Namespace, bandwidth: dict[int, f
                 for r in runners:
                     r.set_threads(threads)
                 samples = {r.label: [] for r in runners}
+                probes: list[float] = []
                 for i in range(n_samples):
                     for r in runners:
                         s = turn(r, lambda r=r: r.decode(ctx, step_tokens))
                         if i >= args.warmup:
                             samples[r.label].append(s)
+                    if i >= args.warmup:
+                        gbs = probe(threads)
+                        if gbs is not None:
+                            probes.append(gbs)
+                bw = statistics.median(probes) if probes else None
                 for r in runners:
-                    res = _point(r, "decode", threads, ctx, samples[r.label],
-                                 bandwidth.get(threads), args.prefill_tokens)
+                    res = _point(r, "decode", threads, ctx, samples[r.label], bw,
+                                 args.prefill_tokens)
                     results.append(res)
                     log.info("  %-28s decode   t=%d  L=%-5d %8.2f tok/s", r.label, threads, ctx,
                              res["tok_s"]["median"])
     return results
+
+
+# Our weight type -> the peers' types compared with it (Q4_K_M has no counterpart here: it
+# goes with int8, the nearest in bytes per weight).
+_PEER_MATCH = {"bf16": ("BF16", "bf16"), "int8": ("Q8_0", "Q4_K_M"), "f32": ("F32", "f32")}
+
+
+def _default_pairs(runners: list[Any]) -> list[tuple[str, str]]:
+    """Ratios reported without --vs: each Spark engine over each dense engine of the same
+    weight type, and each engine running the real model over the peers of its weight type."""
+    engines = [r for r in runners if r.kind == "engine"]
+    pairs = [(a.label, b.label) for a in engines for b in engines
+             if a.info()["spark"] and not b.info()["spark"] and a.dtype == b.dtype]
+    for a in engines:
+        if a.source != "real":
+            continue
+        for p in runners:
+            if p.kind != "engine" and p.dtype in _PEER_MATCH.get(a.dtype, ()):
+                pairs.append((a.label, p.label))
+    return pairs
 
 
 def ratios(results: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -874,9 +936,10 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
         if rs:
             ax_bw.plot([r["context"] for r in rs], [r["effective_gbs"]["median"] for r in rs],
                        ls=style(label), marker="o", color=colors[label], label=label)
-    bw = report["bandwidth_gbs"].get(str(threads))
-    if bw:
-        ax_bw.axhline(bw, color="k", ls=":", label=f"measured read bandwidth {bw:.1f} GB/s")
+    bw_pts = sorted({(r["context"], r["bandwidth_gbs"]) for r in dec if "bandwidth_gbs" in r})
+    if bw_pts:
+        ax_bw.plot([c for c, _ in bw_pts], [b for _, b in bw_pts], "k:", marker="x",
+                   label="read bandwidth measured between the samples")
     ax_bw.set_xscale("log", base=2)
     ax_bw.set_xlabel("context (tokens)")
     ax_bw.set_ylabel("effective GB/s (weight + KV bytes per token / time)")
@@ -924,12 +987,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf-types", nargs="+", default=["Q4_K_M"],
                         choices=["Q4_K_M", "Q8_0", "BF16", "F16", "F32"],
                         help="llama.cpp GGUF types (non-Q4_K_M are requantized; default Q4_K_M)")
+    parser.add_argument("--hf-dtypes", nargs="+", default=["bf16"], choices=["bf16", "f32"],
+                        help="transformers weight types (default bf16)")
     parser.add_argument("--seed", type=int, default=0, help="weights and token seed")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw the report as a PNG")
     parser.add_argument("--cache-dir", help="random model files (default <cache>/bench)")
-    parser.add_argument("--bandwidth-bytes", type=int, default=1 << 30,
-                        help="buffer of the bandwidth probe (default 1 GiB; 0 skips it)")
+    parser.add_argument("--bandwidth-bytes", type=int, default=1 << 29,
+                        help="buffer of the bandwidth probe (default 512 MiB; 0 skips it)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -993,13 +1058,11 @@ def run(args: argparse.Namespace) -> int:
                      "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
                      "seed": args.seed, "modes": args.modes},
     }
-    bandwidth: dict[int, float] = {}
-    if args.bandwidth_bytes > 0:
-        for t in args.threads:
-            bandwidth[t] = float(_core.read_bandwidth(nbytes=args.bandwidth_bytes, threads=t,
-                                                      repeats=5))
-            log.info("read bandwidth, %d threads: %.1f GB/s", t, bandwidth[t])
-    report["bandwidth_gbs"] = {str(k): v for k, v in bandwidth.items()}
+    probe = BandwidthProbe(args.bandwidth_bytes)
+    for t in args.threads:
+        gbs = probe(t)
+        if gbs is not None:
+            log.info("read bandwidth, %d threads: %.1f GB/s", t, gbs)
 
     with contextlib.ExitStack() as stack:
         runners: list[Any] = []
@@ -1012,12 +1075,12 @@ def run(args: argparse.Namespace) -> int:
         for p in peers:
             stack.callback(p.close)
         runners += peers
-        for p in peers:
-            for r in runners:
-                if r.kind == "engine":
-                    pairs.append((r.label, p.label))
+        if not args.vs:
+            pairs += _default_pairs(runners)
         report["models"] = [r.info() for r in runners]
-        report["results"] = measure(runners, args, bandwidth)
+        report["results"] = measure(runners, args, probe)
+    report["bandwidth_gbs"] = {str(t): probe.median(t) for t in sorted(probe.samples)}
+    report["bandwidth_samples"] = {str(t): v for t, v in sorted(probe.samples.items())}
     report["ratios"] = ratios(report["results"], pairs)
     report["notes"] = notes
     report["elapsed_s"] = time.perf_counter() - t_start
