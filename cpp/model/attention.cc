@@ -11,6 +11,7 @@
 #include "ops/matvec.h"
 #include "ops/norm.h"
 #include "ops/sparse.h"
+#include "ops/sparse_batch.h"
 #include "ops/topk.h"
 #include "util/threading.h"
 
@@ -60,52 +61,70 @@ void Engine::Attention(size_t layer, size_t T) {
     }
   }
 
+  // Work items: (token, KV head, sub-group of its query heads). The heads of a sub-group share
+  // one pass over the cached keys (and, for dense attention, the values), so GQA reads each KV
+  // head once per item instead of once per query head. Sub-groups shrink only when there are
+  // fewer items than threads (e.g. decode of a single-KV-head model).
+  size_t sub = group;
+  while (sub > 1 && sub % 2 == 0 && T * KV * (group / sub) < static_cast<size_t>(threads_)) sub /= 2;
+  const size_t subs = group / sub;
   const size_t topk = c.attn_topk;
   std::vector<double> attended(MaxParts(), 0.0);
-  ParallelFor(T * H, 1, [&](size_t begin, size_t end, int part) {
+  ParallelFor(T * KV * subs, 1, [&](size_t begin, size_t end, int part) {
     Scratch& s = scratch_[part];
     for (size_t item = begin; item < end; ++item) {
-      const size_t t = item / H, h = item % H, g = h / group;
+      const size_t t = item / (KV * subs), g = (item / subs) % KV, h0 = g * group + (item % subs) * sub;
       const size_t p = pos_ + t;
       const size_t lo = (local && p + 1 > c.sliding_window) ? p + 1 - c.sliding_window : 0;
       const size_t n = p - lo + 1;
-      const float* qh = q_.get() + (t * H + h) * hd;
-      float* out = att_.get() + (t * H + h) * hd;
+      const float* q0 = q_.get() + (t * H + h0) * hd;  // [sub, hd]
+      float* out0 = att_.get() + (t * H + h0) * hd;    // [sub, hd]
       MatRef rest{kv_.KRest(layer, g, lo), nullptr, WeightType::kF32, n, rb};
       const MatRef values{kv_.V(layer, g, lo), nullptr, WeightType::kF32, n, hd};
+      float* scores = s.s1.get();  // [sub, n]
       if (!ra) {
-        float* sc = s.s1.get();
-        MatMulRange(rest, qh, 1, sc, n, 0, n);
-        if (c.attn_softcap > 0) SoftCap(sc, n, c.attn_softcap, sc);
-        Softmax(sc, n, sc);
-        SparseVecMatRange(values, sc, iota_.data(), n, out, 0, hd);
-        attended[part] += static_cast<double>(n);
+        MatMulRange(rest, q0, sub, scores, n, 0, n);
+        for (size_t i = 0; i < sub; ++i) {
+          float* sc = scores + i * n;
+          if (c.attn_softcap > 0) SoftCap(sc, n, c.attn_softcap, sc);
+          Softmax(sc, n, sc);
+        }
+        MultiSparseVecMatRange(values, scores, iota_.data(), n, sub, out0, 0, hd);
+        attended[part] += static_cast<double>(n * sub);
         continue;
       }
+      // Spark: one pass over the predictor keys for the sub-group, then each head selects its
+      // own tokens.
+      float* qp = s.q_pred.get();  // [sub, r_a]
+      for (size_t i = 0; i < sub; ++i) std::copy(q0 + i * hd, q0 + i * hd + ra, qp + i * ra);
       const MatRef pred{kv_.KPred(layer, g, lo), nullptr, WeightType::kF32, n, ra};
-      float* s1 = s.s1.get();
-      MatMulRange(pred, qh, 1, s1, n, 0, n);
-      if (c.attn_softcap > 0) SoftCap(s1, n, c.attn_softcap, s1);
-      const int32_t* idx = iota_.data();
-      size_t count = n;
-      if (n > topk) {
-        const float q = static_cast<float>(InvNormalCdf(1.0 - static_cast<double>(topk) / n));
-        count = StatisticalTopK(s1, n, q, s.idx.data(), nullptr).count;
-        idx = s.idx.data();
-        if (count == 0) {  // all scores equal (std 0): an empty sum, as the definition says
-          std::fill(out, out + hd, 0.0f);
-          continue;
+      MatMulRange(pred, qp, sub, scores, n, 0, n);
+      for (size_t i = 0; i < sub; ++i) {
+        const float* qh = q0 + i * hd;
+        float* out = out0 + i * hd;
+        float* s1 = scores + i * n;
+        if (c.attn_softcap > 0) SoftCap(s1, n, c.attn_softcap, s1);
+        const int32_t* idx = iota_.data();
+        size_t count = n;
+        if (n > topk) {
+          const float q = static_cast<float>(InvNormalCdf(1.0 - static_cast<double>(topk) / n));
+          count = StatisticalTopK(s1, n, q, s.idx.data(), nullptr).count;
+          idx = s.idx.data();
+          if (count == 0) {  // all scores equal (std 0): an empty sum, as the definition says
+            std::fill(out, out + hd, 0.0f);
+            continue;
+          }
         }
+        float* w = s.sel.get();
+        for (size_t k = 0; k < count; ++k) w[k] = s1[idx[k]];
+        Softmax(w, count, w);
+        float* s2 = s.s2.get();
+        MaskedMatVecRange(rest, qh + ra, idx, 0, count, s2);
+        Softplus(s2, count, s2);
+        for (size_t k = 0; k < count; ++k) w[k] *= s2[k];
+        SparseVecMatRange(values, w, idx, count, out, 0, hd);
+        attended[part] += static_cast<double>(count);
       }
-      float* w = s.sel.get();
-      for (size_t i = 0; i < count; ++i) w[i] = s1[idx[i]];
-      Softmax(w, count, w);
-      float* s2 = s.s2.get();
-      MaskedMatVecRange(rest, qh + ra, idx, 0, count, s2);
-      Softplus(s2, count, s2);
-      for (size_t i = 0; i < count; ++i) w[i] *= s2[i];
-      SparseVecMatRange(values, w, idx, count, out, 0, hd);
-      attended[part] += static_cast<double>(count);
     }
   });
   for (double a : attended) stats_[layer].attn_attended += a;

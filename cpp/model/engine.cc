@@ -133,7 +133,9 @@ void Engine::AllocateActivations(size_t T) {
 void Engine::EnsureScratch() {
   while (scratch_.size() < static_cast<size_t>(MaxParts())) {
     Scratch s;
-    s.s1 = Floats(ctx_);
+    const size_t group = config_.n_heads / config_.n_kv_heads;
+    s.s1 = Floats(group * ctx_);
+    s.q_pred = Floats(group * config_.attn_predictor_dim);
     s.sel = Floats(ctx_);
     s.s2 = Floats(ctx_);
     s.idx.resize(ctx_);

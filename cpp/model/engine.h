@@ -94,9 +94,10 @@ class Engine {
   hwy::AlignedFreeUniquePtr<float[]> ffn_shift_, ffn_u_;   // [T, d_ff], [d_ff]
   std::vector<int32_t> iota_;                              // [ctx]: 0, 1, 2, ...
 
-  // Per-thread attention scratch, [ctx] each.
+  // Per-part attention scratch: s1 [query heads per KV head, ctx], sel and s2 [ctx],
+  // q_pred [query heads per KV head, r_a].
   struct Scratch {
-    hwy::AlignedFreeUniquePtr<float[]> s1, sel, s2;
+    hwy::AlignedFreeUniquePtr<float[]> s1, sel, s2, q_pred;
     std::vector<int32_t> idx;
   };
   std::vector<Scratch> scratch_;

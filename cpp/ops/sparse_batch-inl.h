@@ -96,6 +96,34 @@ HWY_INLINE void CsrSparseColsT(const W* HWY_RESTRICT w, const float* HWY_RESTRIC
   }
 }
 
+template <class W>
+HWY_INLINE void MultiSparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+                                   size_t cols, const float* HWY_RESTRICT u,
+                                   const int32_t* HWY_RESTRICT idx, size_t n, size_t G,
+                                   float* HWY_RESTRICT out, size_t c0, size_t c1) {
+  const hn::ScalableTag<float> df;
+  const size_t NF = hn::Lanes(df);
+  for (size_t g = 0; g < G; ++g)
+    for (size_t c = c0; c < c1; ++c) out[g * cols + c] = 0.0f;
+  for (size_t j = 0; j < n; ++j) {
+    const size_t r = static_cast<size_t>(idx[j]);
+    const W* row = w + r * cols;
+    const float s = scale ? scale[r] : 1.0f;
+    size_t c = c0;
+    for (; c + NF <= c1; c += NF) {
+      const auto v = LoadF32(df, row + c);
+      for (size_t g = 0; g < G; ++g) {
+        float* o = out + g * cols + c;
+        hn::StoreU(hn::MulAdd(hn::Set(df, u[g * n + j] * s), v, hn::LoadU(df, o)), df, o);
+      }
+    }
+    for (; c < c1; ++c) {
+      const float v = ScalarF32(row[c]) * s;
+      for (size_t g = 0; g < G; ++g) out[g * cols + c] += u[g * n + j] * v;
+    }
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace spark
 HWY_AFTER_NAMESPACE();

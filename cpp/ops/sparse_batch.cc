@@ -41,6 +41,21 @@ HWY_NOINLINE void CsrSparseCols(const MatRef& w, const float* u, const int32_t* 
   }
 }
 
+HWY_NOINLINE void MultiSparseCols(const MatRef& w, const float* u, const int32_t* idx, size_t n,
+                                  size_t G, float* out, size_t c0, size_t c1) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return MultiSparseVecMatT(static_cast<const float*>(w.data), nullptr, w.cols, u, idx, n, G,
+                                out, c0, c1);
+    case WeightType::kBF16:
+      return MultiSparseVecMatT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, u,
+                                idx, n, G, out, c0, c1);
+    case WeightType::kI8:
+      return MultiSparseVecMatT(static_cast<const int8_t*>(w.data), w.scale, w.cols, u, idx, n, G,
+                                out, c0, c1);
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace spark
 HWY_AFTER_NAMESPACE();
@@ -52,6 +67,12 @@ HWY_AFTER_NAMESPACE();
 namespace spark {
 HWY_EXPORT(CsrMaskedRows);
 HWY_EXPORT(CsrSparseCols);
+HWY_EXPORT(MultiSparseCols);
+
+void MultiSparseVecMatRange(const MatRef& w, const float* u, const int32_t* idx, size_t n,
+                            size_t G, float* out, size_t c0, size_t c1) {
+  HWY_DYNAMIC_DISPATCH(MultiSparseCols)(w, u, idx, n, G, out, c0, c1);
+}
 
 void CsrMaskedMatMul(const MatRef& w, const float* x, const int32_t* offsets,
                      const int32_t* tokens, float* out) {

@@ -27,6 +27,12 @@ void CsrMaskedMatMul(const MatRef& w, const float* x, const int32_t* offsets,
 void CsrSparseMatMul(const MatRef& w, const float* u, const int32_t* offsets,
                      const int32_t* tokens, size_t T, float* out);
 
+// Single-threaded: out[g, c] = sum_{j < n} u[g * n + j] * W[idx[j], c] for g < G, c in [c0, c1).
+// Attention's value sum for the G query heads that share one KV head: each value row is loaded
+// once for all of them. out: [G, w.cols], columns [c0, c1) overwritten.
+void MultiSparseVecMatRange(const MatRef& w, const float* u, const int32_t* idx, size_t n,
+                            size_t G, float* out, size_t c0, size_t c1);
+
 }  // namespace spark
 
 #endif  // SPARK_OPS_SPARSE_BATCH_H_

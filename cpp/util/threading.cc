@@ -51,7 +51,9 @@ constexpr int kSpinIterations = 20000;
 // only a small part while the running ones take the rest.
 constexpr size_t kPartsPerThread = 4;
 
-thread_local bool t_in_worker = false;
+// True on a pool worker, and on a caller while it runs parts: a ParallelFor from inside a part
+// runs inline (the pool holds one job at a time).
+thread_local bool t_in_job = false;
 
 class Pool {
  public:
@@ -79,7 +81,9 @@ class Pool {
       std::lock_guard<std::mutex> lock(mu_);
       cv_.notify_all();
     }
+    t_in_job = true;
     WorkOn(gen);
+    t_in_job = false;
     int spins = 0;
     while (done_.load(std::memory_order_acquire) < parts) {
       if (++spins < kSpinIterations) {
@@ -111,7 +115,7 @@ class Pool {
   }
 
   void WorkerLoop() {
-    t_in_worker = true;
+    t_in_job = true;
     uint64_t seen = 0;
     for (;;) {
       uint64_t gen = state_.load(std::memory_order_acquire) >> 32;
@@ -179,7 +183,7 @@ void ParallelFor(size_t n, size_t granule, const std::function<void(size_t, size
   const size_t granules = (n + granule - 1) / granule;
   const size_t threads = static_cast<size_t>(NumThreads());
   const int parts = static_cast<int>(std::min<size_t>(threads == 1 ? 1 : threads * kPartsPerThread, granules));
-  if (parts <= 1 || t_in_worker) {  // nested calls run inline
+  if (parts <= 1 || t_in_job) {  // nested calls run inline
     fn(0, n, 0);
     return;
   }
