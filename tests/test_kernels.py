@@ -688,12 +688,21 @@ def ticks_during(call: Callable[[], object], margin: float) -> tuple[int, float]
     return sum(t0 + margin < s < t1 - margin for s in stamps), t1 - t0
 
 
-def scaled(make: Callable[[int], Callable[[], object]], n0: int, seconds: float) -> Callable[[], object]:
-    """make(n) for an n whose call lasts about `seconds` (timed at n0, assumed linear in n)."""
-    t = time.perf_counter()
-    make(n0)()
-    dt = max(time.perf_counter() - t, 1e-6)
-    return make(int(n0 * seconds / dt) + 1)
+def long_call(make: Callable[[int], Callable[[], object]], n: int, seconds: float
+              ) -> tuple[Callable[[], object], int]:
+    """(make(m), m) for an m whose call lasts about `seconds`: grows n until one call takes a
+    quarter of that (so fixed costs and a cold first call do not skew the estimate), then
+    scales linearly."""
+    while True:
+        call = make(n)
+        t = time.perf_counter()
+        call()
+        dt = time.perf_counter() - t
+        if dt >= seconds / 4:
+            break
+        n *= 4
+    m = int(n * seconds / dt) + 1
+    return make(m), m
 
 
 def test_gil_released_during_kernel(threads: Callable[[int], None]) -> None:
@@ -702,7 +711,7 @@ def test_gil_released_during_kernel(threads: Callable[[int], None]) -> None:
     # so a held GIL admits stamps at most a few ms past the start or before the end. Stamps more
     # than 0.15 s inside prove it was released; released, the ticker stamps ~300 times there,
     # so requiring one cannot flake. A negative control, a C call that holds the GIL as long,
-    # shows the method tells the two apart.
+    # shows the method tells the two apart. The slowest target keeps the buffers small.
     threads(1)
     margin = 0.15
     assert margin >= 20 * sys.getswitchinterval()
@@ -714,13 +723,23 @@ def test_gil_released_during_kernel(threads: Callable[[int], None]) -> None:
         out = np.empty((tokens, 1024), np.float32)
         return lambda: _core.matmul(w, x, out)
 
-    ticks, dt = ticks_during(scaled(matmul, 16, 0.6), margin)
+    _core.set_target(_core.supported_targets()[-1][1])
+    try:
+        call, tokens = long_call(matmul, 4, 0.6)
+        ticks, dt = ticks_during(call, margin)
+        if dt < 3 * margin:  # the machine sped up since calibration: once more, longer
+            ticks, dt = ticks_during(matmul(2 * tokens), margin)
+    finally:
+        _core.set_target(0)
     assert dt >= 3 * margin, f"kernel too short ({dt:.3f} s) to judge"
     assert ticks > 0, f"no ticks during a {dt:.3f} s kernel: the GIL was held"
 
     if getattr(sys, "_is_gil_enabled", lambda: True)():
         # sum() over a range is one C loop that never runs bytecode, so never yields the GIL.
-        ticks, dt = ticks_during(scaled(lambda n: lambda: sum(range(n)), 10**6, 0.6), margin)
+        call, n = long_call(lambda n: lambda: sum(range(n)), 10**5, 0.6)
+        ticks, dt = ticks_during(call, margin)
+        if dt < 3 * margin:
+            ticks, dt = ticks_during(lambda: sum(range(2 * n)), margin)
         assert dt >= 3 * margin and ticks == 0, (ticks, dt)
 
 
