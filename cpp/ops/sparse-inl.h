@@ -96,7 +96,7 @@ HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
       hn::StoreU(o, df, out + c);
     }
     for (; c < c1; ++c) {
-      // Same order and roundings as the vector loop: one FMA per row, in row order.
+      // As the vector loop: one multiply-add per row, in row order.
       float o = out[c];
       o = a[0] * ScalarF32(rows[0][c]) + o;
       o = a[1] * ScalarF32(rows[1][c]) + o;
