@@ -47,7 +47,8 @@ rewind: transformers' sliding-window cache cannot be cut back), restored to L be
 JSON (`--json PATH`), schema "spark-infer-bench/1":
   schema, command (argv), commit, date (UTC ISO 8601), elapsed_s
   machine: cpu (model name), physical_cores, logical_cpus, highway_target, simd (avx512f | avx2
-    | ...), python, platform
+    | ...), python, platform, loadavg / loadavg_end (1, 5, 15 min, at start / end: other
+    processes on the machine)
   settings: threads [..], contexts [..], prefill_tokens, chunk, steps, repeats, warmup, seed
   bandwidth_gbs: {threads (str): GB/s (1e9 B/s) read bandwidth, median of every probe}
   bandwidth_samples: {threads (str): [GB/s of each probe (median of 3 passes), in run order]}
@@ -62,7 +63,8 @@ JSON (`--json PATH`), schema "spark-infer-bench/1":
     over the timed calls; prefill: over the P tokens), ffn_active_mean, attn_tokens_mean,
     bytes_per_token {weights, kv, total} (decode), effective_gbs {median, min, max} (decode),
     bandwidth_gbs (median of the probes taken between this point's samples; decode),
-    bandwidth_fraction (median effective / that bandwidth; decode),
+    bandwidth_fraction (median over samples of effective GB/s / the probe right after it;
+    decode),
     gflop_per_token and gflops (prefill, engine only)}]
   ratios: [{a, b, mode, threads, context, median, min, max, samples [..]}]: tok/s(a) / tok/s(b)
   notes: [str]: skipped peers, fallbacks
@@ -228,7 +230,12 @@ def _simd_flags() -> str:
 def machine_info() -> dict[str, Any]:
     from spark_infer import _core
 
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
     return {"cpu": _cpu_model(), "physical_cores": int(_core.physical_cores()),
+            "loadavg": load,
             "logical_cpus": os.cpu_count(), "highway_target": _core.current_target(),
             "simd": _simd_flags(), "python": platform.python_version(),
             "platform": platform.platform()}
@@ -627,8 +634,16 @@ def _mean_list(samples: list[Sample], attr: str) -> list[float] | None:
     return np.mean(np.asarray(rows, np.float64), axis=0).tolist()
 
 
+def _bandwidth_fields(r: dict[str, Any], gbs: list[float], probes: list[float] | None) -> None:
+    r["effective_gbs"] = {"median": statistics.median(gbs), "min": min(gbs), "max": max(gbs)}
+    if probes and len(probes) == len(gbs):
+        # Sample i and probe i ran back to back: their ratio cancels the machine's drift.
+        r["bandwidth_gbs"] = statistics.median(probes)
+        r["bandwidth_fraction"] = statistics.median(g / b for g, b in zip(gbs, probes))
+
+
 def _point(runner: Any, mode: str, threads: int, context: int, samples: list[Sample],
-           bandwidth: float | None, prefill_tokens: int) -> dict[str, Any]:
+           probes: list[float] | None, prefill_tokens: int) -> dict[str, Any]:
     tok_s = [s.tok_s for s in samples]
     r: dict[str, Any] = {"model": runner.label, "mode": mode, "threads": threads,
                          "context": context, "tokens": samples[0].tokens,
@@ -649,26 +664,16 @@ def _point(runner: Any, mode: str, threads: int, context: int, samples: list[Sam
     if mode == "decode" and cfg is not None and ffn is not None:
         b = decode_bytes_per_token(cfg, runner.tb, context, ffn, att)
         r["bytes_per_token"] = b
-        gbs = [b["total"] * t / 1e9 for t in tok_s]
-        r["effective_gbs"] = {"median": statistics.median(gbs), "min": min(gbs),
-                              "max": max(gbs)}
-        if bandwidth:
-            r["bandwidth_gbs"] = bandwidth
-            r["bandwidth_fraction"] = r["effective_gbs"]["median"] / bandwidth
+        _bandwidth_fields(r, [b["total"] * t / 1e9 for t in tok_s], probes)
     elif mode == "decode" and runner.kind == "llama.cpp":
         # Approximate: the GGUF's bytes (all weights, LM head included) + an f16 KV cache.
         g = preset("gemma3-270m")  # the only model peers run
         kv = sum(g.n_kv_heads * _visible(g, layer, context) * 2 * g.head_dim * 2
                  for layer in range(g.n_layers))
         total = runner.path.stat().st_size + kv
-        gbs = [total * t / 1e9 for t in tok_s]
         r["bytes_per_token"] = {"weights": float(runner.path.stat().st_size), "kv": float(kv),
                                 "total": float(total), "approximate": True}
-        r["effective_gbs"] = {"median": statistics.median(gbs), "min": min(gbs),
-                              "max": max(gbs)}
-        if bandwidth:
-            r["bandwidth_gbs"] = bandwidth
-            r["bandwidth_fraction"] = r["effective_gbs"]["median"] / bandwidth
+        _bandwidth_fields(r, [total * t / 1e9 for t in tok_s], probes)
     if mode == "prefill" and cfg is not None and ffn is not None:
         f = prefill_flops_per_token(cfg, prefill_tokens, ffn, att)
         r["gflop_per_token"] = f / 1e9
@@ -763,9 +768,8 @@ def measure(runners: list[Any], args: argparse.Namespace, probe: BandwidthProbe
                         gbs = probe(threads)
                         if gbs is not None:
                             probes.append(gbs)
-                bw = statistics.median(probes) if probes else None
                 for r in runners:
-                    res = _point(r, "decode", threads, ctx, samples[r.label], bw,
+                    res = _point(r, "decode", threads, ctx, samples[r.label], probes,
                                  args.prefill_tokens)
                     results.append(res)
                     log.info("  %-28s decode   t=%d  L=%-5d %8.2f tok/s", r.label, threads, ctx,
@@ -1084,6 +1088,10 @@ def run(args: argparse.Namespace) -> int:
     report["ratios"] = ratios(report["results"], pairs)
     report["notes"] = notes
     report["elapsed_s"] = time.perf_counter() - t_start
+    try:
+        report["machine"]["loadavg_end"] = list(os.getloadavg())
+    except OSError:
+        report["machine"]["loadavg_end"] = None
 
     sys.stdout.write(format_table(report))
     if args.json:
