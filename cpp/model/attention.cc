@@ -25,9 +25,9 @@ void Engine::Attention(size_t layer, size_t T) {
   const bool local = c.layer_is_local[layer];
   const size_t half = hd / 2;
 
-  MatMul(L.q, xn_.get(), T, q_.get());
-  MatMul(L.k, xn_.get(), T, k_.get());
-  MatMul(L.v, xn_.get(), T, v_.get());
+  const MatRef* ws[3] = {&L.q, &L.k, &L.v};
+  float* outs[3] = {q_.get(), k_.get(), v_.get()};
+  MatMulMany(ws, outs, 3, xn_.get(), T);
 
   // QK-norm, RoPE (each part on its own), query scale; then append k, v to the cache.
   const float* cos_all = rope_cos_.get() + (local ? T_ : 0) * half;

@@ -25,8 +25,9 @@ void Engine::Ffn(size_t layer, size_t T) {
   st.ffn_tokens += static_cast<double>(T);
 
   if (!c.SparkFfn()) {
-    MatMul(L.gate, xn_.get(), T, ff_a_.get());
-    MatMul(L.up, xn_.get(), T, ff_b_.get());
+    const MatRef* ws[2] = {&L.gate, &L.up};
+    float* outs[2] = {ff_a_.get(), ff_b_.get()};
+    MatMulMany(ws, outs, 2, xn_.get(), T);
     GeluMul(ff_a_.get(), ff_b_.get(), T * dff, ff_a_.get());
     MatMul(L.down, ff_a_.get(), T, tmp_.get());
     st.ffn_active += static_cast<double>(T * dff);

@@ -31,6 +31,8 @@ HWY_NOINLINE void MatMulRows(const MatRef& w, const float* HWY_RESTRICT x, size_
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+#include <algorithm>
+
 #include "ops/matvec.h"
 #include "util/threading.h"
 
@@ -59,6 +61,23 @@ void MatMul(const MatRef& w, const float* x, size_t T, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
   ParallelFor(w.rows, RowGranule(w), [&](size_t r0, size_t r1, int) {
     fn(w, x, T, out, w.rows, r0, r1);
+  });
+}
+
+void MatMulMany(const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T) {
+  // The matrices' rows, end to end, are one index space [0, total) split between threads.
+  size_t total = 0, granule = 4;
+  for (size_t i = 0; i < n; ++i) {
+    total += ws[i]->rows;
+    granule = std::max(granule, RowGranule(*ws[i]));
+  }
+  const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
+  ParallelFor(total, granule, [&](size_t b, size_t e, int) {
+    size_t base = 0;
+    for (size_t i = 0; i < n && base < e; base += ws[i]->rows, ++i) {
+      const size_t r0 = std::max(b, base), r1 = std::min(e, base + ws[i]->rows);
+      if (r0 < r1) fn(*ws[i], x, T, outs[i], ws[i]->rows, r0 - base, r1 - base);
+    }
   });
 }
 

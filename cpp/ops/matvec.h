@@ -17,6 +17,10 @@ void MatVec(const MatRef& w, const float* x, float* out);
 // Each weight row is loaded once per group of tokens, not once per token.
 void MatMul(const MatRef& w, const float* x, size_t T, float* out);
 
+// Several matrices with the same input and cols, in one parallel job: out_i = MatMul(*ws[i], x,
+// T), out_i: [T, ws[i]->rows]. Fewer, longer jobs than n separate MatMul calls (Q/K/V, gate/up).
+void MatMulMany(const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T);
+
 // Single-threaded, on the caller: out[t * out_stride + r] = W[r, :] . x[t, :] for r in [r0, r1).
 // For callers that already split work between threads (attention over heads).
 void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t out_stride,
