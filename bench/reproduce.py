@@ -32,11 +32,11 @@ RUNS: dict[str, list[str]] = {
     # Spark vs dense at the 2B shape (random weights), bf16, 2 threads: the targets.
     "2b-bf16": ["--vs", "spark-2b", "gemma2-2b", "--dtype", "bf16", "--threads", "2",
                 "--context", "256", "1024", "4096", "--prefill-tokens", "128", "--steps", "4",
-                "--repeats", "5", "--warmup", "1"],
+                "--repeats", "7", "--warmup", "1"],
     # The same in int8 (one scale per row).
     "2b-int8": ["--vs", "spark-2b", "gemma2-2b", "--dtype", "int8", "--threads", "2",
                 "--context", "256", "1024", "4096", "--prefill-tokens", "128", "--steps", "4",
-                "--repeats", "5", "--warmup", "1"],
+                "--repeats", "7", "--warmup", "1"],
     # Gemma 3 270M, the real model: ours in bf16 and int8, the Spark shape of the same size
     # (random weights), llama.cpp (Q4_K_M as shipped; Q8_0 and BF16 requantized from it) and
     # Hugging Face transformers (bf16), all in alternation, 1 and 2 threads.
@@ -44,7 +44,7 @@ RUNS: dict[str, list[str]] = {
                     "--peers", "llama.cpp", "transformers",
                     "--gguf-types", "Q4_K_M", "Q8_0", "BF16", "--threads", "1", "2",
                     "--context", "256", "1024", "4096", "--prefill-tokens", "512",
-                    "--steps", "16", "--repeats", "5", "--warmup", "1"],
+                    "--steps", "16", "--repeats", "7", "--warmup", "1"],
 }
 
 

@@ -69,6 +69,44 @@ def table(rep: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _components(rep: dict[str, Any], r: dict[str, Any]) -> dict[str, float] | None:
+    b = r.get("bytes_per_token", {}).get("by_component")
+    if b is not None:
+        return b
+    info = {m["label"]: m for m in rep["models"]}[r["model"]]
+    if info["kind"] != "engine" or not Path(info["path"]).is_file():
+        return None
+    from spark_infer import bench
+    from spark_infer.config import ModelConfig
+
+    return bench.decode_bytes_per_token(ModelConfig.from_dict(info["config"]),
+                                        bench.tensor_bytes(info["path"]), r["context"],
+                                        r["ffn_active_fraction"],
+                                        r["attn_mean_tokens"])["by_component"]
+
+
+def component_table(rep: dict[str, Any]) -> str:
+    """Decode: per component, ms per token, MB touched and GB/s (% of the probe)."""
+    out = ["| model | thr | ctx | attention ms, MB, GB/s | FFN ms, MB, GB/s | "
+           "logits ms, MB, GB/s | probe GB/s |", "|---|--:|--:|--:|--:|--:|--:|"]
+    for r in rep["results"]:
+        if r["mode"] != "decode" or "breakdown_ms_per_token" not in r:
+            continue
+        comp = _components(rep, r)
+        if comp is None:
+            continue
+        bw = r.get("bandwidth_gbs")
+        cells = []
+        for k in ("attention", "ffn", "logits"):
+            ms = r["breakdown_ms_per_token"][k]
+            gbs = comp[k] / ms / 1e6 if ms > 0 else 0.0
+            pct = f" ({100 * gbs / bw:.0f}%)" if bw else ""
+            cells.append(f"{ms:.1f}, {comp[k] / 1e6:.0f}, {gbs:.1f}{pct}")
+        out.append(f"| {r['model']} | {r['threads']} | {r['context']} | " + " | ".join(cells)
+                   + f" | {bw:.1f} |" if bw else " | - |")
+    return "\n".join(out) + "\n"
+
+
 def targets(rep: dict[str, Any]) -> list[str]:
     lines = []
     for desc, a, b, mode, ctx, threshold in TARGETS:
@@ -95,6 +133,9 @@ def main(paths: list[str]) -> int:
         rep = json.loads(Path(p).read_text())
         print(f"### {Path(p).stem}\n")
         print(table(rep))
+        print("Decode time and bytes per component (medians; attention includes Q/K/V/O and "
+              "the KV cache):\n")
+        print(component_table(rep))
         t = targets(rep)
         if t:
             print("Targets:\n" + "\n".join(t) + "\n")

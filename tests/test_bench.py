@@ -99,6 +99,7 @@ def test_json_has_documented_fields(run: dict) -> None:
             assert r["tokens"] == STEPS
             b = r["bytes_per_token"]
             assert b["total"] == pytest.approx(b["weights"] + b["kv"])
+            assert sum(b["by_component"].values()) == pytest.approx(b["total"])
         else:
             assert PREFILL_FIELDS <= set(r)
             assert r["tokens"] == r["context"] == PREFILL

@@ -61,7 +61,8 @@ JSON (`--json PATH`), schema "spark-infer-bench/1":
     (medians over samples; engine only; attention includes the Q/K/V/O projections),
     ffn_active_fraction [per layer] and attn_mean_tokens [per layer] (engine counters, mean
     over the timed calls; prefill: over the P tokens), ffn_active_mean, attn_tokens_mean,
-    bytes_per_token {weights, kv, total} (decode), effective_gbs {median, min, max} (decode),
+    bytes_per_token {weights, kv, total, by_component {attention, ffn, logits}} (decode),
+    effective_gbs {median, min, max} (decode),
     bandwidth_gbs (median of the probes taken between this point's samples; decode),
     bandwidth_fraction (median over samples of effective GB/s / the probe right after it;
     decode),
@@ -150,32 +151,40 @@ def _visible(cfg: ModelConfig, layer: int, pos: int) -> int:
 def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
                            ffn_active: Sequence[float], attn_tokens: Sequence[float]
                            ) -> dict[str, float]:
-    """Weight and KV bytes one decode step at context `context` touches (module docstring)."""
-    weights = float(_with_scale(tb, "token_embd") + tb.get("output_norm", 0))
+    """Weight and KV bytes one decode step at context `context` touches (module docstring),
+    with the split by the engine's time components (attention: its norms, Q/K/V/O and the KV
+    cache; ffn: its norms and matrices; logits: the tied embedding read as the LM head)."""
+    logits = float(_with_scale(tb, "token_embd") + tb.get("output_norm", 0))
+    weights = logits
+    ffn_bytes = 0.0
     kv = 0.0
     hd, ra, n_kv = cfg.head_dim, cfg.attn_predictor_dim, cfg.n_kv_heads
     group = cfg.n_heads // cfg.n_kv_heads
     for layer in range(cfg.n_layers):
         p = f"blk.{layer}."
-        for name in ("attn_norm", "attn_post_norm", "ffn_norm", "ffn_post_norm", "attn_q_norm",
-                     "attn_k_norm"):
+        for name in ("attn_norm", "attn_post_norm", "attn_q_norm", "attn_k_norm"):
             weights += tb.get(p + name, 0)
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
             weights += _with_scale(tb, p + name)
+        f = float(tb.get(p + "ffn_norm", 0) + tb.get(p + "ffn_post_norm", 0))
         if cfg.is_spark_ffn:
-            weights += _with_scale(tb, p + "ffn_k1")
-            weights += float(ffn_active[layer]) * (_with_scale(tb, p + "ffn_k2")
-                                                   + _with_scale(tb, p + "ffn_v"))
+            f += _with_scale(tb, p + "ffn_k1")
+            f += float(ffn_active[layer]) * (_with_scale(tb, p + "ffn_k2")
+                                             + _with_scale(tb, p + "ffn_v"))
         else:
             for name in ("ffn_gate", "ffn_up", "ffn_down"):
-                weights += _with_scale(tb, p + name)
+                f += _with_scale(tb, p + name)
+        weights += f
+        ffn_bytes += f
         n = _visible(cfg, layer, context)
         if cfg.is_spark_attn:
             rows = min(float(n), group * float(attn_tokens[layer]))
             kv += n_kv * (n * ra + rows * (2 * hd - ra)) * _F32
         else:
             kv += n_kv * n * 2 * hd * _F32
-    return {"weights": weights, "kv": kv, "total": weights + kv}
+    return {"weights": weights, "kv": kv, "total": weights + kv,
+            "by_component": {"attention": weights - logits - ffn_bytes + kv, "ffn": ffn_bytes,
+                             "logits": logits}}
 
 
 def prefill_flops_per_token(cfg: ModelConfig, prompt_tokens: int, ffn_active: Sequence[float],
@@ -891,13 +900,18 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
                [r["tok_s"]["max"] - r["tok_s"]["median"] for r in rs]]
         ax_dec.errorbar(x, y, yerr=err, ls=style(label), marker="o", color=colors[label],
                         capsize=3, label=label + (" (Spark)" if info[label]["spark"] else ""))
+    tops = {(r["model"], r["context"]): r["tok_s"]["median"] for r in dec}
+    for q in report["ratios"]:
+        if q["mode"] == "decode" and q["threads"] == threads and (q["a"], q["context"]) in tops:
+            ax_dec.annotate(f"{q['median']:.2f}x", (q["context"], tops[(q["a"], q["context"])]),
+                            textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax_dec.set_xscale("log", base=2)
     ax_dec.set_xlabel("context (tokens)")
     ax_dec.set_ylabel("decode tokens/s")
     ax_dec.set_title(f"decode, {threads} threads (median, min-max)")
     ax_dec.grid(True, alpha=0.3)
     if dec:
-        ax_dec.legend(fontsize=8)
+        ax_dec.legend(fontsize=7, framealpha=0.6)
 
     pre = [r for r in results if r["mode"] == "prefill" and r["threads"] == threads]
     if pre:
@@ -913,6 +927,12 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
                 ax_pre.patches[i].set_hatch("//")
         ax_pre.set_xticks(range(len(pre)))
         ax_pre.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+        for q in report["ratios"]:
+            if q["mode"] == "prefill" and q["threads"] == threads and q["a"] in labels:
+                i = labels.index(q["a"])
+                ax_pre.annotate(f"{q['median']:.2f}x vs {q['b']}", (i, y[i]),
+                                textcoords="offset points", xytext=(0, 4), ha="center",
+                                fontsize=7)
         ax_pre.set_title(f"prefill {pre[0]['context']} tokens in chunks of "
                          f"{report['settings']['chunk']}, {threads} threads")
     ax_pre.set_ylabel("prefill tokens/s")
@@ -930,7 +950,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
             bottom += vals
         ax_bd.set_xticks(range(len(bd_rows)))
         ax_bd.set_xticklabels(names, rotation=60, ha="right", fontsize=6)
-        ax_bd.legend(fontsize=8)
+        ax_bd.legend(fontsize=7, framealpha=0.6)
     ax_bd.set_ylabel("ms per decode token")
     ax_bd.set_title("decode time per component (attention includes Q/K/V/O projections)")
 
@@ -950,7 +970,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     ax_bw.set_title("decode effective bandwidth")
     ax_bw.grid(True, alpha=0.3)
     if ax_bw.get_legend_handles_labels()[0]:
-        ax_bw.legend(fontsize=8)
+        ax_bw.legend(fontsize=7, framealpha=0.6)
 
     m = report["machine"]
     fig.suptitle(f"spark-infer bench: {m['cpu']}, {m['physical_cores']} cores, "

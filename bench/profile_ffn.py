@@ -1,0 +1,145 @@
+"""Where a prefill chunk's FFN time goes: dense GeGLU vs Spark FFN, kernel by kernel, one layer.
+
+    python bench/profile_ffn.py --dense gemma2-2b --spark spark-2b --chunk 64 --threads 2
+
+Times, on random bf16 weights of one layer of each preset (numpy-made, no engine file), the
+kernels the engine calls for one chunk of T tokens (cpp/model/ffn.cc):
+  dense: gate and up chunk matmuls [d_ff, d] x T, down [d, d_ff] x T (GELU-mul omitted: small);
+  Spark: K1 chunk matmul [d_ff, r] x T, statistical top-k over d_ff per token, then the chunk
+  kernels the engine uses for T > 1 (the active (token, neuron) pairs grouped by neuron, CSR):
+  csr_masked_matmul over K2 [d_ff, d - r] and csr_sparse_matmul over V [d_ff, d], each weight
+  row read once per chunk; for reference also the per-token path (decode's kernels run T times:
+  masked matvec over K2, tiled sparse vec-mat over V, each active row read once per token);
+and prints milliseconds per chunk, per token, GFLOP/s (FMA = 2) and GB/s of weight rows read.
+Median of --repeats after one warm-up. Multiply a layer by n_layers to compare with
+`spark-infer bench`'s FFN time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from spark_infer import _core
+from spark_infer.config import preset
+from spark_infer.fileformat import f32_to_bf16
+
+
+def _bf16(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    w = (rng.random((rows, cols), dtype=np.float32) - 0.5) * np.float32(2 * 3 ** 0.5 / cols ** 0.5)
+    return f32_to_bf16(w)
+
+
+def _time(fn: Callable[[], None], repeats: int) -> float:
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dense", default="gemma2-2b")
+    ap.add_argument("--spark", default="spark-2b")
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    _core.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    T = args.chunk
+    rows: list[tuple[str, float, float, float]] = []   # name, seconds, flops, bytes
+
+    dc = preset(args.dense)
+    d, ff = dc.d_model, dc.d_ff
+    x = rng.standard_normal((T, d), dtype=np.float32)
+    gate, down = _bf16(rng, ff, d), _bf16(rng, d, ff)
+    h = np.empty((T, ff), np.float32)
+    y = np.empty((T, d), np.float32)
+    t = _time(lambda: _core.matmul(gate, x, h), args.repeats)
+    rows.append((f"{args.dense} gate (= up) matmul", t, 2.0 * T * ff * d, 2.0 * ff * d))
+    rows.append((f"{args.dense} up matmul", t, 2.0 * T * ff * d, 2.0 * ff * d))
+    t = _time(lambda: _core.matmul(down, h, y), args.repeats)
+    rows.append((f"{args.dense} down matmul", t, 2.0 * T * ff * d, 2.0 * ff * d))
+    dense_total = sum(r[1] for r in rows)
+
+    sc = preset(args.spark)
+    d, ff, r = sc.d_model, sc.d_ff, sc.ffn_predictor_dim
+    x = rng.standard_normal((T, d), dtype=np.float32)
+    x1, x2 = np.ascontiguousarray(x[:, :r]), np.ascontiguousarray(x[:, r:])
+    k1, k2, v = _bf16(rng, ff, r), _bf16(rng, ff, d - r), _bf16(rng, ff, d)
+    s = np.empty((T, ff), np.float32)
+    t_k1 = _time(lambda: _core.matmul(k1, x1, s), args.repeats)
+    _core.matmul(k1, x1, s)
+    sel = [_core.statistical_topk(s[i], sc.ffn_topk_fraction) for i in range(T)]
+    active = float(np.mean([len(i) for i, _, _ in sel]))
+    u = np.empty(ff, np.float32)
+    out = np.empty(d, np.float32)
+
+    def topk() -> None:
+        for i in range(T):
+            _core.statistical_topk(s[i], sc.ffn_topk_fraction)
+
+    def k2_rows() -> None:
+        for i in range(T):
+            idx = sel[i][0]
+            _core.masked_matvec(k2, x2[i], idx, u[:len(idx)])
+
+    def v_rows() -> None:
+        for i in range(T):
+            idx = sel[i][0]
+            _core.sparse_vecmat(v, sel[i][1], idx, out)
+
+    # CSR by neuron, tokens ascending within a neuron (what cpp/model/ffn.cc builds).
+    pairs = sorted((int(n), t, float(sh)) for t, (idx, shifted, _) in enumerate(sel)
+                   for n, sh in zip(idx, shifted))
+    nnz = len(pairs)
+    counts = np.bincount([p[0] for p in pairs], minlength=ff)
+    offsets = np.zeros(ff + 1, np.int32)
+    offsets[1:] = np.cumsum(counts)
+    tokens = np.array([p[1] for p in pairs], np.int32)
+    cu = np.array([p[2] for p in pairs], np.float32)
+    cout = np.empty(nnz, np.float32)
+    y = np.empty((T, d), np.float32)
+    touched = int(np.count_nonzero(counts))
+    t_topk = _time(topk, args.repeats)
+    t_k2 = _time(k2_rows, args.repeats)
+    t_v = _time(v_rows, args.repeats)
+    t_ck2 = _time(lambda: _core.csr_masked_matmul(k2, x2, offsets, tokens, cout), args.repeats)
+    t_cv = _time(lambda: _core.csr_sparse_matmul(v, cu, offsets, tokens, y), args.repeats)
+    rows.append((f"{args.spark} K1 matmul (predictor)", t_k1, 2.0 * T * ff * r, 2.0 * ff * r))
+    rows.append((f"{args.spark} top-k x {T} tokens", t_topk, 0.0, 4.0 * T * ff))
+    rows.append((f"{args.spark} K2 CSR masked matmul", t_ck2, 2.0 * nnz * (d - r),
+                 2.0 * touched * (d - r)))
+    rows.append((f"{args.spark} V CSR sparse matmul", t_cv, 2.0 * nnz * d, 2.0 * touched * d))
+    rows.append((f"  (per token: K2 masked matvec x {T})", t_k2, 2.0 * T * active * (d - r),
+                 2.0 * T * active * (d - r)))
+    rows.append((f"  (per token: V sparse vec-mat x {T})", t_v, 2.0 * T * active * d,
+                 2.0 * T * active * d))
+    spark_total = t_k1 + t_topk + t_ck2 + t_cv
+
+    print(f"one layer, chunk of {T} tokens, {args.threads} threads, bf16 weights, "
+          f"Highway {_core.current_target()}; Spark active rows per token: {active:.0f} of {ff} "
+          f"({100 * active / ff:.1f}%); rows active for some token of the chunk: {touched} "
+          f"({100 * touched / ff:.1f}%)")
+    print(f"{'kernel':<40} {'ms/chunk':>9} {'ms/token':>9} {'GFLOP/s':>8} {'GB/s':>7}")
+    for name, sec, flops, nbytes in rows:
+        print(f"{name:<40} {1e3 * sec:9.2f} {1e3 * sec / T:9.3f} {flops / sec / 1e9:8.1f} "
+              f"{nbytes / sec / 1e9:7.1f}")
+    print(f"{'dense FFN total':<40} {1e3 * dense_total:9.2f} {1e3 * dense_total / T:9.3f}")
+    print(f"{'Spark FFN total (engine path, CSR)':<40} {1e3 * spark_total:9.2f} "
+          f"{1e3 * spark_total / T:9.3f}")
+    print(f"dense / Spark FFN time: {dense_total / spark_total:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
