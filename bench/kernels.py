@@ -247,13 +247,19 @@ def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"# load average at start: {' '.join(f'{v:.2f}' for v in info['loadavg_start'])}")
     busy0, own0, wall0 = *cpu_seconds(), time.perf_counter()
 
-    # Read bandwidth, same threads as the kernels.
-    bw: dict[int, dict[str, Any]] = {}
-    for n in cfg.threads:
-        s = _core.read_bandwidth_samples(cfg.bw_bytes, n, cfg.bw_repeats)
-        bw[n] = {"median": statistics.median(s), "min": min(s), "max": max(s), "samples": s}
-        log(f"read bandwidth, {n} thread(s): {bw[n]['median']:.1f} GB/s "
-            f"(min {bw[n]['min']:.1f}, max {bw[n]['max']:.1f}; {cfg.bw_bytes >> 20} MiB x {cfg.bw_repeats})")
+    # Read bandwidth at the same thread counts as the kernels, probed before and after each
+    # dtype's kernels: it drifts by ~10 % between quiet minutes on a shared host, so a probe at
+    # the start alone would bias every ratio the same way.
+    probe_samples: dict[int, list[float]] = {n: [] for n in cfg.threads}
+
+    def probe(when: str) -> None:
+        for n in cfg.threads:
+            s = _core.read_bandwidth_samples(cfg.bw_bytes, n, cfg.bw_repeats)
+            probe_samples[n] += s
+            log(f"read bandwidth {when}, {n} thread(s): {statistics.median(s):.1f} GB/s "
+                f"(min {min(s):.1f}, max {max(s):.1f}; {cfg.bw_bytes >> 20} MiB x {cfg.bw_repeats})")
+
+    probe("at start")
 
     t0 = time.perf_counter()
     pool = Pool(pool_bytes, rng)
@@ -267,6 +273,7 @@ def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     try:
         for dtype in cfg.dtypes:
             results += bench_dtype(cfg, dtype, pool, rng, idx_sets, log)
+            probe(f"after {dtype}")
         x_topk = rng.standard_normal(D_FF_SPARK).astype(np.float32)
         x64 = x_topk.astype(np.float64)
         theta = x64.mean() + x64.std() * statistics.NormalDist().inv_cdf(1 - FRACTION)
@@ -284,6 +291,8 @@ def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     finally:
         _core.set_num_threads(saved_threads)
 
+    bw = {n: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
+          for n, v in probe_samples.items()}
     for r in results:
         if r.kernel.startswith("dense matvec") and r.threads in bw:
             r.bw_fraction = r.gbps / bw[r.threads]["median"]
@@ -435,7 +444,7 @@ def report(res: dict[str, Any], log: Callable[[str], None]) -> None:
         log(fmt(Result(**d)))
     log("")
     bw = res["read_bandwidth_gbps"]
-    log("read bandwidth (GB/s, median of the probe): " +
+    log("read bandwidth (GB/s, median of all probe passes): " +
         ", ".join(f"{k} thread(s) {v['median']:.1f}" for k, v in bw.items()))
     log(f"cores busy with other processes during the run: {res['info']['other_processes_cores']}")
     log("dense matvec GB/s as % of the read bandwidth, median call / median pass, and best call /"
