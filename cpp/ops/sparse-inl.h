@@ -47,7 +47,7 @@ HWY_INLINE void MaskedMatVecT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
     for (size_t k = 0; k < kDecodeRows; ++k) rows[k] = next[k];
     have_next = tile_rows(j + kDecodeRows, next);
     float s[kDecodeRows];
-    DotRows4(rows, cols, x, s, have_next ? next : nullptr, false);
+    DotRows4(rows, cols, x, s, have_next ? next : nullptr, 0);
     const size_t m = j1 - j < kDecodeRows ? j1 - j : kDecodeRows;
     for (size_t k = 0; k < m; ++k) out[j + k] = scale ? s[k] * scale[idx[j + k]] : s[k];
   }
