@@ -26,7 +26,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 // tile repeats its last row), so out[j] depends only on row idx[j] and x, not on j's tile or
 // thread. The rows are scattered, so the hardware prefetcher, which follows sequential lines,
 // would only catch on a few lines into each row: every tile prefetches the next tile's rows
-// while it sums its own (DotRows4's `next`).
+// while it sums its own (DotRows4's `next`). Measured against prefetching only each next
+// row's first line (1 thread, K2 [13824, 1280], 8 %, weights cold, median ms): bf16 0.37 ->
+// 0.30, int8 0.30 -> 0.16; sparse V [13824, 2304]: bf16 0.61 -> 0.49, int8 0.42 -> 0.26.
+// Prefetching two tiles ahead, or the next tile in one burst, was no better or worse.
 template <class W>
 HWY_INLINE void MaskedMatVecT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
                               size_t cols, const float* HWY_RESTRICT x,
