@@ -376,8 +376,8 @@ def hostile(cfg):
 
     def case(words, tensors=ok, metadata=meta):
         cases.append((tensors, metadata, words))
-    case("'format' must be 'spark-infer'", metadata={**meta, "format": "gguf"})
-    case("'format_version' must be '1', got '2'", metadata={**meta, "format_version": "2"})
+    case("not a spark-infer engine file .*'gguf'", metadata={**meta, "format": "gguf"})
+    case("format version '2' is not supported", metadata={**meta, "format_version": "2"})
     case("no 'config'", metadata={k: v for k, v in meta.items() if k != "config"})
     case("metadata 'config': .*n_kv_heads", metadata={
         **meta, "config": json.dumps({**cfg.to_dict(), "n_kv_heads": 3})})

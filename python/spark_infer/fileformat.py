@@ -393,18 +393,7 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
         raise FormatError(f"{os.fspath(path)}: not a readable safetensors file: {e}") from None
     with handle as f:
         meta = f.metadata() or {}
-        if meta.get("format") != FORMAT_NAME:
-            raise FormatError(f"metadata 'format' must be {FORMAT_NAME!r}, got "
-                              f"{meta.get('format')!r}")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise FormatError(f"metadata 'format_version' must be {FORMAT_VERSION!r}, got "
-                              f"{meta.get('format_version')!r}")
-        if "config" not in meta:
-            raise FormatError("metadata has no 'config'")
-        try:
-            cfg = ModelConfig.from_json(meta["config"])
-        except ValueError as e:
-            raise FormatError(f"metadata 'config': {e}") from None
+        cfg = _config_from_metadata(os.fspath(path), meta)
         tokenizer = None
         if "tokenizer" in meta:
             try:
@@ -468,6 +457,22 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
     return cfg, tokenizer, out
 
 
+def _config_from_metadata(path: str, meta: Mapping[str, str]) -> ModelConfig:
+    """The config of an engine file's metadata; FormatError for another format or version."""
+    if meta.get("format") != FORMAT_NAME:
+        raise FormatError(f"{path}: not a spark-infer engine file (metadata 'format' is "
+                          f"{meta.get('format')!r}, expected {FORMAT_NAME!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{path}: engine file format version {meta.get('format_version')!r} is "
+                          f"not supported (this version reads {FORMAT_VERSION!r})")
+    if "config" not in meta:
+        raise FormatError(f"{path}: metadata has no 'config'")
+    try:
+        return ModelConfig.from_json(meta["config"])
+    except ValueError as e:
+        raise FormatError(f"{path}: metadata 'config': {e}") from None
+
+
 def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What `spark-infer info` shows, from the header alone (no tensor is read).
 
@@ -493,16 +498,7 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise FormatError(f"{path}: header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
-    if meta.get("format") != FORMAT_NAME:
-        raise FormatError(f"{path}: not a spark-infer engine file (metadata 'format' is "
-                          f"{meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{path}: engine file format version {meta.get('format_version')!r} is "
-                          f"not supported (this version reads {FORMAT_VERSION!r})")
-    try:
-        cfg = ModelConfig.from_json(meta["config"])
-    except (KeyError, ValueError) as e:
-        raise FormatError(f"{path}: metadata 'config': {e}") from None
+    cfg = _config_from_metadata(path, meta)
     dtypes: dict[str, int] = {}
     params = 0
     for name, entry in header.items():
