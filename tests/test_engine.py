@@ -125,6 +125,18 @@ def test_prefill_then_decode_equals_decode_only(model_files):
                                rtol=0, atol=1e-5 * np.abs(decode_only[-1]).max())
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 40])
+def test_spark_prefill_kernel_choice_matches_reference(cache_bytes, model_files):
+    """Both Spark FFN chunk paths (neuron-grouped and per-token) against the reference."""
+    cfg = KINDS["spark_all"]
+    path, weights = model_files("spark_all")
+    tokens = tokens_for(cfg, 20, seed=6)
+    engine = _core.Engine(path, context_length=32)
+    engine.chunk_sparse_cache_bytes = cache_bytes
+    got = engine.prefill(tokens, chunk=8, all_logits=True)
+    assert rel_err(got, reference.forward(cfg, weights, tokens)) < REL_TOL
+
+
 @pytest.mark.parametrize("kind", ["gemma2", "spark_all"])
 def test_threads_and_chunk_size_do_not_change_results(kind, model_files):
     cfg = KINDS[kind]

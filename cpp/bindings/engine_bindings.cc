@@ -79,6 +79,10 @@ Arguments:
       .def_property_readonly("kv_bytes", &Engine::kv_bytes)
       .def_property_readonly("weight_type", [](const Engine& e) { return WeightTypeName(e.matrix_type()); })
       .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads for this engine.")
+      .def_property("chunk_sparse_cache_bytes", &Engine::chunk_sparse_cache_bytes,
+                    &Engine::set_chunk_sparse_cache_bytes,
+                    "Spark FFN prefill: layers whose K2 + V fit in this many bytes use the per-token "
+                    "kernels, larger ones the neuron-grouped kernels (default: half the LLC).")
       .def("reset", &Engine::Reset, "Forget the whole cache (position 0).")
       .def("rewind", &Engine::Rewind, arg("pos"), "Keep the cache for positions < pos.")
       .def("prefill", [](Engine& e, py::array tokens, size_t chunk, bool all_logits) {

@@ -5,7 +5,10 @@
 #include <math.h>
 #include <string.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <stdexcept>
 
 #include "ops/activation.h"
@@ -25,6 +28,21 @@ hwy::AlignedFreeUniquePtr<float[]> Floats(size_t n) {
   auto p = hwy::AllocateAligned<float>(n ? n : 1);
   if (!p) throw std::bad_alloc();
   return p;
+}
+
+// Last-level cache size from sysfs (0 if unknown).
+size_t LastLevelCacheBytes() {
+  size_t best = 0;
+  for (int i = 0; i < 8; ++i) {
+    std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size");
+    std::string text;
+    if (!(f >> text) || text.empty()) continue;
+    size_t mult = 1;
+    if (text.back() == 'K') mult = size_t{1} << 10;
+    if (text.back() == 'M') mult = size_t{1} << 20;
+    best = std::max(best, static_cast<size_t>(std::strtoull(text.c_str(), nullptr, 10)) * mult);
+  }
+  return best;
 }
 
 double Now() {
@@ -65,7 +83,8 @@ const std::string& MetadataOrThrow(const SafetensorsFile& f, const std::string& 
 }  // namespace
 
 Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
-    : file_(path), ctx_(context_length), threads_(NumThreads()) {
+    : file_(path), ctx_(context_length), threads_(NumThreads()),
+      chunk_sparse_cache_bytes_(LastLevelCacheBytes() / 2) {
   if (MetadataOrThrow(file_, "format") != kFormatName)
     throw FormatError(path + ": metadata 'format' is '" + file_.metadata().at("format") + "', expected 'spark-infer'");
   const std::string& version = MetadataOrThrow(file_, "format_version");

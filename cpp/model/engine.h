@@ -58,6 +58,11 @@ class Engine {
   void Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logits, bool all_logits);
   void Decode(int32_t token, float* logits) { Prefill(&token, 1, 1, logits, false); }
 
+  // Spark FFN prefill: a layer whose K2 + V take at most this many bytes runs the per-token
+  // kernels, a larger one the neuron-grouped ones (default: half the last-level cache).
+  size_t chunk_sparse_cache_bytes() const { return chunk_sparse_cache_bytes_; }
+  void set_chunk_sparse_cache_bytes(size_t b) { chunk_sparse_cache_bytes_ = b; }
+
   const std::vector<LayerStats>& stats() const { return stats_; }
   const TimeBreakdown& times() const { return times_; }
 
@@ -77,6 +82,7 @@ class Engine {
   size_t pos_ = 0;
   int threads_;
   float ffn_q_ = 0;  // Q(1 - ffn_topk_fraction)
+  size_t chunk_sparse_cache_bytes_;
 
   // Activations for a chunk of up to T_ tokens.
   size_t T_ = 0;
