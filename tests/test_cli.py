@@ -96,6 +96,7 @@ def test_chat_eof_exits_zero(model_path):
 def test_chat_ctrl_c_stops_the_answer_and_keeps_the_session(model_path):
     child = _chat(model_path, "-n", "100000", "-c", "60000", "--min-p", "0")
     child.sendline("Tell me everything.")
+    child.expect("everything\\.\r\n")  # the terminal's echo of the line
     child.expect(".", timeout=60)     # the answer has started streaming
     child.sendintr()
     child.expect("stopped")

@@ -113,16 +113,18 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             model.reset()
             print("(conversation cleared)", file=sys.stderr)
             continue
-        messages.append({"role": "user", "content": line})
         answer: list[str] = []
-        pieces = model.chat(messages, stream=True, **_sampling_kwargs(args))
+        pieces = None
         try:
+            messages.append({"role": "user", "content": line})
+            pieces = model.chat(messages, stream=True, **_sampling_kwargs(args))
             for piece in pieces:
                 answer.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except KeyboardInterrupt:
-            pieces.close()  # the model stays usable; keep what was said
+            if pieces is not None:
+                pieces.close()  # the model stays usable; keep what was said
             print(" [stopped]", end="", file=sys.stderr)
         sys.stdout.write("\n")
         sys.stdout.flush()
