@@ -150,6 +150,7 @@ class Pool {
 int g_num_threads = 0;  // 0: not yet set
 std::unique_ptr<Pool> g_pool;
 std::mutex g_pool_mu;
+std::mutex g_job_mu;  // held by the caller whose job the pool runs
 
 Pool& GetPool(int threads) {
   // Workers only grow: a smaller thread count just uses fewer parts.
@@ -192,6 +193,13 @@ void ParallelFor(size_t n, size_t granule, const std::function<void(size_t, size
     const size_t begin = g0 * granule, end = std::min(n, g1 * granule);
     if (begin < end) fn(begin, end, t);
   };
+  // One job at a time: a second caller thread (two Python threads, the GIL released) runs its
+  // parts inline instead of overwriting the running job.
+  std::unique_lock<std::mutex> job(g_job_mu, std::try_to_lock);
+  if (!job.owns_lock()) {
+    for (int t = 0; t < parts; ++t) run_part(t);
+    return;
+  }
   GetPool(NumThreads()).Run(parts, run_part);
 }
 

@@ -21,7 +21,8 @@ void SetNumThreads(int n);
 
 // Calls fn(begin, end, part) on contiguous parts of [0, n), each a multiple of `granule` (except
 // the last); parts <= MaxParts(). Each part runs on exactly one thread, so per-part scratch
-// indexed by `part` needs no locking. Not reentrant from two caller threads at once.
+// indexed by `part` needs no locking. Safe from several caller threads: while the pool runs one
+// caller's job, another caller runs its parts inline.
 // Upper bound on the parts of one ParallelFor (for per-part scratch).
 int MaxParts();
 
