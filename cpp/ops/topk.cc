@@ -36,6 +36,9 @@ HWY_EXPORT(StatTopK);
 
 double InvNormalCdf(double p) {
   if (!(p > 0.0 && p < 1.0)) return std::numeric_limits<double>::quiet_NaN();
+  // Q(p) = -Q(1 - p): refine only in the lower half, where erfc(-x / sqrt 2) is small and the
+  // Halley step below does not cancel (1 - p is exact for p >= 0.5, Sterbenz).
+  if (p > 0.5) return -InvNormalCdf(1.0 - p);
   // P. J. Acklam's rational approximation (relative error 1.15e-9) ...
   static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,
                              -2.759285104469687e+02, 1.383577518672690e+02,
