@@ -48,6 +48,20 @@ KINDS = {
     "spark_all_gemma2": tiny(arch="gemma2", qk_norm=False, attn_softcap=20.0, final_softcap=30.0,
                              ffn_predictor_dim=32, attn_predictor_dim=6, attn_topk=4,
                              n_kv_heads=1),
+    # Sparsified dense FFN (training-free): the Gaussian quantile, calibrated per-layer
+    # quantiles with selection weights, and the low-rank gate predictor.
+    "sparse_ffn": tiny(ffn_sparse_fraction=0.3),
+    "sparse_ffn_calibrated": tiny(ffn_sparse_fraction=0.3, ffn_sparse_quantiles=(0.2, 0.7, -0.1),
+                                  ffn_select_weighted=True),
+    "sparse_ffn_low_rank": tiny(ffn_sparse_fraction=0.4, ffn_gate_rank=12),
+    # Sparsified attention: topk 4 + recent 2 < contexts of up to 20 tokens, window 9 on local
+    # layers, so keep-all, pooled top-k and the window all run; GQA 2 here, 4 below.
+    "sparse_attn": tiny(attn_sparse_topk=4, attn_sparse_dim=6, attn_sparse_recent=2,
+                        sliding_window=9),
+    "sparse_all_gemma2": tiny(arch="gemma2", qk_norm=False, attn_softcap=20.0, final_softcap=30.0,
+                              ffn_sparse_fraction=0.5, ffn_gate_rank=8, ffn_select_weighted=True,
+                              attn_sparse_topk=3, attn_sparse_dim=5, attn_sparse_recent=1,
+                              n_kv_heads=1),
 }
 
 
@@ -101,7 +115,7 @@ def test_prefill_and_decode_match_reference(kind, model_files):
     assert engine.pos == 20
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "spark_all"])
+@pytest.mark.parametrize("kind", ["gemma3", "spark_all", "sparse_all_gemma2", "sparse_attn"])
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_quantized_weights_match_reference_on_dequantized(kind, dtype, model_files):
     cfg = KINDS[kind]
@@ -110,6 +124,21 @@ def test_quantized_weights_match_reference_on_dequantized(kind, dtype, model_fil
     expected = reference.forward(cfg, weights, tokens)
     got = _core.Engine(path, context_length=16).prefill(tokens, chunk=5, all_logits=True)
     assert rel_err(got, expected) < REL_TOL
+
+
+@pytest.mark.parametrize("kind", ["sparse_ffn_calibrated", "sparse_all_gemma2", "sparse_attn"])
+def test_sparsified_kinds_match_reference_on_every_target(kind, target, model_files):
+    """The sparsified kinds' kernels (masked matvec, sparse vec-mat, top-k, rotations) on each
+    SIMD target this CPU runs: chunked prefill and every decode step against the reference."""
+    cfg = KINDS[kind]
+    path, weights = model_files(kind, "bf16")
+    tokens = tokens_for(cfg, 14, seed=9)
+    expected = reference.forward(cfg, weights, tokens)
+    engine = _core.Engine(path, context_length=16)
+    assert rel_err(engine.prefill(tokens, chunk=5, all_logits=True), expected) < REL_TOL, target
+    engine.reset()
+    decoded = np.stack([engine.decode(int(t)) for t in tokens])
+    assert rel_err(decoded, expected) < REL_TOL, target
 
 
 def test_prefill_then_decode_equals_decode_only(model_files):
@@ -125,11 +154,12 @@ def test_prefill_then_decode_equals_decode_only(model_files):
                                rtol=0, atol=1e-5 * np.abs(decode_only[-1]).max())
 
 
+@pytest.mark.parametrize("kind", ["spark_all", "sparse_ffn", "sparse_all_gemma2"])
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 40])
-def test_spark_prefill_kernel_choice_matches_reference(cache_bytes, model_files):
-    """Both Spark FFN chunk paths (neuron-grouped and per-token) against the reference."""
-    cfg = KINDS["spark_all"]
-    path, weights = model_files("spark_all")
+def test_spark_prefill_kernel_choice_matches_reference(kind, cache_bytes, model_files):
+    """Both sparse FFN chunk paths (neuron-grouped and per-token) against the reference."""
+    cfg = KINDS[kind]
+    path, weights = model_files(kind)
     tokens = tokens_for(cfg, 20, seed=6)
     engine = _core.Engine(path, context_length=32)
     engine.chunk_sparse_cache_bytes = cache_bytes
@@ -137,7 +167,7 @@ def test_spark_prefill_kernel_choice_matches_reference(cache_bytes, model_files)
     assert rel_err(got, reference.forward(cfg, weights, tokens)) < REL_TOL
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "spark_all"])
+@pytest.mark.parametrize("kind", ["gemma2", "spark_all", "sparse_all_gemma2"])
 def test_threads_and_chunk_size_do_not_change_results(kind, model_files):
     cfg = KINDS[kind]
     path, _ = model_files(kind)

@@ -1,8 +1,10 @@
 // attention.cc: QKV projections, QK-norm, RoPE, the KV-cache write, and per-(token, head)
-// attention: dense softmax attention, or Spark attention (DESIGN.md section 5):
+// attention: dense softmax attention, or Spark attention (docs/engine-file.md):
 //   s1_j = q[:r_a] . k_j[:r_a] (q already times query_scale; soft-capped if the model has one);
 //   n <= attn_topk: keep all visible tokens; else statistical top-k over s1 with k/n;
 //   w_j = softmax_S(s1)_j * softplus(q[r_a:] . k_j[r_a:]);  out = sum_{j in S} w_j v_j.
+// Sparsified attention (training-free, docs/engine-file.md) rotates q and k by a per-KV-head
+// orthogonal P after RoPE and keeps a pooled top-k of tokens (RotatedAttention).
 // Threads split the (token, query head) pairs; each pair reads its KV head's cache only.
 #include <algorithm>
 
@@ -21,7 +23,9 @@ void Engine::Attention(size_t layer, size_t T) {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[layer];
   const size_t d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads;
-  const size_t ra = c.attn_predictor_dim, rb = hd - ra, group = H / KV;
+  // ra: where cached keys split (Spark: also where RoPE splits; sparsified: after rotation).
+  const size_t ra = c.KeySplit(), rb = hd - ra, group = H / KV;
+  const bool spark = c.SparkAttn();
   const bool local = c.layer_is_local[layer];
   const size_t half = hd / 2;
 
@@ -35,12 +39,21 @@ void Engine::Attention(size_t layer, size_t T) {
   auto rotate = [&](float* head, size_t t) {
     const float* cs = cos_all + t * half;
     const float* sn = sin_all + t * half;
-    if (ra) {
+    if (spark) {
       Rope(head, ra, cs, sn);
       Rope(head + ra, rb, cs + ra / 2, sn + ra / 2);
     } else {
       Rope(head, hd, cs, sn);
     }
+  };
+  // Sparsified attention: x <- P_g x for the rows of q or k of KV head g (q.k is unchanged, and
+  // the first r_a rotated dims carry most of it). rows: [n <= group, hd] in place, through att_
+  // (free until the work items below fill it).
+  auto project = [&](size_t g, float* rows, size_t n) {
+    const MatRef P{static_cast<const float*>(L.rot.data) + g * hd * hd, nullptr, WeightType::kF32, hd, hd};
+    float* tmp = att_.get();
+    MatMulRange(P, rows, n, tmp, hd, 0, hd);
+    std::copy(tmp, tmp + n * hd, rows);
   };
   for (size_t t = 0; t < T; ++t) {
     for (size_t h = 0; h < H; ++h) {
@@ -49,16 +62,25 @@ void Engine::Attention(size_t layer, size_t T) {
       rotate(qh, t);
       for (size_t i = 0; i < hd; ++i) qh[i] *= c.query_scale;
     }
+    if (c.SparseAttn())
+      for (size_t g = 0; g < KV; ++g) project(g, q_.get() + (t * H + g * group) * hd, group);
     for (size_t g = 0; g < KV; ++g) {
       float* kh = k_.get() + (t * KV + g) * hd;
       if (L.k_norm) RmsNorm(kh, L.k_norm, hd, c.norm_eps, kh);
       rotate(kh, t);
+      if (c.SparseAttn()) project(g, kh, 1);
       const size_t p = pos_ + t;
       std::copy(kh, kh + ra, kv_.KPred(layer, g, p));
       std::copy(kh + ra, kh + hd, kv_.KRest(layer, g, p));
       const float* vh = v_.get() + (t * KV + g) * hd;
       std::copy(vh, vh + hd, kv_.V(layer, g, p));
     }
+  }
+
+  if (c.SparseAttn()) {
+    RotatedAttention(layer, T);
+    MatMul(L.o, att_.get(), T, tmp_.get());
+    return;
   }
 
   // Work items: (token, KV head, sub-group of its query heads). The heads of a sub-group share
@@ -132,6 +154,78 @@ void Engine::Attention(size_t layer, size_t T) {
 
   MatMul(L.o, att_.get(), T, tmp_.get());
   (void)d;
+}
+
+// Sparsified attention over the rotated cache, one work item per (token, KV head); the group's
+// query heads share one selection, so each kept key and value row is read once per item:
+//   n <= attn_sparse_topk + attn_sparse_recent: every visible token;
+//   else candidates C = all but the `recent` newest; pooled_j = qbar[:r_a] . k_j[:r_a] with
+//   qbar the mean of the group's rotated queries; keep {j in C : pooled_j > statistical
+//   threshold with f = topk / |C|} and the recent ones; exact scores (both parts), softmax, V.
+void Engine::RotatedAttention(size_t layer, size_t T) {
+  const ModelConfig& c = config_;
+  const size_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, group = H / KV;
+  const size_t ra = c.attn_sparse_dim, rb = hd - ra;
+  const size_t topk = c.attn_sparse_topk, recent = c.attn_sparse_recent;
+  const bool local = c.layer_is_local[layer];
+  std::vector<double> attended(MaxParts(), 0.0);
+  ParallelFor(T * KV, 1, [&](size_t begin, size_t end, int part) {
+    Scratch& s = scratch_[part];
+    for (size_t item = begin; item < end; ++item) {
+      const size_t t = item / KV, g = item % KV, h0 = g * group;
+      const size_t p = pos_ + t;
+      const size_t lo = (local && p + 1 > c.sliding_window) ? p + 1 - c.sliding_window : 0;
+      const size_t n = p - lo + 1;
+      const float* q0 = q_.get() + (t * H + h0) * hd;  // [group, hd]
+      float* out0 = att_.get() + (t * H + h0) * hd;    // [group, hd]
+      const MatRef pred{kv_.KPred(layer, g, lo), nullptr, WeightType::kF32, n, ra};
+      const MatRef rest{kv_.KRest(layer, g, lo), nullptr, WeightType::kF32, n, rb};
+      const MatRef values{kv_.V(layer, g, lo), nullptr, WeightType::kF32, n, hd};
+      float* qp = s.q_pred.get();  // [group, r_a]
+      float* qr = s.q_rest.get();  // [group, hd - r_a]
+      for (size_t i = 0; i < group; ++i) {
+        std::copy(q0 + i * hd, q0 + i * hd + ra, qp + i * ra);
+        std::copy(q0 + i * hd + ra, q0 + (i + 1) * hd, qr + i * rb);
+      }
+      const int32_t* idx = iota_.data();
+      size_t m = n;
+      if (n > topk + recent) {
+        const size_t nc = n - recent;
+        float* qbar = qp + group * ra;  // [r_a]
+        for (size_t k = 0; k < ra; ++k) {
+          float sum = 0;
+          for (size_t i = 0; i < group; ++i) sum += qp[i * ra + k];
+          qbar[k] = sum / static_cast<float>(group);
+        }
+        float* pooled = s.s2.get();  // [nc]
+        MatMulRange(pred, qbar, 1, pooled, nc, 0, nc);
+        const float q = static_cast<float>(InvNormalCdf(1.0 - static_cast<double>(topk) / nc));
+        int32_t* sel = s.idx.data();
+        m = StatisticalTopK(pooled, nc, q, sel, nullptr).count;
+        for (size_t j = nc; j < n; ++j) sel[m++] = static_cast<int32_t>(j);
+        idx = sel;
+        if (m == 0) {  // all scores equal and nothing recent kept: an empty sum
+          std::fill(out0, out0 + group * hd, 0.0f);
+          continue;
+        }
+      }
+      // Exact scores of the kept tokens for every head of the group: [group, m].
+      float* w = s.s1.get();
+      float* part2 = s.s2.get();
+      for (size_t i = 0; i < group; ++i) {
+        MaskedMatVecRange(pred, qp + i * ra, idx, 0, m, w + i * m);
+        MaskedMatVecRange(rest, qr + i * rb, idx, 0, m, part2);
+        float* wi = w + i * m;
+        for (size_t k = 0; k < m; ++k) wi[k] += part2[k];
+        if (c.attn_softcap > 0) SoftCap(wi, m, c.attn_softcap, wi);
+        Softmax(wi, m, wi);
+      }
+      MultiSparseVecMatRange(values, w, idx, m, group, out0, 0, hd);
+      attended[part] += static_cast<double>(m * group);
+    }
+  });
+  for (double a : attended) stats_[layer].attn_attended += a;
+  stats_[layer].attn_queries += static_cast<double>(T * H);
 }
 
 }  // namespace spark

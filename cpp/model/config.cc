@@ -54,6 +54,16 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   c.ffn_topk_fraction = static_cast<float>(Real(j, "ffn_topk_fraction", 0.08));
   c.attn_predictor_dim = j.Has("attn_predictor_dim") ? Dim(j, "attn_predictor_dim", true) : 0;
   c.attn_topk = j.Has("attn_topk") ? Dim(j, "attn_topk") : 256;
+  c.ffn_sparse_fraction = static_cast<float>(Real(j, "ffn_sparse_fraction", 0.0));
+  if (j.Has("ffn_sparse_quantiles")) {
+    for (const Json& q : j.At("ffn_sparse_quantiles").Array("config.ffn_sparse_quantiles"))
+      c.ffn_sparse_quantiles.push_back(static_cast<float>(q.Number("config.ffn_sparse_quantiles[]")));
+  }
+  c.ffn_gate_rank = j.Has("ffn_gate_rank") ? Dim(j, "ffn_gate_rank", true) : 0;
+  c.ffn_select_weighted = j.Has("ffn_select_weighted") && j.At("ffn_select_weighted").Bool("config.ffn_select_weighted");
+  c.attn_sparse_topk = j.Has("attn_sparse_topk") ? Dim(j, "attn_sparse_topk", true) : 0;
+  c.attn_sparse_dim = j.Has("attn_sparse_dim") ? Dim(j, "attn_sparse_dim", true) : 0;
+  c.attn_sparse_recent = j.Has("attn_sparse_recent") ? Dim(j, "attn_sparse_recent", true) : 0;
 
   if (j.Has("layer_types")) {
     for (const Json& t : j.At("layer_types").Array("config.layer_types")) {
@@ -85,6 +95,24 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
     Require(c.attn_predictor_dim < c.head_dim && c.attn_predictor_dim % 2 == 0 &&
                 (c.head_dim - c.attn_predictor_dim) % 2 == 0,
             "attn_predictor_dim must be even and < head_dim");
+  }
+  Require(c.ffn_sparse_fraction >= 0 && c.ffn_sparse_fraction < 1, "ffn_sparse_fraction must be in [0, 1)");
+  if (c.SparseFfn()) {
+    Require(!c.SparkFfn(), "ffn_sparse_fraction and ffn_predictor_dim exclude each other");
+    Require(c.ffn_sparse_quantiles.empty() || c.ffn_sparse_quantiles.size() == c.n_layers,
+            "ffn_sparse_quantiles needs one entry per layer (or none)");
+    for (float q : c.ffn_sparse_quantiles) Require(std::isfinite(q), "ffn_sparse_quantiles must be finite");
+    Require(c.ffn_gate_rank < c.d_model && c.ffn_gate_rank < c.d_ff, "ffn_gate_rank must be < d_model and d_ff");
+  } else {
+    Require(c.ffn_sparse_quantiles.empty() && c.ffn_gate_rank == 0 && !c.ffn_select_weighted,
+            "ffn_sparse_quantiles, ffn_gate_rank and ffn_select_weighted need ffn_sparse_fraction > 0");
+  }
+  if (c.SparseAttn()) {
+    Require(!c.SparkAttn(), "attn_sparse_topk and attn_predictor_dim exclude each other");
+    Require(c.attn_sparse_dim > 0 && c.attn_sparse_dim < c.head_dim, "attn_sparse_dim must be in (0, head_dim)");
+  } else {
+    Require(c.attn_sparse_dim == 0 && c.attn_sparse_recent == 0,
+            "attn_sparse_dim and attn_sparse_recent need attn_sparse_topk > 0");
   }
   return c;
 }

@@ -26,9 +26,20 @@ struct ModelConfig {
   float ffn_topk_fraction = 0.08f;
   size_t attn_predictor_dim = 0;  // 0: dense attention
   size_t attn_topk = 256;
+  // Sparsified dense FFN (training-free, docs/engine-file.md): 0 = off.
+  float ffn_sparse_fraction = 0.0f;
+  std::vector<float> ffn_sparse_quantiles;  // [n_layers] Q_l, or empty: Q(1 - fraction) for all
+  size_t ffn_gate_rank = 0;                 // 0: select on the exact gate; R: on B (A x)
+  bool ffn_select_weighted = false;         // selection score c_i * p_i (tensor ffn_select)
+  // Sparsified dense attention (rotated keys, pooled predictor): attn_sparse_topk 0 = off.
+  size_t attn_sparse_topk = 0, attn_sparse_dim = 0, attn_sparse_recent = 0;
 
   bool SparkFfn() const { return ffn_predictor_dim > 0; }
   bool SparkAttn() const { return attn_predictor_dim > 0; }
+  bool SparseFfn() const { return ffn_sparse_fraction > 0; }
+  bool SparseAttn() const { return attn_sparse_topk > 0; }
+  // Keys are cached split at this dim (predictor part, rest); 0 for dense attention.
+  size_t KeySplit() const { return SparkAttn() ? attn_predictor_dim : attn_sparse_dim; }
 
   // Throws FormatError naming the field.
   static ModelConfig FromJson(const std::string& json);

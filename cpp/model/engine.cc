@@ -101,7 +101,12 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
   if (context_length > (size_t{1} << 24)) throw std::invalid_argument("context_length is too large");
   if (max_chunk == 0) throw std::invalid_argument("max_chunk must be >= 1");
   if (config_.SparkFfn()) ffn_q_ = static_cast<float>(InvNormalCdf(1.0 - config_.ffn_topk_fraction));
-  kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.attn_predictor_dim, ctx_);
+  if (config_.SparseFfn()) {
+    sparse_ffn_q_ = config_.ffn_sparse_quantiles;
+    if (sparse_ffn_q_.empty())
+      sparse_ffn_q_.assign(config_.n_layers, static_cast<float>(InvNormalCdf(1.0 - config_.ffn_sparse_fraction)));
+  }
+  kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.KeySplit(), ctx_);
   iota_.resize(ctx_);
   for (size_t i = 0; i < ctx_; ++i) iota_[i] = static_cast<int32_t>(i);
   ffn_u_ = Floats(config_.d_ff);
@@ -134,8 +139,9 @@ void Engine::AllocateActivations(size_t T) {
   ff_a_ = Floats(T * c.d_ff);
   ff_b_ = c.SparkFfn() ? Floats(1) : Floats(T * c.d_ff);
   x1_ = Floats(T * c.ffn_predictor_dim);
-  x2_ = Floats(T * (c.d_model - c.ffn_predictor_dim));
-  if (c.SparkFfn()) {
+  x2_ = Floats(c.SparkFfn() ? T * (c.d_model - c.ffn_predictor_dim) : 1);
+  ff_low_ = Floats(T * c.ffn_gate_rank);
+  if (c.SparkFfn() || c.SparseFfn()) {
     ffn_idx_.assign(T * c.d_ff, 0);
     ffn_count_.assign(T, 0);
     ffn_shift_ = Floats(T * c.d_ff);
@@ -153,10 +159,12 @@ void Engine::EnsureScratch() {
   while (scratch_.size() < static_cast<size_t>(MaxParts())) {
     Scratch s;
     const size_t group = config_.n_heads / config_.n_kv_heads;
+    const size_t split = config_.KeySplit();
     s.s1 = Floats(group * ctx_);
-    s.q_pred = Floats(group * config_.attn_predictor_dim);
+    s.q_pred = Floats((group + 1) * split);  // + the pooled query of sparsified attention
+    s.q_rest = Floats(group * (config_.head_dim - split));
     s.sel = Floats(ctx_);
-    s.s2 = Floats(ctx_);
+    s.s2 = Floats(group * ctx_);
     s.idx.resize(ctx_);
     scratch_.push_back(std::move(s));
   }

@@ -73,6 +73,14 @@ class Engine {
   void RopeTables(size_t T);
   void Attention(size_t layer, size_t T);
   void Ffn(size_t layer, size_t T);
+  void SparseFfn(size_t layer, size_t T);
+  // The shared tail of the Spark and sparsified FFNs, once ffn_idx_/ffn_count_ hold each token's
+  // active neurons: u = gelu(gate value) * (w_in[i] . x_in), out = sum u_i w_out[i] into tmp_.
+  // Gate values are ffn_shift_ ([T, d_ff], per active entry), or with w_gate the products
+  // w_gate[i] . x_in of the active rows.
+  void SparseFfnTail(const MatRef& w_in, const float* x_in, const MatRef* w_gate,
+                     const MatRef& w_out, size_t T, size_t total);
+  void RotatedAttention(size_t layer, size_t T);
 
   SafetensorsFile file_;
   ModelConfig config_;
@@ -81,7 +89,8 @@ class Engine {
   size_t ctx_;
   size_t pos_ = 0;
   int threads_;
-  float ffn_q_ = 0;  // Q(1 - ffn_topk_fraction)
+  float ffn_q_ = 0;                // Spark FFN: Q(1 - ffn_topk_fraction)
+  std::vector<float> sparse_ffn_q_;  // sparsified FFN: Q_l per layer
   size_t chunk_sparse_cache_bytes_;
 
   // Activations for a chunk of up to T_ tokens.
@@ -90,6 +99,7 @@ class Engine {
   hwy::AlignedFreeUniquePtr<float[]> q_, k_, v_, att_;     // [T, heads * head_dim]
   hwy::AlignedFreeUniquePtr<float[]> ff_a_, ff_b_;         // [T, d_ff]
   hwy::AlignedFreeUniquePtr<float[]> x1_, x2_;             // Spark FFN: [T, r], [T, d - r]
+  hwy::AlignedFreeUniquePtr<float[]> ff_low_;              // sparsified FFN: [T, ffn_gate_rank]
   hwy::AlignedFreeUniquePtr<float[]> rope_cos_, rope_sin_;  // [2 (global, local)][T][head_dim/2]
   std::vector<int32_t> ffn_idx_;                           // [T, d_ff] active neurons per token
   std::vector<int32_t> ffn_count_;                         // [T] active count per token
@@ -100,10 +110,10 @@ class Engine {
   hwy::AlignedFreeUniquePtr<float[]> ffn_shift_, ffn_u_;   // [T, d_ff], [d_ff]
   std::vector<int32_t> iota_;                              // [ctx]: 0, 1, 2, ...
 
-  // Per-part attention scratch: s1 [query heads per KV head, ctx], sel and s2 [ctx],
-  // q_pred [query heads per KV head, r_a].
+  // Per-part attention scratch: s1 and s2 [query heads per KV head, ctx], sel [ctx],
+  // q_pred [query heads per KV head, r_a], q_rest [query heads per KV head, head_dim - r_a].
   struct Scratch {
-    hwy::AlignedFreeUniquePtr<float[]> s1, sel, s2, q_pred;
+    hwy::AlignedFreeUniquePtr<float[]> s1, sel, s2, q_pred, q_rest;
     std::vector<int32_t> idx;
   };
   std::vector<Scratch> scratch_;

@@ -52,6 +52,17 @@ class Loader {
     return m;
   }
 
+  // An F32 matrix that is not a weight of the matrix dtype (e.g. attention rotations).
+  MatRef F32Matrix(const std::string& name, size_t rows, size_t cols) {
+    const TensorInfo& t = Checked(name, {rows, cols});
+    if (t.dtype != "F32") throw FormatError(f_.path() + ": tensor '" + name + "' must be F32, got " + t.dtype);
+    MatRef m;
+    m.data = t.data;
+    m.rows = rows;
+    m.cols = cols;
+    return m;
+  }
+
   size_t bytes() const { return bytes_; }
 
  private:
@@ -87,11 +98,21 @@ ModelWeights ModelWeights::Load(const SafetensorsFile& file, const ModelConfig& 
       L.k1 = ld.Matrix(p + "ffn_k1", c.d_ff, r);
       L.k2 = ld.Matrix(p + "ffn_k2", c.d_ff, d - r);
       L.v_ffn = ld.Matrix(p + "ffn_v", c.d_ff, d);
+    } else if (c.SparseFfn()) {
+      L.gate = ld.Matrix(p + "ffn_gate", c.d_ff, d);
+      L.up = ld.Matrix(p + "ffn_up", c.d_ff, d);
+      L.down_t = ld.Matrix(p + "ffn_down_t", c.d_ff, d);
+      if (c.ffn_gate_rank) {
+        L.gate_a = ld.Matrix(p + "ffn_gate_a", c.ffn_gate_rank, d);
+        L.gate_b = ld.Matrix(p + "ffn_gate_b", c.d_ff, c.ffn_gate_rank);
+      }
+      if (c.ffn_select_weighted) L.select = ld.Vector(p + "ffn_select", c.d_ff);
     } else {
       L.gate = ld.Matrix(p + "ffn_gate", c.d_ff, d);
       L.up = ld.Matrix(p + "ffn_up", c.d_ff, d);
       L.down = ld.Matrix(p + "ffn_down", d, c.d_ff);
     }
+    if (c.SparseAttn()) L.rot = ld.F32Matrix(p + "attn_rot", c.n_kv_heads * hd, hd);
     w.layers.push_back(L);
   }
   w.matrix_type = w.layers.empty() ? w.embed.type : w.layers[0].q.type;

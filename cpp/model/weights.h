@@ -23,8 +23,13 @@ struct LayerWeights {
   MatRef q;         // [n_heads * head_dim, d_model]
   MatRef k, v;      // [n_kv_heads * head_dim, d_model]
   MatRef o;         // [d_model, n_heads * head_dim]
-  MatRef gate, up;  // dense FFN: [d_ff, d_model]
+  MatRef gate, up;  // dense and sparsified FFN: [d_ff, d_model]
   MatRef down;      // dense FFN: [d_model, d_ff]
+  MatRef down_t;    // sparsified FFN: [d_ff, d_model] neuron-major (down transposed)
+  MatRef gate_a;    // sparsified FFN, ffn_gate_rank R > 0: [R, d_model]
+  MatRef gate_b;    //   [d_ff, R]; the predictor p = gate_b (gate_a x)
+  const float* select = nullptr;  // sparsified FFN, ffn_select_weighted: [d_ff]
+  MatRef rot;       // sparsified attention: [n_kv_heads * head_dim, head_dim] f32, P per KV head
   MatRef k1;        // Spark FFN: [d_ff, r] neuron-major
   MatRef k2;        // Spark FFN: [d_ff, d_model - r] neuron-major
   MatRef v_ffn;     // Spark FFN: [d_ff, d_model] neuron-major

@@ -47,6 +47,15 @@ class ModelConfig:
     ffn_topk_fraction: float = 0.08
     attn_predictor_dim: int = 0    # 0: dense attention; r_a > 0: Spark attention
     attn_topk: int = 256
+    # Sparsified dense FFN (training-free; docs/engine-file.md): 0 = off.
+    ffn_sparse_fraction: float = 0.0            # target kept fraction F, e.g. 0.5
+    ffn_sparse_quantiles: tuple[float, ...] = ()  # Q_l per layer (calibrated), or () = Q(1 - F)
+    ffn_gate_rank: int = 0                      # 0: select on the exact gate; R: on B (A x)
+    ffn_select_weighted: bool = False           # select on c_i * p_i (tensor ffn_select)
+    # Sparsified dense attention (rotated keys, pooled top-k): attn_sparse_topk 0 = off.
+    attn_sparse_topk: int = 0                   # K, e.g. 128
+    attn_sparse_dim: int = 0                    # predictor dims r_a of the rotated keys
+    attn_sparse_recent: int = 0                 # newest tokens always kept
     bos_id: int = 2
     eos_id: int = 1
     pad_id: int = 0
@@ -57,6 +66,9 @@ class ModelConfig:
         # JSON gives lists; a frozen, hashable config wants a tuple.
         if isinstance(self.layer_types, list):
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if isinstance(self.ffn_sparse_quantiles, list):
+            object.__setattr__(self, "ffn_sparse_quantiles",
+                               tuple(float(q) for q in self.ffn_sparse_quantiles))
         # JSON may spell 1.0 as 1; store floats as floats so to_json is stable.
         for name in _FLOAT_FIELDS:
             value = getattr(self, name)
@@ -114,13 +126,60 @@ class ModelConfig:
                              f"in (0, head_dim={self.head_dim}), got {r_a}")
         if self.attn_topk < 1:
             raise ValueError(f"attn_topk must be at least 1, got {self.attn_topk}")
+        self._validate_sparsified()
         for name in ("bos_id", "eos_id", "pad_id", "start_of_turn_id", "end_of_turn_id"):
             value = getattr(self, name)
             if not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name} must be a token id in [0, vocab_size={self.vocab_size}), "
                                  f"got {value}")
 
+    def _validate_sparsified(self) -> None:
+        if not (0.0 <= self.ffn_sparse_fraction < 1.0):
+            raise ValueError(f"ffn_sparse_fraction must be in [0, 1) (0: off), got "
+                             f"{self.ffn_sparse_fraction}")
+        if self.is_sparse_ffn:
+            if self.is_spark_ffn:
+                raise ValueError("ffn_sparse_fraction and ffn_predictor_dim exclude each other")
+            if self.ffn_sparse_quantiles and len(self.ffn_sparse_quantiles) != self.n_layers:
+                raise ValueError(f"ffn_sparse_quantiles needs one entry per layer "
+                                 f"({self.n_layers}) or none, got {len(self.ffn_sparse_quantiles)}")
+            if not all(math.isfinite(q) for q in self.ffn_sparse_quantiles):
+                raise ValueError("ffn_sparse_quantiles must be finite numbers")
+            if not (0 <= self.ffn_gate_rank < min(self.d_model, self.d_ff)):
+                raise ValueError(f"ffn_gate_rank must be in [0, min(d_model, d_ff)), got "
+                                 f"{self.ffn_gate_rank}")
+        elif self.ffn_sparse_quantiles or self.ffn_gate_rank or self.ffn_select_weighted:
+            raise ValueError("ffn_sparse_quantiles, ffn_gate_rank and ffn_select_weighted need "
+                             "ffn_sparse_fraction > 0")
+        if self.attn_sparse_topk < 0 or self.attn_sparse_recent < 0:
+            raise ValueError("attn_sparse_topk and attn_sparse_recent must be >= 0")
+        if self.is_sparse_attn:
+            if self.is_spark_attn:
+                raise ValueError("attn_sparse_topk and attn_predictor_dim exclude each other")
+            if not (0 < self.attn_sparse_dim < self.head_dim):
+                raise ValueError(f"attn_sparse_dim must be in (0, head_dim={self.head_dim}), "
+                                 f"got {self.attn_sparse_dim}")
+        elif self.attn_sparse_dim or self.attn_sparse_recent:
+            raise ValueError("attn_sparse_dim and attn_sparse_recent need attn_sparse_topk > 0")
+
     # ----------------------------------------------------------------------------- helpers
+
+    @property
+    def is_sparse_ffn(self) -> bool:
+        """True when the FFN is the sparsified dense FFN (ffn_sparse_fraction > 0)."""
+        return self.ffn_sparse_fraction > 0
+
+    @property
+    def is_sparse_attn(self) -> bool:
+        """True when attention is the sparsified (rotated, pooled top-k) kind."""
+        return self.attn_sparse_topk > 0
+
+    def ffn_quantile(self, layer: int) -> float:
+        """Q_l of the sparsified FFN: the calibrated value, else Q(1 - ffn_sparse_fraction)."""
+        if self.ffn_sparse_quantiles:
+            return self.ffn_sparse_quantiles[layer]
+        from .reference import normal_quantile
+        return normal_quantile(1.0 - self.ffn_sparse_fraction)
 
     @property
     def is_spark_ffn(self) -> bool:
@@ -148,6 +207,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["layer_types"] = list(self.layer_types)
+        d["ffn_sparse_quantiles"] = list(self.ffn_sparse_quantiles)
         return d
 
     def to_json(self) -> str:
@@ -170,7 +230,11 @@ class ModelConfig:
         layer_types = d.get("layer_types")
         if not isinstance(layer_types, (list, tuple)):
             raise ValueError("layer_types must be a list of 'global' / 'local'")
-        return cls(**{**d, "layer_types": tuple(layer_types)})
+        quantiles = d.get("ffn_sparse_quantiles", ())
+        if not isinstance(quantiles, (list, tuple)):
+            raise ValueError("ffn_sparse_quantiles must be a list of numbers")
+        return cls(**{**d, "layer_types": tuple(layer_types),
+                      "ffn_sparse_quantiles": tuple(quantiles)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelConfig:
@@ -191,10 +255,11 @@ class ModelConfig:
 
 
 _INT_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-               "sliding_window", "ffn_predictor_dim", "attn_predictor_dim", "attn_topk", "bos_id",
+               "sliding_window", "ffn_predictor_dim", "attn_predictor_dim", "attn_topk",
+               "ffn_gate_rank", "attn_sparse_topk", "attn_sparse_dim", "attn_sparse_recent", "bos_id",
                "eos_id", "pad_id", "start_of_turn_id", "end_of_turn_id")
 _FLOAT_FIELDS = ("query_scale", "norm_eps", "attn_softcap", "final_softcap", "rope_base_global",
-                 "rope_base_local", "rope_scale_global", "ffn_topk_fraction")
+                 "rope_base_local", "rope_scale_global", "ffn_topk_fraction", "ffn_sparse_fraction")
 
 
 def _check_types(cfg: ModelConfig) -> None:
@@ -207,8 +272,12 @@ def _check_types(cfg: ModelConfig) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, got {value!r}")
-    if not isinstance(cfg.qk_norm, bool):
-        raise ValueError(f"qk_norm must be true or false, got {cfg.qk_norm!r}")
+    for name in ("qk_norm", "ffn_select_weighted"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    if not isinstance(cfg.ffn_sparse_quantiles, tuple) or any(
+            isinstance(q, bool) or not isinstance(q, (int, float)) for q in cfg.ffn_sparse_quantiles):
+        raise ValueError("ffn_sparse_quantiles must be a list of numbers")
     if not isinstance(cfg.arch, str):
         raise ValueError(f"arch must be a string, got {cfg.arch!r}")
     if not isinstance(cfg.layer_types, tuple):

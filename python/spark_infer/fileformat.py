@@ -96,10 +96,22 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
             specs += [TensorSpec(p + "ffn_k1", (ff, r), True),
                       TensorSpec(p + "ffn_k2", (ff, d - r), True),
                       TensorSpec(p + "ffn_v", (ff, d), True)]
+        elif cfg.is_sparse_ffn:
+            specs += [TensorSpec(p + "ffn_gate", (ff, d), True),
+                      TensorSpec(p + "ffn_up", (ff, d), True),
+                      TensorSpec(p + "ffn_down_t", (ff, d), True)]
+            if cfg.ffn_gate_rank:
+                specs += [TensorSpec(p + "ffn_gate_a", (cfg.ffn_gate_rank, d), True),
+                          TensorSpec(p + "ffn_gate_b", (ff, cfg.ffn_gate_rank), True)]
+            if cfg.ffn_select_weighted:
+                specs.append(TensorSpec(p + "ffn_select", (ff,), False))
         else:
             specs += [TensorSpec(p + "ffn_gate", (ff, d), True),
                       TensorSpec(p + "ffn_up", (ff, d), True),
                       TensorSpec(p + "ffn_down", (d, ff), True)]
+        if cfg.is_sparse_attn:
+            # Always F32 (not a weight of the matrix dtype): an orthogonal P per KV head.
+            specs.append(TensorSpec(p + "attn_rot", (cfg.n_kv_heads * hd, hd), False))
     return specs
 
 

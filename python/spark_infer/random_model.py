@@ -5,7 +5,8 @@ normal ones in numpy, and the sums that reach any activation are near-normal any
 - token_embd: std 1/sqrt(d_model), so the embedding times sqrt(d_model) has unit RMS and tied
   logits have std ~1;
 - other matrices: std 1/sqrt(cols) (fan-in), so each projection keeps unit scale;
-- norm vectors w: std 0.1 around 0, i.e. (1 + w) near 1.
+- norm vectors w: std 0.1 around 0, i.e. (1 + w) near 1;
+- sparsified models: attention rotations orthogonal, FFN selection weights in [0.5, 1.5).
 Each tensor draws from its own generator, seeded by (seed, index in the tensor table), in blocks
 of rows, so the file is a function of (config, seed) only and peak memory is one block.
 """
@@ -44,8 +45,15 @@ def random_tensor_source(cfg: ModelConfig, seed: int):
     """A write_engine_file source: (name, shape) -> RowBlocks of seeded random values."""
     index = {spec.name: i for i, spec in enumerate(tensor_specs(cfg))}
 
-    def source(name: str, shape: tuple[int, ...]) -> RowBlocks:
+    def source(name: str, shape: tuple[int, ...]) -> RowBlocks | np.ndarray:
         rng = np.random.default_rng([seed, index[name]])
+        if name.endswith(".attn_rot"):
+            # An orthogonal P per KV head (Q of a Gaussian matrix), as a PCA would give.
+            hd = shape[1]
+            return np.concatenate([np.linalg.qr(rng.standard_normal((hd, hd)))[0].T
+                                   for _ in range(shape[0] // hd)]).astype(np.float32)
+        if name.endswith(".ffn_select"):
+            return (0.5 + rng.random(shape, dtype=np.float32)).astype(np.float32)  # weights > 0
         if len(shape) == 1:
             std = _NORM_STD
         elif name == "token_embd":

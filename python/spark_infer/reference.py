@@ -22,7 +22,8 @@ from .config import ModelConfig
 
 __all__ = [
     "LayerStats", "normal_quantile", "statistical_threshold", "rms_norm", "gelu_tanh", "softcap",
-    "softplus", "rope", "dense_ffn", "spark_ffn", "visible_keys", "attention", "forward",
+    "softplus", "rope", "dense_ffn", "spark_ffn", "sparse_gated_ffn", "visible_keys", "attention",
+    "forward",
     "forward_with_stats",
 ]
 
@@ -152,6 +153,30 @@ def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, frac
     return y, n_active
 
 
+def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down_t: np.ndarray,
+                     quantile: float, gate_a: np.ndarray | None = None,
+                     gate_b: np.ndarray | None = None, select: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Sparsified dense GeGLU of each token: (y [T, D], kept count per token [T]).
+
+    p = gate_b @ (gate_a @ x) if a low-rank predictor is given, else p = W_gate x;
+    s = select * p (select: per-neuron weights, default 1); theta = mean(s) + std(s) * quantile;
+    kept = {i : s_i > theta}; y = sum_{i kept} gelu_tanh(W_gate[i] . x) (W_up[i] . x) W_down_t[i].
+    w_gate, w_up, w_down_t: [F, D] (neuron-major; w_down_t is W_down transposed).
+    """
+    y = np.zeros((x.shape[0], w_down_t.shape[1]))
+    n_kept = np.zeros(x.shape[0], dtype=np.int64)
+    for t in range(x.shape[0]):
+        p = gate_b @ (gate_a @ x[t]) if gate_a is not None else w_gate @ x[t]
+        s = p * select if select is not None else p
+        theta = float(np.mean(s) + np.std(s) * quantile)
+        kept = np.nonzero(s > theta)[0]
+        u = gelu_tanh(w_gate[kept] @ x[t]) * (w_up[kept] @ x[t])
+        y[t] = u @ w_down_t[kept]
+        n_kept[t] = kept.size
+    return y, n_kept
+
+
 # ------------------------------------------------------------------------------ attention
 
 def visible_keys(t: int, local: bool, window: int) -> np.ndarray:
@@ -191,6 +216,33 @@ def _spark_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig
     return (p * g) @ v[keep], int(keep.size)
 
 
+def _rotated_group(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig
+                   ) -> tuple[np.ndarray, int]:
+    """Sparsified attention of the query heads sharing one KV head: (o [g, hd], |S|).
+
+    q: [g, hd] rotated queries (already times query_scale), k: [n, hd] rotated keys, v: [n, hd].
+    S = every visible token if n <= attn_sparse_topk + attn_sparse_recent; else, with C the
+    n - recent oldest tokens, pooled_j = mean_h(q_h)[:r_a] . k_j[:r_a] for j in C and
+    S = {j in C : pooled_j > statistical_threshold(pooled, topk / |C|)} + the recent tokens.
+    Weights softmax_{j in S}(softcap(q_h . k_j)) per head; o_h = sum_{j in S} w_hj v_j.
+    """
+    r_a, topk, recent = cfg.attn_sparse_dim, cfg.attn_sparse_topk, cfg.attn_sparse_recent
+    n = k.shape[0]
+    if n <= topk + recent:
+        keep = np.arange(n)
+    else:
+        nc = n - recent
+        pooled = k[:nc, :r_a] @ q[:, :r_a].mean(axis=0)
+        chosen = np.nonzero(pooled > statistical_threshold(pooled, topk / nc))[0]
+        keep = np.concatenate([chosen, np.arange(nc, n)])
+    if keep.size == 0:
+        return np.zeros((q.shape[0], v.shape[1])), 0
+    scores = softcap(q @ k[keep].T, cfg.attn_softcap)               # [g, |S|]
+    p = np.exp(scores - scores.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return p @ v[keep], int(keep.size)
+
+
 def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray
               ) -> tuple[np.ndarray, float]:
     """Self-attention of layer `layer` on x: [T, D] (already attn_norm'ed).
@@ -218,6 +270,20 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
     heads = np.zeros((T, H, hd))
     attended = 0
     group = H // G                      # query heads h share KV head h // group
+    if cfg.is_sparse_attn:
+        # Rotate by P_g after RoPE: P orthogonal, so q.k (and dense attention) is unchanged.
+        rot = w[p + "attn_rot"].reshape(G, hd, hd)
+        qr = np.einsum("hij,thj->thi", rot[np.arange(H) // group], q)  # each head its P_g
+        kr = np.einsum("gij,tgj->tgi", rot, k)
+        for t in range(T):
+            vis = visible_keys(t, cfg.is_local(layer), cfg.sliding_window)
+            for g in range(G):
+                hs = slice(g * group, (g + 1) * group)
+                heads[t, hs], n_kept = _rotated_group(cfg.query_scale * qr[t, hs], kr[vis, g],
+                                                      v[vis, g], cfg)
+                attended += n_kept * group
+        out = heads.reshape(T, H * hd) @ w[p + "attn_output"].T
+        return out, attended / (T * H)
     for t in range(T):
         vis = visible_keys(t, cfg.is_local(layer), cfg.sliding_window)
         for h in range(H):
@@ -236,6 +302,13 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
 def _ffn(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray
          ) -> tuple[np.ndarray, float]:
     p = f"blk.{layer}."
+    if cfg.is_sparse_ffn:
+        rank = cfg.ffn_gate_rank
+        y, n_active = sparse_gated_ffn(
+            x, w[p + "ffn_gate"], w[p + "ffn_up"], w[p + "ffn_down_t"], cfg.ffn_quantile(layer),
+            w[p + "ffn_gate_a"] if rank else None, w[p + "ffn_gate_b"] if rank else None,
+            w[p + "ffn_select"] if cfg.ffn_select_weighted else None)
+        return y, float(np.mean(n_active)) / cfg.d_ff
     if cfg.is_spark_ffn:
         y, n_active = spark_ffn(x, w[p + "ffn_k1"], w[p + "ffn_k2"], w[p + "ffn_v"],
                                 cfg.ffn_topk_fraction)
