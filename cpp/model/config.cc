@@ -61,6 +61,12 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   }
   c.ffn_gate_rank = j.Has("ffn_gate_rank") ? Dim(j, "ffn_gate_rank", true) : 0;
   c.ffn_select_weighted = j.Has("ffn_select_weighted") && j.At("ffn_select_weighted").Bool("config.ffn_select_weighted");
+  if (j.Has("ffn_select_by")) {
+    const std::string& by = j.At("ffn_select_by").String("config.ffn_select_by");
+    Require(by == "gate" || by == "abs_gelu" || by == "abs_act",
+            "ffn_select_by must be \"gate\", \"abs_gelu\" or \"abs_act\", got \"" + by + "\"");
+    c.ffn_select_by = by == "gate" ? FfnSelect::kGate : by == "abs_gelu" ? FfnSelect::kAbsGelu : FfnSelect::kAbsAct;
+  }
   c.attn_sparse_topk = j.Has("attn_sparse_topk") ? Dim(j, "attn_sparse_topk", true) : 0;
   c.attn_sparse_dim = j.Has("attn_sparse_dim") ? Dim(j, "attn_sparse_dim", true) : 0;
   c.attn_sparse_recent = j.Has("attn_sparse_recent") ? Dim(j, "attn_sparse_recent", true) : 0;
@@ -103,9 +109,12 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
             "ffn_sparse_quantiles needs one entry per layer (or none)");
     for (float q : c.ffn_sparse_quantiles) Require(std::isfinite(q), "ffn_sparse_quantiles must be finite");
     Require(c.ffn_gate_rank < c.d_model && c.ffn_gate_rank < c.d_ff, "ffn_gate_rank must be < d_model and d_ff");
+    Require(c.ffn_select_by != FfnSelect::kAbsAct || c.ffn_gate_rank == 0,
+            "ffn_select_by \"abs_act\" reads the exact gate: ffn_gate_rank must be 0");
   } else {
-    Require(c.ffn_sparse_quantiles.empty() && c.ffn_gate_rank == 0 && !c.ffn_select_weighted,
-            "ffn_sparse_quantiles, ffn_gate_rank and ffn_select_weighted need ffn_sparse_fraction > 0");
+    Require(c.ffn_sparse_quantiles.empty() && c.ffn_gate_rank == 0 && !c.ffn_select_weighted &&
+                c.ffn_select_by == FfnSelect::kGate,
+            "ffn_sparse_quantiles, ffn_gate_rank, ffn_select_weighted and ffn_select_by need ffn_sparse_fraction > 0");
   }
   if (c.SparseAttn()) {
     Require(!c.SparkAttn(), "attn_sparse_topk and attn_predictor_dim exclude each other");

@@ -30,7 +30,11 @@ struct ModelConfig {
   float ffn_sparse_fraction = 0.0f;
   std::vector<float> ffn_sparse_quantiles;  // [n_layers] Q_l, or empty: Q(1 - fraction) for all
   size_t ffn_gate_rank = 0;                 // 0: select on the exact gate; R: on B (A x)
-  bool ffn_select_weighted = false;         // selection score c_i * p_i (tensor ffn_select)
+  bool ffn_select_weighted = false;         // selection score times c_i (tensor ffn_select)
+  // What the sparsified FFN ranks neurons by: p (the gate, or its predictor), |gelu(p)|, or
+  // |gelu(g) * (W_up x)| (the whole product; needs the dense gate and up, only down is sparse).
+  enum class FfnSelect { kGate, kAbsGelu, kAbsAct };
+  FfnSelect ffn_select_by = FfnSelect::kGate;
   // Sparsified dense attention (rotated keys, pooled predictor): attn_sparse_topk 0 = off.
   size_t attn_sparse_topk = 0, attn_sparse_dim = 0, attn_sparse_recent = 0;
 

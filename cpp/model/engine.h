@@ -77,8 +77,8 @@ class Engine {
   // The shared tail of the Spark and sparsified FFNs, once ffn_idx_/ffn_count_ hold each token's
   // active neurons: u = gelu(gate value) * (w_in[i] . x_in), out = sum u_i w_out[i] into tmp_.
   // Gate values are ffn_shift_ ([T, d_ff], per active entry), or with w_gate the products
-  // w_gate[i] . x_in of the active rows.
-  void SparseFfnTail(const MatRef& w_in, const float* x_in, const MatRef* w_gate,
+  // w_gate[i] . x_in of the active rows. Without w_in, ffn_shift_ holds the final u.
+  void SparseFfnTail(const MatRef* w_in, const float* x_in, const MatRef* w_gate,
                      const MatRef& w_out, size_t T, size_t total);
   void RotatedAttention(size_t layer, size_t T);
 

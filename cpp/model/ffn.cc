@@ -9,6 +9,7 @@
 //   For a chunk (T > 1) the active (token, neuron) pairs are regrouped by neuron so each K2 and
 //   V row is read once per chunk, not once per token that activates it (ops/sparse_batch.h).
 #include <algorithm>
+#include <cmath>
 
 #include "model/engine.h"
 #include "ops/activation.h"
@@ -56,18 +57,26 @@ void Engine::Ffn(size_t layer, size_t T) {
     total += n;
   }
   st.ffn_active += static_cast<double>(total);
-  SparseFfnTail(L.k2, x2_.get(), nullptr, L.v_ffn, T, total);
+  SparseFfnTail(&L.k2, x2_.get(), nullptr, L.v_ffn, T, total);
 }
 
 // Sparsified dense FFN (docs/engine-file.md): p = W_gate x, or the low-rank predictor
-// gate_b (gate_a x); s = c * p (c: per-neuron selection weights, if any); keep s_i > theta_l =
-// mean(s) + std(s) * Q_l; y = sum_kept gelu(W_gate[i] . x) (W_up[i] . x) W_down^T[i].
+// gate_b (gate_a x); the score s_i is p_i, |gelu(p_i)| or |gelu(g_i) (W_up[i] . x)|, times c_i
+// if the file has selection weights; keep s_i > theta_l = mean(s) + std(s) * Q_l;
+// y = sum_kept gelu(W_gate[i] . x) (W_up[i] . x) W_down^T[i].
 void Engine::SparseFfn(size_t layer, size_t T) {
+  using Select = ModelConfig::FfnSelect;
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[layer];
-  const size_t d = c.d_model, dff = c.d_ff;
+  const size_t dff = c.d_ff;
   const bool low_rank = c.ffn_gate_rank > 0;
-  if (low_rank) {
+  const Select by = c.ffn_select_by;
+  if (by == Select::kAbsAct) {  // ff_a = gelu(g) * u, the products themselves
+    const MatRef* ws[2] = {&L.gate, &L.up};
+    float* outs[2] = {ff_a_.get(), ff_b_.get()};
+    MatMulMany(ws, outs, 2, xn_.get(), T);
+    GeluMul(ff_a_.get(), ff_b_.get(), T * dff, ff_a_.get());
+  } else if (low_rank) {
     MatMul(L.gate_a, xn_.get(), T, ff_low_.get());
     MatMul(L.gate_b, ff_low_.get(), T, ff_a_.get());
   } else {
@@ -77,14 +86,23 @@ void Engine::SparseFfn(size_t layer, size_t T) {
   for (size_t t = 0; t < T; ++t) {
     const float* p = ff_a_.get() + t * dff;
     const float* score = p;
-    if (L.select) {
-      float* weighted = ff_b_.get() + t * dff;
-      for (size_t i = 0; i < dff; ++i) weighted[i] = L.select[i] * p[i];
-      score = weighted;
+    if (by != Select::kGate || L.select) {
+      float* s = ff_b_.get() + t * dff;
+      if (by == Select::kAbsGelu) {
+        GeluTanh(p, dff, s);
+      } else {
+        std::copy(p, p + dff, s);
+      }
+      if (by != Select::kGate)
+        for (size_t i = 0; i < dff; ++i) s[i] = std::fabs(s[i]);
+      if (L.select)
+        for (size_t i = 0; i < dff; ++i) s[i] *= L.select[i];
+      score = s;
     }
     int32_t* idx = ffn_idx_.data() + t * dff;
     const size_t n = StatisticalTopK(score, dff, sparse_ffn_q_[layer], idx, nullptr).count;
-    // With the exact gate the kept neurons' gate values are already computed: gather them.
+    // With the exact gate the kept neurons' gate values (or whole products) are already
+    // computed: gather them.
     if (!low_rank) {
       float* g = ffn_shift_.get() + t * dff;
       for (size_t j = 0; j < n; ++j) g[j] = p[idx[j]];
@@ -93,26 +111,30 @@ void Engine::SparseFfn(size_t layer, size_t T) {
     total += n;
   }
   stats_[layer].ffn_active += static_cast<double>(total);
-  (void)d;
-  SparseFfnTail(L.up, xn_.get(), low_rank ? &L.gate : nullptr, L.down_t, T, total);
+  SparseFfnTail(by == Select::kAbsAct ? nullptr : &L.up, xn_.get(), low_rank ? &L.gate : nullptr,
+                L.down_t, T, total);
 }
 
-void Engine::SparseFfnTail(const MatRef& w_in, const float* x_in, const MatRef* w_gate,
+void Engine::SparseFfnTail(const MatRef* w_in, const float* x_in, const MatRef* w_gate,
                            const MatRef& w_out, size_t T, size_t total) {
-  const size_t d = config_.d_model, dff = config_.d_ff, cols = w_in.cols;
+  const size_t d = config_.d_model, dff = config_.d_ff, cols = w_in ? w_in->cols : 0;
   // Per token, or grouped by neuron? When a layer's K2 and V fit well inside the last-level
   // cache, the per-token kernels read them from DRAM once (for the first tokens) and from cache
   // after, and measured ~2x faster than the grouped ones (bench/results/profile-ffn-2b.txt:
   // 16.5 vs 31.3 ms per 64-token chunk with a 300 MB L3); otherwise grouping reads each row once.
-  const size_t bytes = w_in.Bytes() + w_out.Bytes() + (w_gate ? w_gate->Bytes() : 0);
+  const size_t bytes = (w_in ? w_in->Bytes() : 0) + w_out.Bytes() + (w_gate ? w_gate->Bytes() : 0);
   if (T == 1 || bytes <= chunk_sparse_cache_bytes_) {
     for (size_t t = 0; t < T; ++t) {
       const size_t n = static_cast<size_t>(ffn_count_[t]);
       const int32_t* idx = ffn_idx_.data() + t * dff;
       const float* x = x_in + t * cols;
       float* gate = ffn_shift_.get() + t * dff;
+      if (!w_in) {  // the kept products are final already
+        SparseVecMat(w_out, gate, idx, n, tmp_.get() + t * d);
+        continue;
+      }
       if (w_gate) MaskedMatVec(*w_gate, x, idx, n, gate);
-      MaskedMatVec(w_in, x, idx, n, ffn_u_.get());
+      MaskedMatVec(*w_in, x, idx, n, ffn_u_.get());
       GeluMul(gate, ffn_u_.get(), n, ffn_u_.get());
       SparseVecMat(w_out, ffn_u_.get(), idx, n, tmp_.get() + t * d);
     }
@@ -136,12 +158,14 @@ void Engine::SparseFfnTail(const MatRef& w_in, const float* x_in, const MatRef* 
     for (int32_t j = 0; j < ffn_count_[t]; ++j) {
       const int32_t k = cursor[idx[j]]++;
       csr_tokens_[k] = static_cast<int32_t>(t);
-      if (!w_gate) csr_shift_[k] = shift[j];
+      if (!w_gate) (w_in ? csr_shift_ : csr_u_)[k] = shift[j];
     }
   }
-  if (w_gate) CsrMaskedMatMul(*w_gate, x_in, offsets, csr_tokens_.data(), csr_shift_.get());
-  CsrMaskedMatMul(w_in, x_in, offsets, csr_tokens_.data(), csr_u_.get());
-  GeluMul(csr_shift_.get(), csr_u_.get(), total, csr_u_.get());
+  if (w_in) {
+    if (w_gate) CsrMaskedMatMul(*w_gate, x_in, offsets, csr_tokens_.data(), csr_shift_.get());
+    CsrMaskedMatMul(*w_in, x_in, offsets, csr_tokens_.data(), csr_u_.get());
+    GeluMul(csr_shift_.get(), csr_u_.get(), total, csr_u_.get());
+  }
   CsrSparseMatMul(w_out, csr_u_.get(), offsets, csr_tokens_.data(), T, tmp_.get());
 }
 

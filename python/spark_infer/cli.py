@@ -164,7 +164,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from spark_infer.convert import convert
 
-    convert(args.src, args.output, dtype=args.dtype, progress=not args.quiet)
+    convert(args.src, args.output, dtype=args.dtype, progress=not args.quiet,
+            embed_dtype=args.embed_dtype, sparsify=args.sparsify, calibrate=args.calibrate)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -173,9 +174,10 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
     model = _load(args)
-    ppl = model.perplexity(text)
-    n = len(model.tokenize(text))
-    print(f"perplexity: {ppl:.4f} over {n - 1} tokens ({args.text})")
+    d = model.perplexity_details(text, window=args.window, stride=args.stride)
+    print(f"perplexity: {d.perplexity:.4f} over {d.scored_tokens} tokens ({args.text}; "
+          f"{d.windows} window{'s' if d.windows != 1 else ''} of {d.window} tokens, "
+          f"stride {d.stride}, {d.seconds:.1f} s)")
     return 0
 
 
@@ -209,15 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_info)
 
-    p = sub.add_parser("convert", help="GGUF file or Hugging Face directory -> engine file")
-    p.add_argument("src", help="a .gguf file (gemma2/gemma3) or a Hugging Face checkpoint directory")
+    p = sub.add_parser("convert", help="GGUF file, Hugging Face directory or engine file -> "
+                                       "engine file (optionally sparsified)")
+    p.add_argument("src", help="a .gguf file (gemma2/gemma3), a Hugging Face checkpoint "
+                               "directory, or a dense engine file")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8"])
+    p.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8"],
+                   help="token_embd / LM head dtype (default: --dtype)")
+    p.add_argument("--sparsify", default=None, metavar="SPEC",
+                   help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128 (also: "
+                        "rank=R low-rank gate predictor, wina, attn_dim=D, recent=N)")
+    p.add_argument("--calibrate", default=None, metavar="TEXT",
+                   help="UTF-8 text file to calibrate the per-layer FFN quantiles on, so the "
+                        "realised fraction matches ffn=F")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_convert)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file")
     p.add_argument("--text", required=True, help="UTF-8 text file")
+    p.add_argument("--window", type=int, default=None,
+                   help="tokens per window, <bos> included (default: min(context length, 2048))")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens each window starts after the previous one; only tokens no "
+                        "earlier window scored are scored (default: window // 2)")
     _add_model_args(p)
     p.set_defaults(fn=_cmd_perplexity)
 

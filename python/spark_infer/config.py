@@ -19,6 +19,7 @@ __all__ = ["ModelConfig", "preset", "PRESETS", "LAYER_GLOBAL", "LAYER_LOCAL"]
 LAYER_GLOBAL = "global"
 LAYER_LOCAL = "local"
 _ARCHS = ("gemma2", "gemma3")
+FFN_SELECT = ("gate", "abs_gelu", "abs_act")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class ModelConfig:
     ffn_sparse_fraction: float = 0.0            # target kept fraction F, e.g. 0.5
     ffn_sparse_quantiles: tuple[float, ...] = ()  # Q_l per layer (calibrated), or () = Q(1 - F)
     ffn_gate_rank: int = 0                      # 0: select on the exact gate; R: on B (A x)
-    ffn_select_weighted: bool = False           # select on c_i * p_i (tensor ffn_select)
+    ffn_select_weighted: bool = False           # score times c_i (tensor ffn_select)
+    ffn_select_by: str = "gate"                 # score: "gate" p, "abs_gelu" |gelu(p)|, or
+                                                # "abs_act" |gelu(g) (W_up x)| (dense gate, up)
     # Sparsified dense attention (rotated keys, pooled top-k): attn_sparse_topk 0 = off.
     attn_sparse_topk: int = 0                   # K, e.g. 128
     attn_sparse_dim: int = 0                    # predictor dims r_a of the rotated keys
@@ -145,12 +148,19 @@ class ModelConfig:
                                  f"({self.n_layers}) or none, got {len(self.ffn_sparse_quantiles)}")
             if not all(math.isfinite(q) for q in self.ffn_sparse_quantiles):
                 raise ValueError("ffn_sparse_quantiles must be finite numbers")
+            if self.ffn_select_by not in FFN_SELECT:
+                raise ValueError(f"ffn_select_by must be one of {FFN_SELECT}, got "
+                                 f"{self.ffn_select_by!r}")
+            if self.ffn_select_by == "abs_act" and self.ffn_gate_rank:
+                raise ValueError("ffn_select_by 'abs_act' reads the exact gate: ffn_gate_rank "
+                                 "must be 0")
             if not (0 <= self.ffn_gate_rank < min(self.d_model, self.d_ff)):
                 raise ValueError(f"ffn_gate_rank must be in [0, min(d_model, d_ff)), got "
                                  f"{self.ffn_gate_rank}")
-        elif self.ffn_sparse_quantiles or self.ffn_gate_rank or self.ffn_select_weighted:
-            raise ValueError("ffn_sparse_quantiles, ffn_gate_rank and ffn_select_weighted need "
-                             "ffn_sparse_fraction > 0")
+        elif (self.ffn_sparse_quantiles or self.ffn_gate_rank or self.ffn_select_weighted
+              or self.ffn_select_by != "gate"):
+            raise ValueError("ffn_sparse_quantiles, ffn_gate_rank, ffn_select_weighted and "
+                             "ffn_select_by need ffn_sparse_fraction > 0")
         if self.attn_sparse_topk < 0 or self.attn_sparse_recent < 0:
             raise ValueError("attn_sparse_topk and attn_sparse_recent must be >= 0")
         if self.is_sparse_attn:
@@ -278,6 +288,8 @@ def _check_types(cfg: ModelConfig) -> None:
     if not isinstance(cfg.ffn_sparse_quantiles, tuple) or any(
             isinstance(q, bool) or not isinstance(q, (int, float)) for q in cfg.ffn_sparse_quantiles):
         raise ValueError("ffn_sparse_quantiles must be a list of numbers")
+    if not isinstance(cfg.ffn_select_by, str):
+        raise ValueError(f"ffn_select_by must be a string, got {cfg.ffn_select_by!r}")
     if not isinstance(cfg.arch, str):
         raise ValueError(f"arch must be a string, got {cfg.arch!r}")
     if not isinstance(cfg.layer_types, tuple):

@@ -200,8 +200,11 @@ def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str) -> dict[str, _Entry]
 
 
 def _header_bytes(cfg: ModelConfig, entries: dict[str, _Entry],
-                  tokenizer_proto: bytes | None) -> bytes:
-    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": cfg.to_json()}
+                  tokenizer_proto: bytes | None, extra_metadata: Mapping[str, str] | None = None
+                  ) -> bytes:
+    metadata = dict(extra_metadata or {})
+    metadata.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                     "config": cfg.to_json()})
     if tokenizer_proto is not None:
         metadata["tokenizer"] = base64.b64encode(bytes(tokenizer_proto)).decode("ascii")
     header: dict[str, Any] = {"__metadata__": metadata}
@@ -340,7 +343,8 @@ def _iter_lazy_source(source: Any, specs: list[TensorSpec]) -> Iterator[tuple[st
 
 def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: TensorSource,
                       dtype: str = "bf16", tokenizer_proto: bytes | None = None,
-                      embed_dtype: str | None = None) -> None:
+                      embed_dtype: str | None = None,
+                      extra_metadata: Mapping[str, str] | None = None) -> None:
     """Write an engine file at `path` (atomically: a temporary file renamed at the end).
 
     tensors: every tensor of `tensor_specs(cfg)` as float values (float32 preferred), given as
@@ -348,6 +352,8 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
       - a callable (name, shape) -> array or RowBlocks, called once per tensor in table order, or
       - an iterable of (name, array or RowBlocks) pairs, in any order.
     dtype: matrix dtype, "f32" | "bf16" | "int8"; embed_dtype: token_embd's (default: dtype).
+    extra_metadata: more `__metadata__` entries (str -> str), e.g. "sparsify" (what a
+    sparsifying conversion did); the format's own keys cannot be overridden.
     Raises ValueError naming the tensor for a missing, unexpected, misshapen or non-finite one;
     no file is left at `path` (nor a temporary) when anything fails.
     """
@@ -360,7 +366,10 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
         raise ValueError("tokenizer_proto must be bytes (a serialized SentencePiece ModelProto)")
     specs = tensor_specs(cfg)
     entries = _layout(cfg, dtype, embed_dtype)
-    header = _header_bytes(cfg, entries, tokenizer_proto)
+    for key, value in (extra_metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError("extra_metadata must map str to str")
+    header = _header_bytes(cfg, entries, tokenizer_proto, extra_metadata)
     data_start = len(header)
     data_size = max((e.end for e in entries.values()), default=0)
     source_iter = _iter_source(tensors, specs)
@@ -489,7 +498,7 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What `spark-infer info` shows, from the header alone (no tensor is read).
 
     Returns {path, file_bytes, format, format_version, config (dict), parameters, dtypes
-    {dtype: tensor count}, has_tokenizer}. Raises FormatError for a file that is not an
+    {dtype: tensor count}, has_tokenizer, sparsify (the conversion's record, or None)}. Raises FormatError for a file that is not an
     engine file (or of an unknown format version), FileNotFoundError if it does not exist.
     """
     import json as _json
@@ -521,4 +530,18 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
             params += int(np.prod(entry["shape"], dtype=np.int64))
     return {"path": path, "file_bytes": size, "format": meta["format"],
             "format_version": meta["format_version"], "config": cfg.to_dict(),
-            "parameters": params, "dtypes": dtypes, "has_tokenizer": bool(meta.get("tokenizer"))}
+            "parameters": params, "dtypes": dtypes, "has_tokenizer": bool(meta.get("tokenizer")),
+            "sparsify": _sparsify_record(path, meta)}
+
+
+def _sparsify_record(path: str, meta: Mapping[str, str]) -> dict[str, Any] | None:
+    """The `sparsify` metadata entry (what a sparsifying conversion did), or None."""
+    if "sparsify" not in meta:
+        return None
+    try:
+        record = json.loads(meta["sparsify"])
+    except ValueError as e:
+        raise FormatError(f"{path}: metadata 'sparsify' is not JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise FormatError(f"{path}: metadata 'sparsify' is not a JSON object")
+    return record

@@ -22,7 +22,7 @@ from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError
 from spark_infer.sampling import Sampler, SamplingParams
 from spark_infer.tokenizer import Tokenizer
 
-__all__ = ["load", "Model", "GenerationStats", "DEFAULT_MODEL"]
+__all__ = ["load", "Model", "GenerationStats", "PerplexityResult", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "gemma3-270m"
 DEFAULT_CONTEXT = 4096
@@ -46,6 +46,35 @@ class GenerationStats:
     @property
     def decode_tokens_per_second(self) -> float:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclasses.dataclass
+class PerplexityResult:
+    """What Model.perplexity_details() measured."""
+
+    perplexity: float       # exp(nll_sum / scored_tokens)
+    nll_sum: float          # sum of -log p(token | its context), natural log
+    scored_tokens: int      # tokens predicted: every token after <bos>, once
+    windows: int            # windows run
+    window: int             # the window and stride used
+    stride: int
+    seconds: float = 0.0
+
+
+_PPL_LOGIT_ROWS = 64  # perplexity: at most this many rows of logits [rows, vocab] at once
+
+
+def _nll_sum(logits: np.ndarray, targets: Sequence[int]) -> float:
+    """Sum over the rows of logits [rows, vocab] (float32) of logsumexp(row) - row[target],
+    computed in float64 (one float64 copy of the block at a time)."""
+    rows = np.arange(len(targets))
+    picked = logits[rows, np.asarray(targets)].astype(np.float64)
+    x = logits.astype(np.float64)
+    top = x.max(axis=1, keepdims=True)
+    x -= top
+    np.exp(x, out=x)
+    logz = np.log(x.sum(axis=1)) + top[:, 0]
+    return float(np.sum(logz - picked))
 
 
 def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = None,
@@ -216,27 +245,117 @@ class Model:
         finally:
             self._busy = False
 
-    def perplexity(self, text: str) -> float:
-        """exp(mean negative log-likelihood) of the tokens of `text` after <bos>.
+    def perplexity(self, text: str | Sequence[int], *, window: int | None = None,
+                   stride: int | None = None) -> float:
+        """Perplexity of `text`: exp(mean negative log-likelihood) of its tokens after <bos>.
 
-        Texts longer than the context are scored in consecutive windows of context_length
-        tokens, each starting with <bos> (no overlap), so every token is predicted once.
+        `text` is a str (tokenized with <bos> first) or token ids, taken as given: ids[0]
+        plays the role of <bos> (pass `tokenize(text)`, which starts with it) and is not
+        scored itself. Write the sequence as [bos] + body, body = b[0], ..., b[N-1] (N >= 1).
+
+        Sliding windows (as Hugging Face's strided "perplexity of fixed-length models"):
+        window k (k = 0, 1, ...) is [bos] + b[s_k : e_k] with s_k = k * stride and
+        e_k = min(s_k + window - 1, N), so it holds at most `window` tokens. Window 0 scores
+        every token it holds after <bos>, b[0 : e_0]; window k >= 1 scores only the tokens no
+        earlier window scored, b[e_(k-1) : e_k], each predicted from the window's tokens
+        before it. Windows stop at the first one with e_k = N. So every token of the body is
+        predicted exactly once, b[0] from <bos> alone, and every token outside window 0 with
+        at least `window - stride` tokens of context (<bos> included). Each window runs from
+        an empty KV cache (apart from reused leading tokens whose logits are not needed),
+        and with stride = window - 1 the windows do not overlap.
+
+        Args:
+          window: tokens per window, <bos> included (default: min(context_length, 2048));
+            2 <= window <= context_length.
+          stride: how far (in tokens of the body) each window starts after the previous one
+            (default: window // 2); 1 <= stride <= window - 1.
+
+        Memory stays bounded whatever the text's length: logits are computed and reduced
+        (float64 log-sum-exp per row) at most 64 rows (chunk_size, if smaller) at a time.
+        `perplexity_details()` also returns the NLL sum and the number of scored tokens.
+
+        Raises ValueError (bad window/stride, or no token after <bos>), TypeError (ids that
+        are not integers), ModelBusyError (a stream of this Model is still open).
         """
-        ids = self.tokenize(text)
+        return self.perplexity_details(text, window=window, stride=stride).perplexity
+
+    def perplexity_details(self, text: str | Sequence[int], *, window: int | None = None,
+                           stride: int | None = None) -> "PerplexityResult":
+        """perplexity() with its parts: NLL sum, scored tokens, windows, seconds."""
+        if isinstance(text, str):
+            ids = self.tokenize(text)
+        elif isinstance(text, (bytes, bytearray)):
+            raise TypeError("text must be a str or a sequence of token ids, not bytes")
+        else:
+            ids = self._check_ids(text)
+        ctx = self.context_length
+        if window is None:
+            window = min(ctx, 2048)
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
+            raise ValueError(f"window must be an integer, got {window!r}")
+        window = int(window)
+        if window < 2:
+            raise ValueError(f"window must be at least 2 tokens (<bos> and one token to "
+                             f"predict), got {window}")
+        if window > ctx:
+            raise ValueError(f"window of {window} tokens is longer than the context of {ctx} "
+                             f"(load with a larger context_length)")
+        if stride is None:
+            stride = window // 2
+        if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
+            raise ValueError(f"stride must be an integer, got {stride!r}")
+        stride = int(stride)
+        if not 1 <= stride <= window - 1:
+            raise ValueError(f"stride must be between 1 and window - 1 = {window - 1}, "
+                             f"got {stride}")
         if len(ids) < 2:
             raise ValueError("perplexity needs at least one token after <bos>")
         bos, body = ids[0], ids[1:]
-        step = self.context_length - 1
-        nll, count = 0.0, 0
-        for start in range(0, len(body), step):
-            window = [bos] + body[start:start + step]
-            logits = self.logits(window).astype(np.float64)
-            logz = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) \
-                + logits.max(axis=1)
-            targets = np.asarray(window[1:])
-            nll += float(np.sum(logz[:-1] - logits[np.arange(len(targets)), targets]))
-            count += len(targets)
-        return math.exp(nll / count)
+        n = len(body)
+        rows = max(1, min(self.chunk_size, _PPL_LOGIT_ROWS))
+        self._claim()
+        t0 = time.perf_counter()
+        nll, count, windows = 0.0, 0, 0
+        try:
+            prev_end, start = 0, 0
+            while True:
+                end = min(start + window - 1, n)
+                seq = [bos] + body[start:end]
+                first = prev_end - start   # position whose logits predict the first scored token
+                # Positions first .. len(seq) - 2 need logits; the last token of the window only
+                # predicts what lies beyond it, so it is never run.
+                need = len(seq) - 1
+                common = 0
+                for a, b in zip(self._cached, seq[:first]):
+                    if a != b:
+                        break
+                    common += 1
+                self.engine.rewind(common)
+                self._cached = self._cached[:common]
+                if first > common:
+                    self.engine.prefill(np.asarray(seq[common:first], dtype=np.int32),
+                                        chunk=self.chunk_size)
+                    self._cached = seq[:first]
+                for a in range(first, need, rows):
+                    b = min(a + rows, need)
+                    logits = self.engine.prefill(np.asarray(seq[a:b], dtype=np.int32),
+                                                 chunk=b - a, all_logits=True)
+                    self._cached = seq[:b]
+                    nll += _nll_sum(logits, seq[a + 1:b + 1])
+                    count += b - a
+                    del logits
+                windows += 1
+                if end == n:
+                    break
+                prev_end, start = end, start + stride
+        except BaseException:
+            self.reset()   # whatever ran, the cache and self._cached agree again
+            raise
+        finally:
+            self._busy = False
+        return PerplexityResult(perplexity=math.exp(nll / count), nll_sum=nll,
+                                scored_tokens=count, windows=windows, window=window,
+                                stride=stride, seconds=time.perf_counter() - t0)
 
     # ----------------------------------------------------------------------------- generation
 

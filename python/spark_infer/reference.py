@@ -155,12 +155,14 @@ def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, frac
 
 def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down_t: np.ndarray,
                      quantile: float, gate_a: np.ndarray | None = None,
-                     gate_b: np.ndarray | None = None, select: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     gate_b: np.ndarray | None = None, select: np.ndarray | None = None,
+                     select_by: str = "gate") -> tuple[np.ndarray, np.ndarray]:
     """Sparsified dense GeGLU of each token: (y [T, D], kept count per token [T]).
 
     p = gate_b @ (gate_a @ x) if a low-rank predictor is given, else p = W_gate x;
-    s = select * p (select: per-neuron weights, default 1); theta = mean(s) + std(s) * quantile;
+    the score is r = p ("gate"), |gelu_tanh(p)| ("abs_gelu") or |gelu_tanh(W_gate x) (W_up x)|
+    ("abs_act"); s = select * r (select: per-neuron weights, default 1);
+    theta = mean(s) + std(s) * quantile;
     kept = {i : s_i > theta}; y = sum_{i kept} gelu_tanh(W_gate[i] . x) (W_up[i] . x) W_down_t[i].
     w_gate, w_up, w_down_t: [F, D] (neuron-major; w_down_t is W_down transposed).
     """
@@ -168,6 +170,10 @@ def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down
     n_kept = np.zeros(x.shape[0], dtype=np.int64)
     for t in range(x.shape[0]):
         p = gate_b @ (gate_a @ x[t]) if gate_a is not None else w_gate @ x[t]
+        if select_by == "abs_gelu":
+            p = np.abs(gelu_tanh(p))
+        elif select_by == "abs_act":
+            p = np.abs(gelu_tanh(w_gate @ x[t]) * (w_up @ x[t]))
         s = p * select if select is not None else p
         theta = float(np.mean(s) + np.std(s) * quantile)
         kept = np.nonzero(s > theta)[0]
@@ -307,7 +313,7 @@ def _ffn(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarra
         y, n_active = sparse_gated_ffn(
             x, w[p + "ffn_gate"], w[p + "ffn_up"], w[p + "ffn_down_t"], cfg.ffn_quantile(layer),
             w[p + "ffn_gate_a"] if rank else None, w[p + "ffn_gate_b"] if rank else None,
-            w[p + "ffn_select"] if cfg.ffn_select_weighted else None)
+            w[p + "ffn_select"] if cfg.ffn_select_weighted else None, cfg.ffn_select_by)
         return y, float(np.mean(n_active)) / cfg.d_ff
     if cfg.is_spark_ffn:
         y, n_active = spark_ffn(x, w[p + "ffn_k1"], w[p + "ffn_k2"], w[p + "ffn_v"],

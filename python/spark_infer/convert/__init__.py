@@ -1,6 +1,7 @@
-"""Checkpoint converters: GGUF (``gemma2`` / ``gemma3``) and Hugging Face safetensors
+"""Checkpoint converters: GGUF (``gemma2`` / ``gemma3``), Hugging Face safetensors
 directories (``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``, the text part of
-``Gemma3ForConditionalGeneration``) -> engine file (``docs/engine-file.md``).
+``Gemma3ForConditionalGeneration``) and dense engine files -> engine file
+(``docs/engine-file.md``), optionally sparsified on the way (``sparsify.py``).
 
 ``convert(src, out, dtype)`` streams one tensor at a time (dequantized to float32, then written
 as f32 / bf16 / int8 by ``fileformat.write_engine_file``), so peak memory is about one float32
@@ -18,12 +19,14 @@ from typing import Iterator
 import numpy as np
 
 from ._errors import ConversionError
+from .sparsify import SparsifySpec
 
-__all__ = ["ConversionError", "convert", "load_source", "load_weights", "source_kind"]
+__all__ = ["ConversionError", "convert", "load_source", "load_weights", "source_kind",
+           "SparsifySpec"]
 
 
 def source_kind(src: str | os.PathLike) -> str:
-    """``"gguf"`` or ``"hf"`` (raises ConversionError for anything else)."""
+    """``"gguf"``, ``"hf"`` or ``"engine"`` (raises ConversionError for anything else)."""
     p = Path(src)
     if p.is_dir():
         return "hf"
@@ -36,7 +39,15 @@ def source_kind(src: str | os.PathLike) -> str:
         raise ConversionError(f"{p}: cannot read: {e}") from None
     if magic == b"GGUF":
         return "gguf"
-    raise ConversionError(f"{p}: not a GGUF file nor a Hugging Face checkpoint directory")
+    from ..fileformat import FormatError, read_engine_header
+
+    try:
+        read_engine_header(p)
+        return "engine"
+    except (FormatError, OSError, ValueError):
+        pass
+    raise ConversionError(f"{p}: not a GGUF file, a Hugging Face checkpoint directory nor an "
+                          f"engine file")
 
 
 class _Source:
@@ -90,6 +101,8 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
             yield _Source(cfg, proto, get, f.close, list(mapping))
         finally:
             f.close()
+    elif kind == "engine":
+        yield _engine_source(src)
     else:
         from .hf import HFCheckpoint
 
@@ -101,6 +114,33 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
             ck.close()
 
 
+def _engine_source(src: str | os.PathLike) -> _Source:
+    """An engine file as a source: tensors read one at a time, dequantized to float32."""
+    import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" for safetensors)
+    from safetensors import safe_open
+
+    from ..fileformat import FormatError, bf16_to_f32, dequantize_int8, read_engine_file, \
+        tensor_specs
+
+    try:
+        cfg, proto, _ = read_engine_file(src)    # validates every tensor's name, dtype, shape
+    except FormatError as e:
+        raise ConversionError(str(e)) from None
+    handle = safe_open(os.fspath(src), framework="numpy")
+    f = handle.__enter__()
+
+    def get(name: str) -> np.ndarray:
+        a = f.get_tensor(name)
+        if a.dtype.itemsize == 2:
+            return bf16_to_f32(a.view(np.uint16))
+        if a.dtype == np.int8:
+            return dequantize_int8(a, f.get_tensor(name + ".scale"))
+        return a.astype(np.float32)
+
+    return _Source(cfg, proto, get, lambda: handle.__exit__(None, None, None),
+                   [s.name for s in tensor_specs(cfg)])
+
+
 def load_weights(src: str | os.PathLike):
     """(ModelConfig, {engine name: float32 array}, tokenizer proto or None), all in memory
     (for small models and tests)."""
@@ -109,15 +149,25 @@ def load_weights(src: str | os.PathLike):
 
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
-            progress: bool = True, embed_dtype: str | None = None) -> Path:
-    """Convert a GGUF file or an HF checkpoint directory into an engine file at ``out``.
+            progress: bool = True, embed_dtype: str | None = None,
+            sparsify: "str | SparsifySpec | None" = None,
+            calibrate: str | os.PathLike | None = None) -> Path:
+    """Convert a GGUF file, an HF checkpoint directory or an engine file into an engine file at
+    ``out``.
 
     dtype: matrix dtype ``"f32"``, ``"bf16"`` or ``"int8"`` (norms are always f32);
-    embed_dtype: ``token_embd``'s dtype (default: ``dtype``).  Returns ``Path(out)``.
-    Raises ConversionError; on failure nothing is left at ``out`` (an existing file there is
-    kept unchanged).
+    embed_dtype: ``token_embd``'s dtype (default: ``dtype``).
+    sparsify: e.g. ``"ffn=0.5"`` or ``"ffn=0.5,attn=128"`` (see SparsifySpec.parse): a dense
+      model becomes a sparsified one (training-free; docs/engine-file.md).
+    calibrate: a UTF-8 text file; with it the FFN's per-layer quantiles are calibrated so the
+      realised fraction on that text is F. Attention rotations and the low-rank predictor always
+      need text: without ``calibrate`` they use the text shipped in ``spark_infer/data``, and
+      the FFN uses the Gaussian quantile Q(1 - F) on every layer.
+    Returns ``Path(out)``. Raises ConversionError; on failure nothing is left at ``out`` (an
+    existing file there is kept unchanged).
     """
     from ..fileformat import DTYPES, write_engine_file
+    from .sparsify import SparsifySpec
 
     if dtype not in DTYPES:
         raise ConversionError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -125,7 +175,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
         raise ConversionError(f"embed_dtype must be one of {DTYPES}, got {embed_dtype!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    spec = SparsifySpec.parse(sparsify) if isinstance(sparsify, str) else sparsify
+    if calibrate is not None and spec is None:
+        raise ConversionError("--calibrate needs --sparsify")
     with load_source(src) as s:
+        cfg, get, metadata = s.cfg, s.get, None
+        if spec is not None:
+            sp = _sparsify_source(s, spec, calibrate)
+            cfg, get, metadata = sp.cfg, sp.get, sp.metadata()
         bar = None
         if progress:
             from tqdm import tqdm
@@ -134,14 +191,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
                        leave=False)
 
         def source(name: str, shape: tuple[int, ...]) -> np.ndarray:
-            a = s.get(name)
+            a = get(name)
             if bar is not None:
                 bar.update(1)
             return a
 
         try:
-            write_engine_file(out, s.cfg, source, dtype=dtype, tokenizer_proto=s.tokenizer_proto,
-                              embed_dtype=embed_dtype)
+            write_engine_file(out, cfg, source, dtype=dtype, tokenizer_proto=s.tokenizer_proto,
+                              embed_dtype=embed_dtype, extra_metadata=metadata)
         except ConversionError:
             raise
         except ValueError as e:
@@ -150,3 +207,28 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
             if bar is not None:
                 bar.close()
     return out
+
+
+# Calibration texts longer than this are cut (the numpy pass holds [heads, T, T] scores).
+MAX_CALIBRATION_TOKENS = 4096
+
+
+def _sparsify_source(s: _Source, spec, calibrate):
+    from ..data import calibration_text_path
+    from ..tokenizer import Tokenizer
+    from .sparsify import sparsify
+
+    if s.tokenizer_proto is None:
+        raise ConversionError("sparsifying needs the model's tokenizer (for the calibration "
+                              "text), and this checkpoint has none")
+    path = Path(calibrate) if calibrate is not None else calibration_text_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"calibration text {path}: {e}") from None
+    ids = Tokenizer(s.tokenizer_proto).encode(text, add_bos=True)[:MAX_CALIBRATION_TOKENS]
+    if len(ids) < 16:
+        raise ConversionError(f"calibration text {path} has only {len(ids)} tokens; give a "
+                              f"text of at least a few hundred")
+    return sparsify(s.cfg, s.get, spec, ids, calibration_name=path.name,
+                    calibrate_ffn=calibrate is not None)

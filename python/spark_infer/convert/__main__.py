@@ -1,4 +1,5 @@
-"""python -m spark_infer.convert SRC OUT [--dtype bf16] [--embed-dtype D] [--quiet]"""
+"""python -m spark_infer.convert SRC OUT [--dtype bf16] [--embed-dtype D] [--sparsify SPEC]
+[--calibrate TEXT] [--quiet]"""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="matrix dtype (default bf16)")
     ap.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8"],
                     help="token_embd dtype (default: --dtype)")
+    ap.add_argument("--sparsify", default=None, metavar="SPEC",
+                    help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128")
+    ap.add_argument("--calibrate", default=None, metavar="TEXT",
+                    help="text file for the per-layer FFN quantiles")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
         out = convert(a.src, a.out, dtype=a.dtype, progress=not a.quiet,
-                      embed_dtype=a.embed_dtype)
+                      embed_dtype=a.embed_dtype, sparsify=a.sparsify, calibrate=a.calibrate)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

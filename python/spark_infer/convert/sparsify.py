@@ -1,0 +1,290 @@
+"""Training-free sparsification of a dense Gemma 2/3 checkpoint (docs/engine-file.md, the
+"sparsified" FFN and attention kinds), applied while converting.
+
+- FFN: keep the neurons whose selection score s = c * p beats theta_l = mean(s) + std(s) * Q_l,
+  p the gate pre-activation (or a low-rank predictor B (A x) of it), c optional per-neuron
+  weights (the norm of each neuron's down row, as WINA weighs neurons). Pretrained gate
+  pre-activations are not Gaussian, so Q(1 - F) keeps the wrong fraction; calibration sets Q_l
+  to the (1 - F) quantile of the standardised scores z = (s - mean) / std over the calibration
+  tokens, layer by layer, with the earlier layers already sparsified, so the realised fraction on
+  that text is F.
+- Attention: per layer and KV head an orthogonal P from the eigenvectors of the second moment of
+  the post-RoPE keys on the calibration text (largest first): q.k is unchanged, and the first r_a
+  rotated dims carry most of it, so they predict the scores (docs/engine-file.md).
+- The low-rank predictor: a truncated SVD of W_gate C^(1/2) (C the second moment of the FFN
+  inputs on the calibration text), so B A x approximates W_gate x where inputs actually lie.
+
+The calibration pass is a float32 numpy forward pass written from the equations (as
+reference.py, but vectorised over tokens and without the LM head), one layer at a time, so only
+one layer's weights are in memory at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..config import FFN_SELECT, ModelConfig
+from ..reference import gelu_tanh, normal_quantile, softcap
+from ._errors import ConversionError
+
+__all__ = ["SparsifySpec", "Sparsified", "sparsify"]
+
+DEFAULT_RECENT = 32
+_EPS_REL = 1e-6       # relative eigenvalue floor when whitening by C^(1/2)
+
+
+@dataclass(frozen=True)
+class SparsifySpec:
+    """What to sparsify. ffn: kept FFN fraction F (1.0 = dense FFN); attn: tokens K per query
+    (0 = dense attention); rank: low-rank gate predictor R (0 = the exact gate selects);
+    weighted: WINA-style selection weights; by: what ranks the neurons ("gate", "abs_gelu",
+    "abs_act"; see ModelConfig.ffn_select_by); attn_dim: predictor dims r_a (0 = head_dim / 4);
+    recent: newest tokens always attended."""
+
+    ffn: float = 1.0
+    attn: int = 0
+    rank: int = 0
+    weighted: bool = False
+    by: str = "abs_gelu"
+    attn_dim: int = 0
+    recent: int = DEFAULT_RECENT
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.ffn <= 1.0):
+            raise ConversionError(f"--sparsify ffn must be a fraction in (0, 1], got {self.ffn}")
+        for name in ("attn", "rank", "attn_dim", "recent"):
+            if getattr(self, name) < 0:
+                raise ConversionError(f"--sparsify {name} must be >= 0, got {getattr(self, name)}")
+        if self.ffn == 1.0 and (self.rank or self.weighted):
+            raise ConversionError("--sparsify rank/wina need ffn < 1")
+        if self.by not in FFN_SELECT:
+            raise ConversionError(f"--sparsify by must be one of {', '.join(FFN_SELECT)}, got "
+                                  f"{self.by!r}")
+        if self.by == "abs_act" and self.rank:
+            raise ConversionError("--sparsify by=abs_act reads the exact gate: no rank=R")
+        if self.ffn == 1.0 and self.attn == 0:
+            raise ConversionError("--sparsify needs ffn=F < 1 and/or attn=K > 0")
+
+    @classmethod
+    def parse(cls, text: str) -> "SparsifySpec":
+        """'ffn=0.5,attn=128,by=abs_gelu,rank=128,wina,attn_dim=64,recent=32' (any subset,
+        any order)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ConversionError("--sparsify wants e.g. 'ffn=0.5' or 'ffn=0.5,attn=128'")
+        kinds = {"ffn": float, "attn": int, "rank": int, "attn_dim": int, "recent": int,
+                 "by": str}
+        values: dict = {}
+        for item in text.split(","):
+            key, eq, value = item.strip().partition("=")
+            if key == "wina" and not eq:
+                values["weighted"] = True
+                continue
+            if key not in kinds or not eq:
+                raise ConversionError(f"--sparsify: cannot read {item.strip()!r}; known: "
+                                      f"ffn=F, attn=K, by=gate|abs_gelu|abs_act, rank=R, "
+                                      f"wina, attn_dim=D, recent=N")
+            try:
+                values[key] = kinds[key](value)
+            except ValueError:
+                raise ConversionError(f"--sparsify {key}: {value!r} is not a "
+                                      f"{kinds[key].__name__}") from None
+        return cls(**values)
+
+
+@dataclass
+class Sparsified:
+    """The result: the new config, a tensor getter over the source's, and what was done."""
+
+    cfg: ModelConfig
+    get: Callable[[str], np.ndarray]
+    record: dict
+
+    def metadata(self) -> dict[str, str]:
+        return {"sparsify": json.dumps(self.record, separators=(",", ":"))}
+
+
+# --------------------------------------------------------------------------- numpy forward
+
+def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * (1.0 + w)).astype(
+        np.float32)
+
+
+def _rope(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
+    """Split-half RoPE of whole heads. x: [T, n, hd]."""
+    hd = x.shape[-1]
+    half = hd // 2
+    inv = base ** (-2.0 * np.arange(half) / hd)
+    ang = positions[:, None] * inv[None, :]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(np.float32)
+
+
+def _attention(cfg: ModelConfig, layer: int, get, x: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Dense attention of one layer on x [T, D] (normed): (out [T, D], post-RoPE keys [T, G, hd])."""
+    p = f"blk.{layer}."
+    T, H, G, hd = x.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    q = (x @ get(p + "attn_q").T).reshape(T, H, hd)
+    k = (x @ get(p + "attn_k").T).reshape(T, G, hd)
+    v = (x @ get(p + "attn_v").T).reshape(T, G, hd)
+    if cfg.qk_norm:
+        q = _rms(q, get(p + "attn_q_norm"), cfg.norm_eps)
+        k = _rms(k, get(p + "attn_k_norm"), cfg.norm_eps)
+    pos = np.arange(T, dtype=np.float64) / cfg.rope_scale(layer)
+    q, k = _rope(q, pos, cfg.rope_base(layer)), _rope(k, pos, cfg.rope_base(layer))
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    visible = j <= i
+    if cfg.is_local(layer):
+        visible &= j > i - cfg.sliding_window
+    group = H // G
+    out = np.empty((T, H, hd), np.float32)
+    for h in range(H):
+        s = softcap(cfg.query_scale * (q[:, h] @ k[:, h // group].T), cfg.attn_softcap)
+        s = np.where(visible, s, -np.inf)
+        s = np.exp(s - s.max(axis=1, keepdims=True))
+        out[:, h] = (s / s.sum(axis=1, keepdims=True)) @ v[:, h // group]
+    return out.reshape(T, H * hd) @ get(p + "attn_output").T, k
+
+
+def _low_rank_gate(w_gate: np.ndarray, x: np.ndarray, rank: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(A [R, D], B [F, R]) with B A x ~ W_gate x on inputs like x [T, D]: a truncated SVD of
+    W C^(1/2), C = x^T x / T, by randomized range finding (two power iterations)."""
+    c = (x.T.astype(np.float64) @ x) / x.shape[0]
+    lam, u = np.linalg.eigh(c)
+    lam = np.maximum(lam, _EPS_REL * lam.max())
+    c_half = (u * np.sqrt(lam)) @ u.T
+    c_inv_half = (u / np.sqrt(lam)) @ u.T
+    m = w_gate.astype(np.float64) @ c_half                        # [F, D]
+    rng = np.random.default_rng(seed)
+    y = m @ rng.standard_normal((m.shape[1], min(rank + 16, m.shape[1])))
+    for _ in range(2):
+        y = m @ (m.T @ np.linalg.qr(y)[0])
+    basis = np.linalg.qr(y)[0]                                     # [F, R + 16]
+    uu, sv, vt = np.linalg.svd(basis.T @ m, full_matrices=False)
+    b = basis @ uu[:, :rank]                                       # [F, R]
+    a = (sv[:rank, None] * vt[:rank]) @ c_inv_half                 # [R, D]
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def _key_rotation(keys: np.ndarray, r_a: int) -> tuple[np.ndarray, float]:
+    """(P [hd, hd], energy fraction in the first r_a dims) for keys [T, hd]: rows of P are the
+    eigenvectors of the keys' second moment, largest eigenvalue first."""
+    m = keys.T.astype(np.float64) @ keys / keys.shape[0]
+    lam, u = np.linalg.eigh(m)
+    order = np.argsort(lam)[::-1]
+    lam = np.maximum(lam[order], 0.0)
+    return u[:, order].T.astype(np.float32), float(lam[:r_a].sum() / max(lam.sum(), 1e-30))
+
+
+# --------------------------------------------------------------------------- sparsify
+
+def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifySpec,
+             calibration_ids: list[int] | None, calibration_name: str | None = None,
+             calibrate_ffn: bool = True) -> Sparsified:
+    """Sparsify the dense model (cfg, get) per spec.
+
+    calibration_ids: token ids (with <bos>) of the calibration text, needed for attention
+    rotations and the low-rank predictor, and for calibrated FFN quantiles when calibrate_ffn
+    (otherwise every layer uses Q(1 - F), and the realised fraction on the text is recorded).
+    """
+    if cfg.is_spark_ffn or cfg.is_spark_attn or cfg.is_sparse_ffn or cfg.is_sparse_attn:
+        raise ConversionError("--sparsify needs a dense model (this one is already sparse)")
+    ffn_on, attn_on = spec.ffn < 1.0, spec.attn > 0
+    r_a = spec.attn_dim or cfg.head_dim // 4
+    if attn_on and not 0 < r_a < cfg.head_dim:
+        raise ConversionError(f"--sparsify attn_dim must be in (0, head_dim={cfg.head_dim}), "
+                              f"got {r_a}")
+    if spec.rank and spec.rank >= min(cfg.d_model, cfg.d_ff):
+        raise ConversionError(f"--sparsify rank must be < min(d_model, d_ff) = "
+                              f"{min(cfg.d_model, cfg.d_ff)}, got {spec.rank}")
+    if calibration_ids is None or len(calibration_ids) < 2:
+        raise ConversionError("sparsifying needs a calibration text of at least one token")
+
+    ids = np.asarray(calibration_ids, dtype=np.int64)
+    T, L = len(ids), cfg.n_layers
+    q_gauss = normal_quantile(1.0 - spec.ffn) if ffn_on else 0.0
+    quantiles: list[float] = []
+    realised: list[float] = []
+    energy: list[float] = []
+    made: dict[str, np.ndarray] = {}       # computed tensors, handed to the writer later
+
+    h = get("token_embd")[ids].astype(np.float32) * np.float32(math.sqrt(cfg.d_model))
+    for layer in range(L):
+        p = f"blk.{layer}."
+        a, keys = _attention(cfg, layer, get, _rms(h, get(p + "attn_norm"), cfg.norm_eps))
+        if attn_on:
+            rots = []
+            for g in range(cfg.n_kv_heads):
+                rot, e = _key_rotation(keys[:, g], r_a)
+                rots.append(rot)
+                energy.append(e)
+            made[p + "attn_rot"] = np.concatenate(rots)
+        h = h + _rms(a, get(p + "attn_post_norm"), cfg.norm_eps)
+        x = _rms(h, get(p + "ffn_norm"), cfg.norm_eps)
+        w_gate, w_up, w_down = get(p + "ffn_gate"), get(p + "ffn_up"), get(p + "ffn_down")
+        g_pre = x @ w_gate.T                                        # [T, F]
+        act = gelu_tanh(g_pre) * (x @ w_up.T)
+        if ffn_on:
+            score = g_pre
+            if spec.rank:
+                ga, gb = _low_rank_gate(w_gate, x, spec.rank, seed=layer)
+                made[p + "ffn_gate_a"], made[p + "ffn_gate_b"] = ga, gb
+                score = (x @ ga.T) @ gb.T
+            if spec.by == "abs_gelu":
+                score = np.abs(gelu_tanh(score))
+            elif spec.by == "abs_act":
+                score = np.abs(act)
+            if spec.weighted:
+                c = np.linalg.norm(w_down, axis=0).astype(np.float32)  # norm of each down row
+                c /= max(float(c.mean()), 1e-30)
+                made[p + "ffn_select"] = c
+                score = score * c
+            mean = score.mean(axis=1, keepdims=True)
+            std = score.std(axis=1, keepdims=True)
+            z = (score - mean) / np.maximum(std, 1e-30)
+            q_l = float(np.quantile(z, 1.0 - spec.ffn)) if calibrate_ffn else q_gauss
+            quantiles.append(q_l)
+            kept = score > mean + std * np.float32(q_l)
+            realised.append(float(kept.mean()))
+            act = act * kept
+        h = h + _rms(act.astype(np.float32) @ w_down.T, get(p + "ffn_post_norm"), cfg.norm_eps)
+
+    changes: dict = {}
+    if ffn_on:
+        changes.update(ffn_sparse_fraction=spec.ffn, ffn_gate_rank=spec.rank,
+                       ffn_select_weighted=spec.weighted, ffn_select_by=spec.by,
+                       ffn_sparse_quantiles=tuple(quantiles) if calibrate_ffn else ())
+    if attn_on:
+        changes.update(attn_sparse_topk=spec.attn, attn_sparse_dim=r_a,
+                       attn_sparse_recent=spec.recent)
+    new_cfg = cfg.replace(**changes)
+
+    def new_get(name: str) -> np.ndarray:
+        if name in made:
+            return made[name]
+        if name.endswith(".ffn_down_t"):
+            return np.ascontiguousarray(get(name[:-len("_t")]).T)
+        return get(name)
+
+    text_hash = hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
+    record = {
+        "method": f"training-free: statistical top-k of the FFN neurons by {spec.by}"
+                  + (" (low-rank predictor)" if spec.rank else "")
+                  + (" with WINA-style weights" if spec.weighted else "")
+                  + ("; rotated-key pooled top-k attention" if attn_on else ""),
+        "spec": asdict(spec) | {"attn_dim": r_a if attn_on else 0},
+        "ffn_calibrated": bool(ffn_on and calibrate_ffn),
+        "calibration": {"text": calibration_name, "tokens": int(T), "ids_sha256": text_hash},
+        "ffn_realised_fraction": [round(f, 5) for f in realised],
+        "attn_key_energy_in_predictor": [round(e, 5) for e in energy],
+    }
+    return Sparsified(new_cfg, new_get, record)
