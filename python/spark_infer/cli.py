@@ -149,9 +149,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"dtypes:      " + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())))
     ffn = (f"Spark FFN: predictor {cfg['ffn_predictor_dim']}, top {cfg['ffn_topk_fraction']:.1%}"
            if cfg["ffn_predictor_dim"] else "dense GeGLU FFN")
+    if cfg.get("ffn_sparse_fraction"):
+        ffn = (f"sparsified FFN: {cfg['ffn_sparse_fraction']:.0%} of the neurons by "
+               f"{cfg['ffn_select_by']}"
+               + (f", low-rank predictor {cfg['ffn_gate_rank']}" if cfg["ffn_gate_rank"] else "")
+               + (", weighted" if cfg["ffn_select_weighted"] else "")
+               + (", calibrated quantiles" if cfg["ffn_sparse_quantiles"] else ", Gaussian quantile"))
     att = (f"Spark attention: predictor {cfg['attn_predictor_dim']} dims, top {cfg['attn_topk']} tokens"
            if cfg["attn_predictor_dim"] else "dense attention")
+    if cfg.get("attn_sparse_topk"):
+        att = (f"sparsified attention: top {cfg['attn_sparse_topk']} tokens by {cfg['attn_sparse_dim']}"
+               f" rotated dims, {cfg['attn_sparse_recent']} newest always")
     print(f"sparsity:    {ffn}; {att}")
+    if info.get("sparsify"):
+        rec = info["sparsify"]
+        print(f"sparsified:  {rec.get('method')}; calibration {rec.get('calibration')}")
     layers = cfg["layer_types"]
     print(f"attention:   {layers.count('local')} local (window {cfg['sliding_window']}) / "
           f"{layers.count('global')} global layers; RoPE {cfg['rope_base_local']:g} / "

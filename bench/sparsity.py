@@ -1,0 +1,248 @@
+"""The quality/speed frontier of training-free sparsification (convert --sparsify).
+
+For Gemma 3 270M (the embedded default, bf16): each variant is converted from the dense engine
+file, then measured in the same run as the dense model:
+- perplexity on the two shipped texts (tests/data: KJV Ruth 1-2, Austen's Persuasion 1-2),
+  sliding windows of --window tokens (stride window / 2);
+- decode tok/s at --context positions (prefilled once per model with the texts' tokens, so the
+  realised sparsity is the one on text), rounds that alternate dense
+  and variant, --steps decode steps each (rewound after each step); the ratio is the median of
+  the per-round ratios;
+- the realised FFN fraction and attended tokens per layer (engine counters, decode).
+Random-weight shapes (--shapes gemma2-2b gemma3-1b) are measured for speed only.
+
+    python bench/sparsity.py                      # the full frontier (~40 min on 2 cores)
+    python bench/sparsity.py --quick              # a few variants
+    python bench/sparsity.py --shapes gemma2-2b --shape-context 256
+
+Writes bench/results/sparsity-<date>.json and .png (perplexity vs decode speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spark_infer import bench as B
+from spark_infer.config import preset
+
+log = logging.getLogger("sparsity")
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = {"kjv_ruth": ROOT / "tests/data/kjv_ruth_1_2.txt",
+         "austen": ROOT / "tests/data/austen_persuasion_1_2.txt"}
+FRACTIONS = (0.75, 0.5, 0.3, 0.15, 0.08)
+
+
+def variants(quick: bool) -> list[tuple[str, str, bool]]:
+    """(label, --sparsify spec, calibrated) of every variant; the dense model is 'dense'."""
+    out = []
+    fractions = (0.75, 0.5) if quick else FRACTIONS
+    for f in fractions:
+        out.append((f"ffn={f} abs_act cal", f"ffn={f},by=abs_act", True))
+    if not quick:
+        for f in fractions:
+            out.append((f"ffn={f} abs_act gauss", f"ffn={f},by=abs_act", False))
+        for f in (0.75, 0.5, 0.3):
+            out.append((f"ffn={f} abs_gelu cal", f"ffn={f},by=abs_gelu", True))
+        out.append(("ffn=0.5 gate cal", "ffn=0.5,by=gate", True))
+    for k in ((128,) if quick else (64, 128, 256)):
+        out.append((f"attn={k}", f"attn={k}", False))
+    for k in ((128,) if quick else (128, 256)):
+        out.append((f"ffn=0.75 abs_act cal + attn={k}", f"ffn=0.75,by=abs_act,attn={k}", True))
+    return out
+
+
+def text_tokens(path: Path, n: int) -> np.ndarray:
+    """n token ids of the shipped texts (repeated as needed): decode runs on real text, since
+    the realised FFN fraction on random ids is not the one on text."""
+    from spark_infer.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_engine_file(path)
+    ids: list[int] = []
+    while len(ids) < n:
+        for p in TEXTS.values():
+            ids += tok.encode(p.read_text(encoding="utf-8"), add_bos=not ids)
+    return np.asarray(ids[:n], np.int32)
+
+
+def perplexities(path: Path, window: int) -> dict[str, float]:
+    import spark_infer
+
+    m = spark_infer.load(str(path), context_length=window)
+    return {name: m.perplexity(p.read_text(encoding="utf-8"), window=window,
+                               stride=window // 2) for name, p in TEXTS.items()}
+
+
+def speed(dense: "B.EngineRunner", other: "B.EngineRunner", tokens: np.ndarray, context: int,
+          steps: int, rounds: int) -> dict:
+    """Alternating rounds of decode at `context`: tok/s of both, ratio median of per-round."""
+    other.extend(tokens, context, 64)
+    dense.extend(tokens, context, 64)
+    step_tokens = tokens[context:context + steps]
+    d, o, ratios, ffn, att = [], [], [], None, None
+    for _ in range(rounds):
+        sd = dense.decode(context, step_tokens)
+        so = other.decode(context, step_tokens)
+        d.append(sd.tok_s)
+        o.append(so.tok_s)
+        ratios.append(so.tok_s / sd.tok_s)
+        ffn, att = so.ffn_active, so.attn_tokens
+    return {"dense_tok_s": statistics.median(d), "tok_s": statistics.median(o),
+            "speedup": statistics.median(ratios), "speedup_min": min(ratios),
+            "speedup_max": max(ratios), "ffn_active_fraction": ffn, "attn_mean_tokens": att}
+
+
+def real_model(args: argparse.Namespace, out: dict) -> None:
+    from spark_infer import models
+    from spark_infer.convert import convert
+
+    dense_path = models.resolve_model("gemma3-270m", dtype="bf16")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    tokens = text_tokens(dense_path, args.context + args.steps + 1)
+    dense = B.EngineRunner("dense", dense_path, "gemma3-270m", args.context + args.steps + 1, 64)
+    dense.set_threads(args.threads)
+    rows = []
+    t0 = time.perf_counter()
+    ppl = perplexities(dense_path, args.window)
+    rows.append({"label": "dense", "spec": None, "calibrated": False, "perplexity": ppl,
+                 "speedup": 1.0, "tok_s": None, "ffn_active_fraction": None})
+    log.info("dense: %s (%.0f s)", ppl, time.perf_counter() - t0)
+    for label, spec, calibrated in variants(args.quick):
+        path = work / (label.replace(" ", "_").replace("+", "").replace("=", "") + ".spark")
+        t0 = time.perf_counter()
+        convert(dense_path, path, dtype="bf16", progress=False, sparsify=spec,
+                calibrate=args.calibrate if calibrated else None)
+        conv_s = time.perf_counter() - t0
+        ppl = perplexities(path, args.window)
+        runner = B.EngineRunner(label, path, spec, args.context + args.steps + 1, 64)
+        runner.set_threads(args.threads)
+        sp = speed(dense, runner, tokens, args.context, args.steps, args.rounds)
+        runner.close()
+        row = {"label": label, "spec": spec, "calibrated": calibrated, "perplexity": ppl,
+               "convert_s": conv_s, **sp}
+        rows.append(row)
+        log.info("%s: ppl %s, %.1f vs %.1f tok/s (%.3fx), ffn %.3f", label,
+                 {k: round(v, 3) for k, v in ppl.items()}, sp["tok_s"], sp["dense_tok_s"],
+                 sp["speedup"], float(np.mean(sp["ffn_active_fraction"])))
+        if not args.keep:
+            path.unlink()
+        out["gemma3_270m"] = rows
+        _save(out, args)
+    dense.close()
+
+
+def shapes(args: argparse.Namespace, out: dict) -> None:
+    root = Path(args.work_dir) / "random"
+    rows = out.setdefault("shapes", [])
+    sparse_specs = {"ffn=0.5 abs_act": dict(ffn_select_by="abs_act"),
+                    "ffn=0.5 abs_gelu": dict(ffn_select_by="abs_gelu"),
+                    "ffn=0.5 abs_gelu rank=256": dict(ffn_select_by="abs_gelu", ffn_gate_rank=256)}
+    for name in args.shapes:
+        cfg = preset(name)
+        ctx = args.shape_context
+        tokens = B.bench_tokens(0, cfg.vocab_size, ctx + args.steps + 1)
+        dense = B.EngineRunner(name, B._random_model_file(cfg, name, "bf16", 0, root), name,
+                               ctx + args.steps + 1, 64)
+        dense.set_threads(args.threads)
+        variants_ = dict(sparse_specs)
+        variants_["ffn=0.5 abs_gelu rank=256 + attn=128"] = dict(
+            ffn_select_by="abs_gelu", ffn_gate_rank=256, attn_sparse_topk=128,
+            attn_sparse_dim=cfg.head_dim // 4, attn_sparse_recent=32)
+        for label, extra in variants_.items():
+            scfg = cfg.replace(ffn_sparse_fraction=0.5, **extra)
+            path = B._random_model_file(scfg, name + "-sparse", "bf16", 0, root)
+            runner = B.EngineRunner(label, path, name, ctx + args.steps + 1, 64)
+            runner.set_threads(args.threads)
+            sp = speed(dense, runner, tokens, ctx, args.steps, args.rounds)
+            runner.close()
+            rows.append({"shape": name, "label": label, "context": ctx, **sp})
+            log.info("%s %s @%d: %.2f vs %.2f tok/s (%.3fx)", name, label, ctx, sp["tok_s"],
+                     sp["dense_tok_s"], sp["speedup"])
+            _save(out, args)
+        dense.close()
+
+
+def _save(out: dict, args: argparse.Namespace) -> None:
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+
+
+def plot(out: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = out.get("gemma3_270m", [])
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in rows:
+        ppl = r["perplexity"]["austen"]
+        ax.scatter(r["speedup"], ppl, color="k" if r["spec"] is None else
+                   ("C0" if "abs_act" in r["label"] else "C1" if "abs_gelu" in r["label"] else
+                    "C2" if "attn" in r["label"] and "ffn" not in r["label"] else "C3"))
+        ax.annotate(r["label"], (r["speedup"], ppl), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"decode speed vs dense at {out['args']['context']} context (same run)")
+    ax.set_ylabel("perplexity, Austen Persuasion 1-2 (log)")
+    ax.set_title(f"Gemma 3 270M, training-free sparsity ({out['machine']['cpu']}, "
+                 f"{out['machine']['highway_target']}, {out['args']['threads']} threads)",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few variants only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--context", type=int, default=4096 - 9, help="decode position (270M)")
+    ap.add_argument("--steps", type=int, default=8, help="decode steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, default=1024, help="perplexity window")
+    ap.add_argument("--calibrate", default=str(ROOT / "python/spark_infer/data/calibration.txt"))
+    ap.add_argument("--shapes", nargs="*", default=[], help="random shapes, speed only")
+    ap.add_argument("--shape-context", type=int, default=256)
+    ap.add_argument("--no-real", action="store_true", help="skip the Gemma 3 270M frontier")
+    ap.add_argument("--keep", action="store_true", help="keep the converted variants")
+    ap.add_argument("--work-dir", default=str(Path.home() / ".cache/spark-infer/bench/sparsity"))
+    ap.add_argument("--output", default=str(
+        ROOT / f"bench/results/sparsity-{datetime.date.today().isoformat()}.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = {"command": " ".join(["python", "bench/sparsity.py", *(argv or sys.argv[1:])]),
+           "commit": B._commit(), "machine": B.machine_info(), "args": vars(args),
+           "llc_bytes": _llc()}
+    if not args.no_real:
+        real_model(args, out)
+    if args.shapes:
+        shapes(args, out)
+    _save(out, args)
+    if out.get("gemma3_270m"):
+        plot(out, str(Path(args.output).with_suffix(".png")))
+    return 0
+
+
+def _llc() -> int:
+    best = 0
+    for i in range(8):
+        p = Path(f"/sys/devices/system/cpu/cpu0/cache/index{i}/size")
+        if p.is_file():
+            t = p.read_text().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(t[-1], 1)
+            best = max(best, int(t.rstrip("KM")) * mult)
+    return best
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""convert --sparsify: training-free sparsification of dense models (convert/sparsify.py).
+
+Engine vs reference for the new kinds is in test_engine.py; here: what the converter produces
+(realised fractions after calibration, orthogonal rotations that leave dense attention
+unchanged, the low-rank predictor, the record in the file), its errors, the CLI, and the real
+Gemma 3 270M sparsified within the perplexity bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from spark_infer import _core, reference
+from spark_infer.cli import main as cli_main
+from spark_infer.convert import ConversionError, SparsifySpec, convert
+from spark_infer.convert.sparsify import _low_rank_gate
+from spark_infer.fileformat import read_engine_file, read_engine_header
+from spark_infer.tokenizer import Tokenizer
+from tiny_model import TEXT, write_tiny_model
+
+import gemma3_real as real
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A dense tiny model (f32) with a tokenizer, wide enough for fractions to be measurable."""
+    path = str(tmp_path_factory.mktemp("sparsify") / "dense.spark")
+    cfg = write_tiny_model(path, dtype="f32", d_ff=512, n_layers=3,
+                           layer_types=("local", "global", "local"))
+    return path, cfg
+
+
+def text_ids(path: str) -> np.ndarray:
+    cfg, proto, _ = read_engine_file(path)
+    with open(TEXT, encoding="utf-8") as f:
+        return np.asarray(Tokenizer(proto).encode(f.read(), add_bos=True), np.int32)
+
+
+@pytest.mark.parametrize("by", ["gate", "abs_gelu", "abs_act"])
+def test_calibrated_fraction_is_realised_in_the_engine(by, tiny, tmp_path):
+    path, _ = tiny
+    out = tmp_path / "s.spark"
+    convert(path, out, dtype="f32", progress=False, sparsify=f"ffn=0.3,by={by}", calibrate=TEXT)
+    ids = text_ids(str(out))[:256]
+    engine = _core.Engine(str(out), context_length=256)
+    engine.prefill(ids, chunk=64)
+    realised = engine.stats()["ffn_active_fraction"]
+    assert np.all(np.abs(realised - 0.3) < 0.02), realised
+    info = read_engine_header(out)
+    assert info["config"]["ffn_select_by"] == by
+    assert len(info["config"]["ffn_sparse_quantiles"]) == 3
+    rec = info["sparsify"]
+    assert rec["ffn_calibrated"] and rec["calibration"]["text"] == os.path.basename(TEXT)
+    np.testing.assert_allclose(rec["ffn_realised_fraction"], 0.3, atol=0.01)
+
+
+def test_uncalibrated_uses_the_gaussian_quantile_and_records_what_it_realises(tiny, tmp_path):
+    path, _ = tiny
+    out = tmp_path / "g.spark"
+    convert(path, out, dtype="f32", progress=False, sparsify="ffn=0.25,by=gate")
+    info = read_engine_header(out)
+    assert info["config"]["ffn_sparse_quantiles"] == []
+    assert not info["sparsify"]["ffn_calibrated"]
+    cfg, _, _ = read_engine_file(out)
+    assert cfg.ffn_quantile(0) == pytest.approx(reference.normal_quantile(0.75), rel=1e-12)
+    assert len(info["sparsify"]["ffn_realised_fraction"]) == 3
+
+
+def test_rotations_are_orthogonal_and_keep_dense_attention(tiny, tmp_path):
+    """attn_rot rows are an orthonormal basis, and with K above every context the rotated model
+    computes exactly the dense model (q.k unchanged): engine vs the dense numpy reference."""
+    path, cfg = tiny
+    out = tmp_path / "a.spark"
+    convert(path, out, dtype="f32", progress=False, sparsify="attn=64,attn_dim=8,recent=4")
+    scfg, _, w = read_engine_file(out, dequantize=True)
+    assert (scfg.attn_sparse_topk, scfg.attn_sparse_dim, scfg.attn_sparse_recent) == (64, 8, 4)
+    for i in range(scfg.n_layers):
+        rot = w[f"blk.{i}.attn_rot"].astype(np.float64)
+        np.testing.assert_allclose(rot @ rot.T, np.eye(cfg.head_dim), atol=1e-5)
+    rec = read_engine_header(out)["sparsify"]
+    # PCA puts more than its share (8 of 32 dims) of the key energy in the predictor dims.
+    assert all(e > 8 / 32 for e in rec["attn_key_energy_in_predictor"])
+    _, _, dense_w = read_engine_file(path, dequantize=True)
+    ids = text_ids(path)[:40]
+    expected = reference.forward(cfg, dense_w, ids)
+    got = _core.Engine(str(out), context_length=64).prefill(ids, chunk=16, all_logits=True)
+    assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) < 1e-4
+    # And with K below the context, the selection really drops tokens.
+    out2 = tmp_path / "a2.spark"
+    convert(path, out2, dtype="f32", progress=False, sparsify="attn=4,attn_dim=8,recent=2")
+    engine = _core.Engine(str(out2), context_length=64)
+    engine.prefill(ids, chunk=16)
+    att = engine.stats()["attn_mean_tokens"]
+    assert att[1] < np.mean(np.arange(1, 41)), att   # the global layer, mean visible 20.5
+
+
+def test_low_rank_predictor_approximates_the_gate_on_its_inputs():
+    rng = np.random.default_rng(0)
+    d, f, t = 48, 96, 400
+    # Inputs in a 12-dim subspace plus a little noise: rank 12 should capture W x almost fully.
+    x = (rng.standard_normal((t, 12)) @ rng.standard_normal((12, d))
+         + 0.01 * rng.standard_normal((t, d))).astype(np.float32)
+    w = rng.standard_normal((f, d)).astype(np.float32)
+    errors = []
+    for rank in (4, 12, 24):
+        a, b = _low_rank_gate(w, x, rank, seed=1)
+        assert a.shape == (rank, d) and b.shape == (f, rank)
+        errors.append(np.linalg.norm(x @ a.T @ b.T - x @ w.T) / np.linalg.norm(x @ w.T))
+    assert errors[0] > errors[1] > errors[2] and errors[1] < 0.02, errors
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("ffn=1.5", "fraction"), ("ffn=0", "fraction"), ("attn=-1", ">= 0"), ("wat=3", "known"),
+    ("ffn=0.5,by=abs", "by must"), ("ffn=0.5,by=abs_act,rank=8", "rank"), ("", "e.g."),
+    ("ffn=x", "not a float"), ("rank=8", "ffn < 1")])
+def test_bad_specs(spec, match):
+    with pytest.raises(ConversionError, match=match):
+        SparsifySpec.parse(spec)
+
+
+def test_bad_sources_and_options(tiny, tmp_path):
+    path, _ = tiny
+    out = tmp_path / "x.spark"
+    with pytest.raises(ConversionError, match="--calibrate needs --sparsify"):
+        convert(path, out, progress=False, calibrate=TEXT)
+    with pytest.raises(ConversionError, match="calibration text"):
+        convert(path, out, progress=False, sparsify="ffn=0.5", calibrate=tmp_path / "none.txt")
+    convert(path, out, dtype="f32", progress=False, sparsify="ffn=0.5")
+    with pytest.raises(ConversionError, match="already sparse"):
+        convert(out, tmp_path / "y.spark", progress=False, sparsify="ffn=0.5")
+    with pytest.raises(ConversionError, match="rank must be"):
+        convert(path, tmp_path / "z.spark", progress=False, sparsify="ffn=0.5,rank=64")
+    assert not (tmp_path / "z.spark").exists()
+
+
+def test_cli_convert_and_info(tiny, tmp_path, capsys):
+    path, _ = tiny
+    out = str(tmp_path / "c.spark")
+    assert cli_main(["convert", path, "-o", out, "-q", "--dtype", "bf16", "--sparsify",
+                     "ffn=0.5,by=abs_gelu,attn=8", "--calibrate", TEXT]) == 0
+    assert cli_main(["info", out, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["ffn_sparse_fraction"] == 0.5
+    assert info["sparsify"]["spec"]["attn"] == 8
+    assert cli_main(["info", out]) == 0
+    assert "sparsified FFN" in capsys.readouterr().out
+    assert cli_main(["convert", path, "-o", out, "--sparsify", "ffn=2"]) == 1
+    assert "fraction" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ real model
+
+@real.needs_gemma3
+def test_embedded_sparse_model_stays_within_the_perplexity_bound(tmp_path, monkeypatch):
+    """gemma3-270m-sparse, made from the dense bf16 file as load() makes it on first use: its
+    realised FFN fraction matches the spec, and its perplexity on both evaluation texts is
+    within 3 % of the dense model's."""
+    import spark_infer
+    from spark_infer import models
+
+    dense = real.engine_file("bf16")
+    monkeypatch.setenv("SPARK_INFER_CACHE", str(tmp_path))
+    os.symlink(dense, models.cached_path("gemma3-270m", "bf16"))
+    sparse = spark_infer.load("gemma3-270m-sparse", context_length=1024)
+    fraction = models.MODELS["gemma3-270m-sparse"].sparsify.split(",")[0].split("=")[1]
+    base = spark_infer.load(str(dense), context_length=1024)
+    for name in ("kjv_ruth_1_2.txt", "austen_persuasion_1_2.txt"):
+        text = (real.DATA / name).read_text(encoding="utf-8")
+        p_dense = base.perplexity(text, window=1024)
+        p_sparse = sparse.perplexity(text, window=1024)
+        assert p_sparse <= 1.03 * p_dense, (name, p_sparse, p_dense)
+        realised = sparse.engine.stats()["ffn_active_fraction"]
+        assert abs(float(np.mean(realised)) - float(fraction)) < 0.03, realised
+    out = sparse.generate("The capital of France is", max_new_tokens=8, temperature=0)
+    assert "Paris" in out, out
