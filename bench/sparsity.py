@@ -117,13 +117,17 @@ def real_model(args: argparse.Namespace, out: dict) -> None:
     rows.append({"label": "dense", "spec": None, "calibrated": False, "perplexity": ppl,
                  "speedup": 1.0, "tok_s": None, "ffn_active_fraction": None})
     log.info("dense: %s (%.0f s)", ppl, time.perf_counter() - t0)
-    for label, spec, calibrated in variants(args.quick):
+    # A control first: the dense file against itself (its "speedup" shows the method's bias).
+    for label, spec, calibrated in [("dense (control)", None, False), *variants(args.quick)]:
         path = work / (label.replace(" ", "_").replace("+", "").replace("=", "") + ".spark")
         t0 = time.perf_counter()
-        convert(dense_path, path, dtype="bf16", progress=False, sparsify=spec,
-                calibrate=args.calibrate if calibrated else None)
+        if spec is None:
+            path = dense_path
+        else:
+            convert(dense_path, path, dtype="bf16", progress=False, sparsify=spec,
+                    calibrate=args.calibrate if calibrated else None)
         conv_s = time.perf_counter() - t0
-        ppl = perplexities(path, args.window)
+        ppl = rows[0]["perplexity"] if spec is None else perplexities(path, args.window)
         runner = B.EngineRunner(label, path, spec, args.context + args.steps + 1, 64)
         runner.set_threads(args.threads)
         sp = speed(dense, runner, tokens, args.context, args.steps, args.rounds)
@@ -134,7 +138,7 @@ def real_model(args: argparse.Namespace, out: dict) -> None:
         log.info("%s: ppl %s, %.1f vs %.1f tok/s (%.3fx), ffn %.3f", label,
                  {k: round(v, 3) for k, v in ppl.items()}, sp["tok_s"], sp["dense_tok_s"],
                  sp["speedup"], float(np.mean(sp["ffn_active_fraction"])))
-        if not args.keep:
+        if not args.keep and spec is not None:
             path.unlink()
         out["gemma3_270m"] = rows
         _save(out, args)
