@@ -5,9 +5,9 @@ file, then measured in the same run as the dense model:
 - perplexity on the two shipped texts (tests/data: KJV Ruth 1-2, Austen's Persuasion 1-2),
   sliding windows of --window tokens (stride window / 2);
 - decode tok/s at --context positions (prefilled once per model with the texts' tokens, so the
-  realised sparsity is the one on text), rounds that alternate dense
-  and variant, --steps decode steps each (rewound after each step); the ratio is the median of
-  the per-round ratios;
+  realised sparsity is the one on text), --rounds rounds of --steps decode steps (rewound
+  after each step) of the dense model and the variant, in ABBA order; the ratio is the median
+  of the per-round ratios, and a first row measures the dense model against itself;
 - the realised FFN fraction and attended tokens per layer (engine counters, decode).
 Random-weight shapes (--shapes gemma2-2b gemma3-1b) are measured for speed only.
 
@@ -42,8 +42,12 @@ TEXTS = {"kjv_ruth": ROOT / "tests/data/kjv_ruth_1_2.txt",
 FRACTIONS = (0.75, 0.5, 0.3, 0.15, 0.08)
 
 
-def variants(quick: bool) -> list[tuple[str, str, bool]]:
-    """(label, --sparsify spec, calibrated) of every variant; the dense model is 'dense'."""
+def variants(quick: bool, specs: list[str] | None = None) -> list[tuple[str, str, bool]]:
+    """(label, --sparsify spec, calibrated) of every variant; the dense model is 'dense'.
+    specs: instead of the default list, these (calibrated; ':gauss' appended: not)."""
+    if specs:
+        return [(spec, spec.removesuffix(":gauss"), not spec.endswith(":gauss"))
+                for spec in specs]
     out = []
     fractions = (0.75, 0.5) if quick else FRACTIONS
     for f in fractions:
@@ -89,9 +93,14 @@ def speed(dense: "B.EngineRunner", other: "B.EngineRunner", tokens: np.ndarray, 
     dense.extend(tokens, context, 64)
     step_tokens = tokens[context:context + steps]
     d, o, ratios, ffn, att = [], [], [], None, None
-    for _ in range(rounds):
-        sd = dense.decode(context, step_tokens)
-        so = other.decode(context, step_tokens)
+    for i in range(rounds):
+        # ABBA order: whichever runs second in a round measured ~4 % slower (the control row).
+        if i % 2 == 0:
+            sd = dense.decode(context, step_tokens)
+            so = other.decode(context, step_tokens)
+        else:
+            so = other.decode(context, step_tokens)
+            sd = dense.decode(context, step_tokens)
         d.append(sd.tok_s)
         o.append(so.tok_s)
         ratios.append(so.tok_s / sd.tok_s)
@@ -118,8 +127,9 @@ def real_model(args: argparse.Namespace, out: dict) -> None:
                  "speedup": 1.0, "tok_s": None, "ffn_active_fraction": None})
     log.info("dense: %s (%.0f s)", ppl, time.perf_counter() - t0)
     # A control first: the dense file against itself (its "speedup" shows the method's bias).
-    for label, spec, calibrated in [("dense (control)", None, False), *variants(args.quick)]:
-        path = work / (label.replace(" ", "_").replace("+", "").replace("=", "") + ".spark")
+    for label, spec, calibrated in [("dense (control)", None, False),
+                                    *variants(args.quick, args.variants)]:
+        path = work / ("".join(c if c.isalnum() or c in "._-" else "_" for c in label) + ".spark")
         t0 = time.perf_counter()
         if spec is None:
             path = dense_path
@@ -209,10 +219,13 @@ def plot(out: dict, path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few variants only")
+    ap.add_argument("--variants", nargs="*", default=None, metavar="SPEC",
+                    help="--sparsify specs to measure instead of the default list (calibrated; "
+                         "append :gauss for the Gaussian quantile)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--context", type=int, default=4096 - 9, help="decode position (270M)")
-    ap.add_argument("--steps", type=int, default=8, help="decode steps per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12, help="decode steps per round")
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--window", type=int, default=1024, help="perplexity window")
     ap.add_argument("--calibrate", default=str(ROOT / "python/spark_infer/data/calibration.txt"))
     ap.add_argument("--shapes", nargs="*", default=[], help="random shapes, speed only")

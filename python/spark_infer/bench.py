@@ -13,14 +13,17 @@ What is measured (DESIGN.md section 7; docs/STYLE.md, "Benchmarks"):
   when the machine's speed drifts.
 - Bytes touched per decode token (for the effective GB/s = bytes / seconds per token):
   weights: every matrix of the file (the tied embedding is the LM head, read whole), except the
-  Spark FFN's K2 and V, of which only the active rows count (the measured active fraction per
-  layer; K1, the predictor, is read whole); int8 row scales count like their rows.
+  Spark FFN's K2 and V and the sparsified FFN's kept rows (up and down_t, and gate with a
+  low-rank predictor; abs_act reads up whole), of which only the active rows count (the measured
+  active fraction per layer; predictors are read whole); int8 row scales count like their rows.
   KV (f32 cache): dense: n_kv_heads x visible x 2 x head_dim x 4 per layer, visible = L + 1
   (min(L + 1, sliding_window) on local layers). Spark: the predictor scan n_kv_heads x visible x
   r_a x 4, plus the gathered rows (head_dim - r_a keys + head_dim values) x 4 of
   min(visible, group x attended) tokens per KV head, attended = the engine's mean attended
   tokens per query head (an upper bound of the unique rows: the heads of a group select
-  independently). The machine's read bandwidth (`_core.read_bandwidth`, STREAM-like, a buffer
+  independently). Sparsified attention: the scan n_kv_heads x visible x attn_sparse_dim x 4,
+  plus (2 head_dim - attn_sparse_dim) x 4 per attended token (shared by the group). The
+  machine's read bandwidth (`_core.read_bandwidth`, STREAM-like, a buffer
   of `--bandwidth-bytes`) is measured in the same run: once per thread count at the start, and
   once after every round of decode samples, so a point is compared with the bandwidth the
   machine had while it was measured (other processes on a shared machine move both).
@@ -171,6 +174,15 @@ def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
             f += _with_scale(tb, p + "ffn_k1")
             f += float(ffn_active[layer]) * (_with_scale(tb, p + "ffn_k2")
                                              + _with_scale(tb, p + "ffn_v"))
+        elif cfg.is_sparse_ffn:
+            # Read whole: the predictor (or the gate), and the up rows when abs_act ranks by
+            # the whole product; only the kept rows of the rest.
+            whole = ["ffn_gate_a", "ffn_gate_b", "ffn_select"]
+            kept = ["ffn_down_t"]
+            (kept if cfg.ffn_gate_rank else whole).append("ffn_gate")
+            (whole if cfg.ffn_select_by == "abs_act" else kept).append("ffn_up")
+            f += sum(_with_scale(tb, p + name) for name in whole)
+            f += float(ffn_active[layer]) * sum(_with_scale(tb, p + name) for name in kept)
         else:
             for name in ("ffn_gate", "ffn_up", "ffn_down"):
                 f += _with_scale(tb, p + name)
@@ -180,6 +192,12 @@ def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
         if cfg.is_spark_attn:
             rows = min(float(n), group * float(attn_tokens[layer]))
             kv += n_kv * (n * ra + rows * (2 * hd - ra)) * _F32
+        elif cfg.is_sparse_attn:
+            # The predictor scan over the candidates, then the kept rows, shared by the group.
+            r_s = cfg.attn_sparse_dim
+            rows = min(float(n), float(attn_tokens[layer]))
+            kv += n_kv * (n * r_s + rows * (2 * hd - r_s)) * _F32
+            weights += tb.get(p + "attn_rot", 0)
         else:
             kv += n_kv * n * 2 * hd * _F32
     return {"weights": weights, "kv": kv, "total": weights + kv,
