@@ -200,3 +200,30 @@ def test_bad_arguments_exit_with_usage(capsys: pytest.CaptureFixture[str]) -> No
         bench.main(["--steps", "1"])
     assert e.value.code == 2
     assert "no model" in capsys.readouterr().err
+
+
+def test_bytes_per_token_of_sparsified_models(tmp_path: Path) -> None:
+    """Sparsified FFN: the predictor (or gate) whole, kept rows of up and down_t at the active
+    fraction (abs_act: up whole too); sparsified attention: the r_a scan plus the kept rows.
+    Expected bytes from the config alone (bf16 matrices, f32 norms and rotations)."""
+    d, ff, hd, L = DENSE.d_model, DENSE.d_ff, DENSE.head_dim, DENSE.n_layers
+    frac, att = [0.25, 0.5], [6.0, 10.0]
+    ctx = 30
+    for by, rank in (("abs_gelu", 0), ("abs_gelu", 8), ("abs_act", 0)):
+        cfg = DENSE.replace(ffn_sparse_fraction=0.3, ffn_select_by=by, ffn_gate_rank=rank,
+                            attn_sparse_topk=4, attn_sparse_dim=8, attn_sparse_recent=2)
+        path = tmp_path / f"{by}{rank}.spark"
+        make_random_model(path, cfg, dtype="bf16", seed=1)
+        got = bench.decode_bytes_per_token(cfg, bench.tensor_bytes(path), ctx, frac, att)
+        mat = 2 * ff * d                                             # one [d_ff, d] bf16 matrix
+        ffn = 0.0
+        for layer in range(L):
+            whole = rank * (d + ff) * 2 + (mat if rank == 0 else 0) + (mat if by == "abs_act" else 0)
+            kept = mat * ((1 if rank else 0) + (0 if by == "abs_act" else 1) + 1)
+            ffn += 2 * d * 4 + whole + frac[layer] * kept
+        assert got["by_component"]["ffn"] == pytest.approx(ffn)
+        kv = 0.0
+        for layer in range(L):
+            n = min(ctx + 1, cfg.sliding_window) if cfg.is_local(layer) else ctx + 1
+            kv += n * 8 * 4 + min(n, att[layer]) * (2 * hd - 8) * 4
+        assert got["kv"] == pytest.approx(kv)
