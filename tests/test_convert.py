@@ -476,7 +476,7 @@ def test_failure_mid_way_leaves_nothing(tmp_path, outdir):
 def test_not_a_checkpoint(tmp_path, outdir):
     p = tmp_path / "x.bin"
     p.write_bytes(b"hello world")
-    _assert_fails(p, outdir / "x.spark", "not a GGUF file nor")
+    _assert_fails(p, outdir / "x.spark", "not a GGUF file, a Hugging Face checkpoint directory nor")
     _assert_fails(tmp_path / "nope", outdir / "x.spark", "no such file")
     (tmp_path / "empty").mkdir()
     _assert_fails(tmp_path / "empty", outdir / "x.spark", "no config.json")
