@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..config import FFN_SELECT, ModelConfig
-from ..reference import gelu_tanh, normal_quantile, softcap
+from ..reference import gelu_tanh, normal_quantile, rms_norm, rope, softcap
 from ._errors import ConversionError
 
 __all__ = ["SparsifySpec", "Sparsified", "sparsify"]
@@ -112,19 +112,12 @@ class Sparsified:
 # --------------------------------------------------------------------------- numpy forward
 
 def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * (1.0 + w)).astype(
-        np.float32)
+    return rms_norm(x, w, eps).astype(np.float32)
 
 
 def _rope(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
     """Split-half RoPE of whole heads. x: [T, n, hd]."""
-    hd = x.shape[-1]
-    half = hd // 2
-    inv = base ** (-2.0 * np.arange(half) / hd)
-    ang = positions[:, None] * inv[None, :]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-    x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(np.float32)
+    return rope(x, positions, base, 0, x.shape[-1]).astype(np.float32)
 
 
 def _attention(cfg: ModelConfig, layer: int, get, x: np.ndarray
