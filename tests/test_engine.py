@@ -3,7 +3,7 @@
 Random small models of every kind the engine supports; the engine's logits must equal the
 reference's at every position, for chunked prefill and for each decode step. f32 weights: the
 engine computes in f32, the reference in float64, over a few hundred dependent ops, so ~1e-6
-relative is expected; we allow 1e-4 (DESIGN.md's bar). bf16/int8 weights: the reference runs on
+relative is expected; we allow 1e-4. bf16/int8 weights: the reference runs on
 the same dequantized values, so the same bound holds.
 """
 

@@ -1,6 +1,7 @@
 // engine_bindings.cc: spark_infer._core.Engine. Arguments are checked with the GIL held; the GIL
 // is released while the engine runs. Errors: FormatError (ValueError) for bad files,
-// ValueError for bad arguments, FileNotFoundError for a missing file.
+// ValueError for bad arguments, FileNotFoundError for a missing file, EngineBusyError
+// (RuntimeError) for a call while another thread is inside the same engine.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -37,11 +38,14 @@ py::dict ConfigDict(const ModelConfig& c) {
 
 void RegisterEngine(py::module_& m) {
   static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  static py::exception<EngineBusyError> busy_error(m, "EngineBusyError", PyExc_RuntimeError);
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const FormatError& e) {
       PyErr_SetString(format_error.ptr(), e.what());
+    } catch (const EngineBusyError& e) {
+      PyErr_SetString(busy_error.ptr(), e.what());
     } catch (const std::invalid_argument& e) {
       const std::string msg = e.what();
       if (msg.rfind("no such file: ", 0) == 0) {
@@ -75,10 +79,13 @@ Arguments:
       .def_property_readonly("vocab_size", [](const Engine& e) { return e.config().vocab_size; })
       .def_property_readonly("context_length", &Engine::context_length)
       .def_property_readonly("pos", &Engine::pos, "Positions in the KV cache now.")
+      .def_property_readonly("max_chunk", &Engine::max_chunk,
+                             "Tokens per chunk the buffers hold now (grown by larger chunks, never "
+                             "past the context length).")
       .def_property_readonly("weight_bytes", &Engine::weight_bytes)
       .def_property_readonly("kv_bytes", &Engine::kv_bytes)
       .def_property_readonly("weight_type", [](const Engine& e) { return WeightTypeName(e.matrix_type()); })
-      .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads for this engine.")
+      .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads of this engine (its own pool; default: the physical cores).")
       .def_property("chunk_sparse_cache_bytes", &Engine::chunk_sparse_cache_bytes,
                     &Engine::set_chunk_sparse_cache_bytes,
                     "Spark FFN prefill: layers whose K2 + V fit in this many bytes use the per-token "

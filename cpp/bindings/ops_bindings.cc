@@ -66,11 +66,12 @@ void RegisterOps(py::module_& m) {
   AllTargets();
   // --- threads and SIMD targets
   m.def("physical_cores", &PhysicalCores, "Physical cores of this machine.");
-  m.def("num_threads", &NumThreads, "Threads the kernels use.");
+  m.def("num_threads", [] { return DefaultPool().threads(); },
+        "Threads of the kernels called here (an Engine has its own: Engine.threads).");
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
-    SetNumThreads(n);
-  }, arg("n"), "Set the number of threads the kernels use (>= 1).");
+    DefaultPool().set_threads(n);
+  }, arg("n"), "Set the number of threads of the kernels called here (>= 1; not an Engine's).");
   m.def("supported_targets", &SupportedTargetList,
         "SIMD targets compiled into this build and supported by this CPU: [(name, bit)], best first.");
   m.def("set_target", [](int64_t bit) {
@@ -92,7 +93,7 @@ void RegisterOps(py::module_& m) {
     const float* px = Checked<float>(x, "x", {static_cast<py::ssize_t>(mw.cols)});
     float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(mw.rows)}, true);
     py::gil_scoped_release release;
-    MatVec(mw, px, po);
+    MatVec(DefaultPool(), mw, px, po);
   }, arg("w").noconvert(), arg("x").noconvert(), arg("out").noconvert(), arg("scale").noconvert() = py::none(),
      "out[r] = w[r, :] . x. w: [rows, cols] float32 | uint16 (bf16) | int8 (+ scale [rows]).");
   m.def("matmul", [](py::array w, py::array x, py::array out, OptArray scale) {
@@ -101,7 +102,7 @@ void RegisterOps(py::module_& m) {
     const py::ssize_t T = x.shape(0);
     float* po = Checked<float>(out, "out", {T, static_cast<py::ssize_t>(mw.rows)}, true);
     py::gil_scoped_release release;
-    MatMul(mw, px, static_cast<size_t>(T), po);
+    MatMul(DefaultPool(), mw, px, static_cast<size_t>(T), po);
   }, arg("w").noconvert(), arg("x").noconvert(), arg("out").noconvert(), arg("scale").noconvert() = py::none(),
      "out[t, r] = w[r, :] . x[t, :] for a chunk of T tokens. x: [T, cols], out: [T, rows].");
 
@@ -114,7 +115,7 @@ void RegisterOps(py::module_& m) {
     float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(n)}, true);
     CheckIndices(pi, n, mw.rows);
     py::gil_scoped_release release;
-    MaskedMatVec(mw, px, pi, n, po);
+    MaskedMatVec(DefaultPool(), mw, px, pi, n, po);
   }, arg("w").noconvert(), arg("x").noconvert(), arg("idx").noconvert(), arg("out").noconvert(),
      arg("scale").noconvert() = py::none(),
      "out[j] = w[idx[j], :] . x; rows not in idx are never read. idx: int32 [n], out: [n].");
@@ -126,7 +127,7 @@ void RegisterOps(py::module_& m) {
     float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(mw.cols)}, true);
     CheckIndices(pi, n, mw.rows);
     py::gil_scoped_release release;
-    SparseVecMat(mw, pu, pi, n, po);
+    SparseVecMat(DefaultPool(), mw, pu, pi, n, po);
   }, arg("w").noconvert(), arg("u").noconvert(), arg("idx").noconvert(), arg("out").noconvert(),
      arg("scale").noconvert() = py::none(),
      "out = sum_j u[j] * w[idx[j], :] (column tiles per thread). u: [n], out: [cols].");
@@ -150,7 +151,7 @@ void RegisterOps(py::module_& m) {
     const auto [po, pt] = check_csr(offsets, tokens, mw.rows, static_cast<size_t>(x.shape(0)));
     float* pout = Checked<float>(out, "out", {tokens.shape(0)}, true);
     py::gil_scoped_release release;
-    CsrMaskedMatMul(mw, px, po, pt, pout);
+    CsrMaskedMatMul(DefaultPool(), mw, px, po, pt, pout);
   }, arg("w").noconvert(), arg("x").noconvert(), arg("offsets").noconvert(), arg("tokens").noconvert(),
      arg("out").noconvert(), arg("scale").noconvert() = py::none(),
      "out[k] = w[i, :] . x[tokens[k], :] for k in [offsets[i], offsets[i+1]).");
@@ -162,7 +163,7 @@ void RegisterOps(py::module_& m) {
     const auto [po, pt] = check_csr(offsets, tokens, mw.rows, T);
     const float* pu = Checked<float>(u, "u", {tokens.shape(0)});
     py::gil_scoped_release release;
-    CsrSparseMatMul(mw, pu, po, pt, T, pout);
+    CsrSparseMatMul(DefaultPool(), mw, pu, po, pt, T, pout);
   }, arg("w").noconvert(), arg("u").noconvert(), arg("offsets").noconvert(), arg("tokens").noconvert(),
      arg("out").noconvert(), arg("scale").noconvert() = py::none(),
      "out[t, :] = sum over k with tokens[k] == t of u[k] * w[i(k), :]; out: [T, cols].");

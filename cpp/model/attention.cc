@@ -31,7 +31,7 @@ void Engine::Attention(size_t layer, size_t T) {
 
   const MatRef* ws[3] = {&L.q, &L.k, &L.v};
   float* outs[3] = {q_.get(), k_.get(), v_.get()};
-  MatMulMany(ws, outs, 3, xn_.get(), T);
+  MatMulMany(pool_, ws, outs, 3, xn_.get(), T);
 
   // QK-norm, RoPE (each part on its own), query scale; then append k, v to the cache.
   const float* cos_all = rope_cos_.get() + (local ? T_ : 0) * half;
@@ -79,20 +79,24 @@ void Engine::Attention(size_t layer, size_t T) {
 
   if (c.SparseAttn()) {
     RotatedAttention(layer, T);
-    MatMul(L.o, att_.get(), T, tmp_.get());
+    MatMul(pool_, L.o, att_.get(), T, tmp_.get());
     return;
   }
 
   // Work items: (token, KV head, sub-group of its query heads). The heads of a sub-group share
   // one pass over the cached keys (and, for dense attention, the values), so GQA reads each KV
-  // head once per item instead of once per query head. Sub-groups shrink only when there are
-  // fewer items than threads (e.g. decode of a single-KV-head model).
+  // head once per item instead of once per query head. Sub-groups shrink only while there are
+  // fewer than kMinAttentionItems items (decode of a single-KV-head model), so that two threads
+  // share the work; more items would read the cache more often (splitting the tokens instead is
+  // the fix). The split depends on the shapes only, never on the thread count: the kernels it
+  // picks (rows per MatMulRange) and so the results are the same for any thread count.
+  constexpr size_t kMinAttentionItems = 2;
   size_t sub = group;
-  while (sub > 1 && sub % 2 == 0 && T * KV * (group / sub) < static_cast<size_t>(threads_)) sub /= 2;
+  while (sub > 1 && sub % 2 == 0 && T * KV * (group / sub) < kMinAttentionItems) sub /= 2;
   const size_t subs = group / sub;
   const size_t topk = c.attn_topk;
-  std::vector<double> attended(MaxParts(), 0.0);
-  ParallelFor(T * KV * subs, 1, [&](size_t begin, size_t end, int part) {
+  std::vector<double> attended(pool_.MaxParts(), 0.0);
+  pool_.ParallelFor(T * KV * subs, 1, [&](size_t begin, size_t end, int part) {
     Scratch& s = scratch_[part];
     for (size_t item = begin; item < end; ++item) {
       const size_t t = item / (KV * subs), g = (item / subs) % KV, h0 = g * group + (item % subs) * sub;
@@ -152,7 +156,7 @@ void Engine::Attention(size_t layer, size_t T) {
   for (double a : attended) stats_[layer].attn_attended += a;
   stats_[layer].attn_queries += static_cast<double>(T * H);
 
-  MatMul(L.o, att_.get(), T, tmp_.get());
+  MatMul(pool_, L.o, att_.get(), T, tmp_.get());
   (void)d;
 }
 
@@ -168,8 +172,8 @@ void Engine::RotatedAttention(size_t layer, size_t T) {
   const size_t ra = c.attn_sparse_dim, rb = hd - ra;
   const size_t topk = c.attn_sparse_topk, recent = c.attn_sparse_recent;
   const bool local = c.layer_is_local[layer];
-  std::vector<double> attended(MaxParts(), 0.0);
-  ParallelFor(T * KV, 1, [&](size_t begin, size_t end, int part) {
+  std::vector<double> attended(pool_.MaxParts(), 0.0);
+  pool_.ParallelFor(T * KV, 1, [&](size_t begin, size_t end, int part) {
     Scratch& s = scratch_[part];
     for (size_t item = begin; item < end; ++item) {
       const size_t t = item / KV, g = item % KV, h0 = g * group;

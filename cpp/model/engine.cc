@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -15,6 +16,7 @@
 #include "ops/matvec.h"
 #include "ops/norm.h"
 #include "ops/topk.h"
+#include "util/checked.h"
 #include "util/json.h"
 #include "util/threading.h"
 
@@ -44,6 +46,31 @@ size_t LastLevelCacheBytes() {
   }
   return best;
 }
+
+// Physical memory of this machine (0 if unknown).
+size_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+}
+
+std::string GiB(size_t bytes) {
+  char buf[32];
+  snprintf(buf, sizeof(buf), "%.1f GiB", static_cast<double>(bytes) / (1u << 30));
+  return buf;
+}
+
+// Takes an engine's busy lock for one call, or throws EngineBusyError: a second caller never
+// waits on (nor runs beside) the first.
+class BusyGuard {
+ public:
+  explicit BusyGuard(std::mutex& mu) : lock_(mu, std::try_to_lock) {
+    if (!lock_.owns_lock())
+      throw EngineBusyError("the engine is busy: another thread is running it (one call at a time per engine)");
+  }
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+};
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -83,7 +110,7 @@ const std::string& MetadataOrThrow(const SafetensorsFile& f, const std::string& 
 }  // namespace
 
 Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
-    : file_(path), ctx_(context_length), threads_(NumThreads()),
+    : file_(path), ctx_(context_length), pool_(PhysicalCores()),
       chunk_sparse_cache_bytes_(LastLevelCacheBytes() / 2) {
   if (MetadataOrThrow(file_, "format") != kFormatName)
     throw FormatError(path + ": metadata 'format' is '" + file_.metadata().at("format") + "', expected 'spark-infer'");
@@ -100,6 +127,8 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
   if (context_length == 0) throw std::invalid_argument("context_length must be >= 1");
   if (context_length > (size_t{1} << 24)) throw std::invalid_argument("context_length is too large");
   if (max_chunk == 0) throw std::invalid_argument("max_chunk must be >= 1");
+  max_chunk = std::min(max_chunk, ctx_);  // a chunk never holds more tokens than the context
+  CheckedBufferBytes(max_chunk, static_cast<size_t>(pool_.MaxParts()));  // before any allocation
   if (config_.SparkFfn()) ffn_q_ = static_cast<float>(InvNormalCdf(1.0 - config_.ffn_topk_fraction));
   if (config_.SparseFfn()) {
     sparse_ffn_q_ = config_.ffn_sparse_quantiles;
@@ -115,20 +144,75 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
 }
 
 void Engine::set_threads(int n) {
-  if (n < 1) throw std::invalid_argument("threads must be >= 1");
-  threads_ = n;
+  if (n < 1 || n > ThreadPool::kMaxThreads)
+    throw std::invalid_argument("threads must be in [1, " + std::to_string(ThreadPool::kMaxThreads) + "], got " +
+                                std::to_string(n));
+  const BusyGuard busy(busy_);
+  CheckedBufferBytes(T_, static_cast<size_t>(ThreadPool::MaxPartsFor(n)));
+  pool_.set_threads(n);  // the scratch for its parts is added by the next Prefill
+}
+
+void Engine::set_chunk_sparse_cache_bytes(size_t b) {
+  const BusyGuard busy(busy_);
+  chunk_sparse_cache_bytes_ = b;
+}
+
+void Engine::Reset() {
+  const BusyGuard busy(busy_);
+  pos_ = 0;
 }
 
 void Engine::Rewind(size_t pos) {
+  const BusyGuard busy(busy_);
   if (pos > pos_)
     throw std::invalid_argument("cannot rewind to position " + std::to_string(pos) + ": only " +
                                 std::to_string(pos_) + " positions are cached");
   pos_ = pos;
 }
 
+size_t Engine::CheckedBufferBytes(size_t T, size_t parts) const {
+  const ModelConfig& c = config_;
+  const size_t d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, dff = c.d_ff;
+  const size_t group = H / KV, split = c.KeySplit();
+  const bool sparse_ffn = c.SparkFfn() || c.SparseFfn();
+  size_t words = 0;  // 4-byte floats and int32s
+  auto add = [&](std::initializer_list<size_t> factors) {
+    words = CheckedSum(words, CheckedProduct(factors, "engine buffers"), "engine buffers");
+  };
+  try {
+    // Chunk activations (AllocateActivations).
+    add({3, T, d});
+    add({2, T, H, hd});
+    add({2, T, KV, hd});
+    add({c.SparkFfn() ? size_t{1} : size_t{2}, T, dff});
+    add({T, c.ffn_predictor_dim + c.ffn_gate_rank});
+    if (c.SparkFfn()) add({T, d - c.ffn_predictor_dim});
+    if (sparse_ffn) add({5, T, dff});
+    add({2, T, hd});
+    // KV cache, iota, per-part attention scratch (EnsureScratch).
+    add({c.n_layers, KV, ctx_, std::max<size_t>(split, 1) + 2 * hd - split});
+    add({ctx_});
+    add({parts, 2 * group + 2, ctx_});
+    add({parts, (group + 1) * split + group * (hd - split)});
+    add({3 * dff + 1});
+  } catch (const std::overflow_error&) {
+    throw std::invalid_argument("a context of " + std::to_string(ctx_) + " tokens with chunks of " + std::to_string(T) +
+                                " tokens needs more memory than can be addressed");
+  }
+  const size_t bytes = CheckedProduct({words, 4}, "engine buffers");
+  const size_t have = PhysicalMemoryBytes();
+  if (have && bytes > have)
+    throw std::invalid_argument("a context of " + std::to_string(ctx_) + " tokens with chunks of " + std::to_string(T) +
+                                " tokens and " + std::to_string(parts) + " thread parts needs " + GiB(bytes) +
+                                " of buffers (KV cache and activations), more than this machine's " + GiB(have) +
+                                " of memory: use a smaller context_length or chunk_size");
+  return bytes;
+}
+
 void Engine::AllocateActivations(size_t T) {
   const ModelConfig& c = config_;
-  T_ = T;
+  CheckedBufferBytes(T, scratch_.size());
+  // Only growing, and T_ set last: a throw part-way leaves every buffer at least T_ tokens large.
   x_ = Floats(T * c.d_model);
   xn_ = Floats(T * c.d_model);
   tmp_ = Floats(T * c.d_model);
@@ -142,24 +226,30 @@ void Engine::AllocateActivations(size_t T) {
   x2_ = Floats(c.SparkFfn() ? T * (c.d_model - c.ffn_predictor_dim) : 1);
   ff_low_ = Floats(T * c.ffn_gate_rank);
   if (c.SparkFfn() || c.SparseFfn()) {
-    ffn_idx_.assign(T * c.d_ff, 0);
-    ffn_count_.assign(T, 0);
+    ffn_idx_.resize(T * c.d_ff);  // resize: on bad_alloc the old vector stays
+    ffn_count_.resize(T);
     ffn_shift_ = Floats(T * c.d_ff);
-    csr_offsets_.assign(c.d_ff + 1, 0);
-    csr_cursor_.assign(c.d_ff, 0);
-    csr_tokens_.assign(T * c.d_ff, 0);
+    csr_offsets_.resize(c.d_ff + 1);
+    csr_cursor_.resize(c.d_ff);
+    csr_tokens_.resize(T * c.d_ff);
     csr_shift_ = Floats(T * c.d_ff);
     csr_u_ = Floats(T * c.d_ff);
   }
-  rope_cos_ = Floats(2 * T * c.head_dim / 2);
-  rope_sin_ = Floats(2 * T * c.head_dim / 2);
+  // RopeTables indexes by T_: both tables together, before T_ changes.
+  auto cos = Floats(2 * T * c.head_dim / 2), sin = Floats(2 * T * c.head_dim / 2);
+  rope_cos_ = std::move(cos);
+  rope_sin_ = std::move(sin);
+  T_ = T;
 }
 
 void Engine::EnsureScratch() {
-  while (scratch_.size() < static_cast<size_t>(MaxParts())) {
+  const size_t parts = static_cast<size_t>(pool_.MaxParts());
+  if (scratch_.size() >= parts) return;
+  CheckedBufferBytes(T_, parts);
+  const size_t group = config_.n_heads / config_.n_kv_heads;
+  const size_t split = config_.KeySplit();
+  while (scratch_.size() < parts) {
     Scratch s;
-    const size_t group = config_.n_heads / config_.n_kv_heads;
-    const size_t split = config_.KeySplit();
     s.s1 = Floats(group * ctx_);
     s.q_pred = Floats((group + 1) * split);  // + the pooled query of sparsified attention
     s.q_rest = Floats(group * (config_.head_dim - split));
@@ -171,6 +261,7 @@ void Engine::EnsureScratch() {
 }
 
 void Engine::Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logits, bool all_logits) {
+  const BusyGuard busy(busy_);
   if (n == 0) throw std::invalid_argument("no tokens to process");
   if (chunk == 0) throw std::invalid_argument("chunk must be >= 1");
   if (n > ctx_ - pos_)
@@ -181,7 +272,7 @@ void Engine::Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logit
       throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                                   " is outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
   }
-  SetNumThreads(threads_);
+  chunk = std::min(chunk, n);  // so also <= the context: buffers never grow past what runs
   EnsureScratch();
   if (chunk > T_) AllocateActivations(chunk);
   for (LayerStats& s : stats_) s = LayerStats();
@@ -262,7 +353,7 @@ void Engine::Forward(const int32_t* tokens, size_t T, float* logits, bool all_lo
   const size_t rows = T - first;
   for (size_t t = first; t < T; ++t)
     RmsNorm(x_.get() + t * d, weights_.final_norm, d, c.norm_eps, xn_.get() + (t - first) * d);
-  MatMul(weights_.embed, xn_.get(), rows, logits);
+  MatMul(pool_, weights_.embed, xn_.get(), rows, logits);
   if (c.final_softcap > 0) SoftCap(logits, rows * c.vocab_size, c.final_softcap, logits);
   times_.logits += Now() - t0;
 }

@@ -9,6 +9,8 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,7 @@
 #include "model/kv_cache.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "util/threading.h"
 
 namespace spark {
 
@@ -33,9 +36,18 @@ struct TimeBreakdown {
   double embed = 0, attention = 0, ffn = 0, logits = 0, other = 0;
 };
 
+// A call that changes an engine's state while another thread is inside one (the Python
+// bindings release the GIL). Bound to Python as spark_infer._core.EngineBusyError (RuntimeError).
+class EngineBusyError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 class Engine {
  public:
-  // Throws FormatError (bad file), std::invalid_argument (bad argument, missing file).
+  // Throws FormatError (bad file), std::invalid_argument (bad argument, missing file, buffers
+  // larger than the machine's memory). max_chunk above context_length is cut to it. Threads:
+  // PhysicalCores() until set_threads.
   Engine(const std::string& path, size_t context_length, size_t max_chunk = 64);
 
   const ModelConfig& config() const { return config_; }
@@ -45,30 +57,40 @@ class Engine {
   size_t weight_bytes() const { return weights_.bytes; }
   size_t kv_bytes() const { return kv_.Bytes(); }
   WeightType matrix_type() const { return weights_.matrix_type; }
-  int threads() const { return threads_; }
+  size_t max_chunk() const { return T_; }
+  int threads() const { return pool_.threads(); }
+  // n in [1, ThreadPool::kMaxThreads]; std::invalid_argument otherwise.
   void set_threads(int n);
 
-  void Reset() { pos_ = 0; }
+  // Every call below that changes state throws EngineBusyError while another thread is inside
+  // one of them: one caller at a time, never a wait.
+  void Reset();
   void Rewind(size_t pos);  // keep the cache for positions < pos
 
   // Runs tokens at positions pos().. in chunks of `chunk` (<= max_chunk of the constructor is not
-  // required: larger chunks grow the buffers). logits: [n, vocab] if all_logits, else [vocab] for
-  // the last token. Throws std::invalid_argument on a bad token or a context overflow, before
-  // touching any state.
+  // required: larger chunks grow the buffers, up to n). logits: [n, vocab] if all_logits, else
+  // [vocab] for the last token. Throws std::invalid_argument on a bad token, a context overflow
+  // or buffers that would not fit in memory, before touching any state.
   void Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logits, bool all_logits);
   void Decode(int32_t token, float* logits) { Prefill(&token, 1, 1, logits, false); }
 
   // Spark FFN prefill: a layer whose K2 + V take at most this many bytes runs the per-token
   // kernels, a larger one the neuron-grouped ones (default: half the last-level cache).
   size_t chunk_sparse_cache_bytes() const { return chunk_sparse_cache_bytes_; }
-  void set_chunk_sparse_cache_bytes(size_t b) { chunk_sparse_cache_bytes_ = b; }
+  void set_chunk_sparse_cache_bytes(size_t b);
 
   const std::vector<LayerStats>& stats() const { return stats_; }
   const TimeBreakdown& times() const { return times_; }
 
  private:
+  // Grows the chunk buffers to T tokens (T > T_) and the per-part scratch to the pool's parts.
+  // On any failure (too large, allocation) the engine stays as it was: sizes are checked first,
+  // and every buffer is either the old one or a larger new one until T_ is set last.
   void AllocateActivations(size_t T);
   void EnsureScratch();
+  // Bytes of the buffers for chunks of T tokens and `parts` scratch parts, KV cache included;
+  // std::invalid_argument if they overflow or exceed the machine's memory.
+  size_t CheckedBufferBytes(size_t T, size_t parts) const;
   void Forward(const int32_t* tokens, size_t T, float* logits, bool all_logits);
   void RopeTables(size_t T);
   void Attention(size_t layer, size_t T);
@@ -88,7 +110,8 @@ class Engine {
   KVCache kv_;
   size_t ctx_;
   size_t pos_ = 0;
-  int threads_;
+  ThreadPool pool_;   // this engine's threads; the kernels get it passed down
+  std::mutex busy_;   // held by the one caller inside a state-changing call
   float ffn_q_ = 0;                // Spark FFN: Q(1 - ffn_topk_fraction)
   std::vector<float> sparse_ffn_q_;  // sparsified FFN: Q_l per layer
   size_t chunk_sparse_cache_bytes_;

@@ -30,9 +30,9 @@ void Engine::Ffn(size_t layer, size_t T) {
   if (!c.SparkFfn() && !c.SparseFfn()) {
     const MatRef* ws[2] = {&L.gate, &L.up};
     float* outs[2] = {ff_a_.get(), ff_b_.get()};
-    MatMulMany(ws, outs, 2, xn_.get(), T);
+    MatMulMany(pool_, ws, outs, 2, xn_.get(), T);
     GeluMul(ff_a_.get(), ff_b_.get(), T * dff, ff_a_.get());
-    MatMul(L.down, ff_a_.get(), T, tmp_.get());
+    MatMul(pool_, L.down, ff_a_.get(), T, tmp_.get());
     st.ffn_active += static_cast<double>(T * dff);
     return;
   }
@@ -48,7 +48,7 @@ void Engine::Ffn(size_t layer, size_t T) {
     std::copy(x, x + r, x1_.get() + t * r);
     std::copy(x + r, x + d, x2_.get() + t * rest);
   }
-  MatMul(L.k1, x1_.get(), T, ff_a_.get());
+  MatMul(pool_, L.k1, x1_.get(), T, ff_a_.get());
   size_t total = 0;
   for (size_t t = 0; t < T; ++t) {
     const size_t n = StatisticalTopK(ff_a_.get() + t * dff, dff, ffn_q_, ffn_idx_.data() + t * dff,
@@ -74,13 +74,13 @@ void Engine::SparseFfn(size_t layer, size_t T) {
   if (by == Select::kAbsAct) {  // ff_a = gelu(g) * u, the products themselves
     const MatRef* ws[2] = {&L.gate, &L.up};
     float* outs[2] = {ff_a_.get(), ff_b_.get()};
-    MatMulMany(ws, outs, 2, xn_.get(), T);
+    MatMulMany(pool_, ws, outs, 2, xn_.get(), T);
     GeluMul(ff_a_.get(), ff_b_.get(), T * dff, ff_a_.get());
   } else if (low_rank) {
-    MatMul(L.gate_a, xn_.get(), T, ff_low_.get());
-    MatMul(L.gate_b, ff_low_.get(), T, ff_a_.get());
+    MatMul(pool_, L.gate_a, xn_.get(), T, ff_low_.get());
+    MatMul(pool_, L.gate_b, ff_low_.get(), T, ff_a_.get());
   } else {
-    MatMul(L.gate, xn_.get(), T, ff_a_.get());
+    MatMul(pool_, L.gate, xn_.get(), T, ff_a_.get());
   }
   size_t total = 0;
   for (size_t t = 0; t < T; ++t) {
@@ -130,13 +130,13 @@ void Engine::SparseFfnTail(const MatRef* w_in, const float* x_in, const MatRef* 
       const float* x = x_in + t * cols;
       float* gate = ffn_shift_.get() + t * dff;
       if (!w_in) {  // the kept products are final already
-        SparseVecMat(w_out, gate, idx, n, tmp_.get() + t * d);
+        SparseVecMat(pool_, w_out, gate, idx, n, tmp_.get() + t * d);
         continue;
       }
-      if (w_gate) MaskedMatVec(*w_gate, x, idx, n, gate);
-      MaskedMatVec(*w_in, x, idx, n, ffn_u_.get());
+      if (w_gate) MaskedMatVec(pool_, *w_gate, x, idx, n, gate);
+      MaskedMatVec(pool_, *w_in, x, idx, n, ffn_u_.get());
       GeluMul(gate, ffn_u_.get(), n, ffn_u_.get());
-      SparseVecMat(w_out, ffn_u_.get(), idx, n, tmp_.get() + t * d);
+      SparseVecMat(pool_, w_out, ffn_u_.get(), idx, n, tmp_.get() + t * d);
     }
     return;
   }
@@ -162,11 +162,11 @@ void Engine::SparseFfnTail(const MatRef* w_in, const float* x_in, const MatRef* 
     }
   }
   if (w_in) {
-    if (w_gate) CsrMaskedMatMul(*w_gate, x_in, offsets, csr_tokens_.data(), csr_shift_.get());
-    CsrMaskedMatMul(*w_in, x_in, offsets, csr_tokens_.data(), csr_u_.get());
+    if (w_gate) CsrMaskedMatMul(pool_, *w_gate, x_in, offsets, csr_tokens_.data(), csr_shift_.get());
+    CsrMaskedMatMul(pool_, *w_in, x_in, offsets, csr_tokens_.data(), csr_u_.get());
     GeluMul(csr_shift_.get(), csr_u_.get(), total, csr_u_.get());
   }
-  CsrSparseMatMul(w_out, csr_u_.get(), offsets, csr_tokens_.data(), T, tmp_.get());
+  CsrSparseMatMul(pool_, w_out, csr_u_.get(), offsets, csr_tokens_.data(), T, tmp_.get());
 }
 
 }  // namespace spark

@@ -55,16 +55,16 @@ void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t o
   HWY_DYNAMIC_DISPATCH(MatMulRows)(w, x, T, out, out_stride, r0, r1);
 }
 
-void MatVec(const MatRef& w, const float* x, float* out) { MatMul(w, x, 1, out); }
+void MatVec(ThreadPool& pool, const MatRef& w, const float* x, float* out) { MatMul(pool, w, x, 1, out); }
 
-void MatMul(const MatRef& w, const float* x, size_t T, float* out) {
+void MatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
-  ParallelFor(w.rows, RowGranule(w), [&](size_t r0, size_t r1, int) {
+  pool.ParallelFor(w.rows, RowGranule(w), [&](size_t r0, size_t r1, int) {
     fn(w, x, T, out, w.rows, r0, r1);
   });
 }
 
-void MatMulMany(const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T) {
+void MatMulMany(ThreadPool& pool, const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T) {
   // The matrices' rows, end to end, are one index space [0, total) split between threads.
   size_t total = 0, granule = 4;
   for (size_t i = 0; i < n; ++i) {
@@ -72,7 +72,7 @@ void MatMulMany(const MatRef* const* ws, float* const* outs, size_t n, const flo
     granule = std::max(granule, RowGranule(*ws[i]));
   }
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
-  ParallelFor(total, granule, [&](size_t b, size_t e, int) {
+  pool.ParallelFor(total, granule, [&](size_t b, size_t e, int) {
     size_t base = 0;
     for (size_t i = 0; i < n && base < e; base += ws[i]->rows, ++i) {
       const size_t r0 = std::max(b, base), r1 = std::min(e, base + ws[i]->rows);

@@ -7,19 +7,20 @@
 #include <stddef.h>
 
 #include "ops/weights.h"
+#include "util/threading.h"
 
 namespace spark {
 
 // out[r] = W[r, :] . x for r < rows.  x: [cols], out: [rows]. out must not alias x.
-void MatVec(const MatRef& w, const float* x, float* out);
+void MatVec(ThreadPool& pool, const MatRef& w, const float* x, float* out);
 
 // Chunk matmul for T tokens: out[t, r] = W[r, :] . x[t, :].  x: [T, cols], out: [T, rows].
 // Each weight row is loaded once per group of tokens, not once per token.
-void MatMul(const MatRef& w, const float* x, size_t T, float* out);
+void MatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T, float* out);
 
 // Several matrices with the same input and cols, in one parallel job: out_i = MatMul(*ws[i], x,
 // T), out_i: [T, ws[i]->rows]. Fewer, longer jobs than n separate MatMul calls (Q/K/V, gate/up).
-void MatMulMany(const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T);
+void MatMulMany(ThreadPool& pool, const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T);
 
 // Single-threaded, on the caller: out[t * out_stride + r] = W[r, :] . x[t, :] for r in [r0, r1).
 // For callers that already split work between threads (attention over heads).

@@ -7,18 +7,19 @@
 #include <stdint.h>
 
 #include "ops/weights.h"
+#include "util/threading.h"
 
 namespace spark {
 
 // Vector-masked matvec (Spark K2): out[j] = W[idx[j], :] . x for j < n_idx.
 // idx entries must be < w.rows (checked at the Python boundary). Threads split j.
-void MaskedMatVec(const MatRef& w, const float* x, const int32_t* idx, size_t n_idx, float* out);
+void MaskedMatVec(ThreadPool& pool, const MatRef& w, const float* x, const int32_t* idx, size_t n_idx, float* out);
 
 // Tiled sparse vec-mat (Spark V): out[c] = sum_j u[j] * W[idx[j], c] for c < w.cols.
 // The columns are split into one tile per thread; every thread walks the whole index list for
 // its tile only, so no thread waits on another's partial sums. Summation order over j is fixed,
 // so the result does not depend on the thread count.
-void SparseVecMat(const MatRef& w, const float* u, const int32_t* idx, size_t n_idx, float* out);
+void SparseVecMat(ThreadPool& pool, const MatRef& w, const float* u, const int32_t* idx, size_t n_idx, float* out);
 
 // Single-threaded, on the caller: entries [j0, j1) of MaskedMatVec.
 void MaskedMatVecRange(const MatRef& w, const float* x, const int32_t* idx, size_t j0, size_t j1,

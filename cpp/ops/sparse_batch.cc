@@ -74,17 +74,17 @@ void MultiSparseVecMatRange(const MatRef& w, const float* u, const int32_t* idx,
   HWY_DYNAMIC_DISPATCH(MultiSparseCols)(w, u, idx, n, G, out, c0, c1);
 }
 
-void CsrMaskedMatMul(const MatRef& w, const float* x, const int32_t* offsets,
+void CsrMaskedMatMul(ThreadPool& pool, const MatRef& w, const float* x, const int32_t* offsets,
                      const int32_t* tokens, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(CsrMaskedRows);
-  ParallelFor(w.rows, 64, [&](size_t r0, size_t r1, int) { fn(w, x, offsets, tokens, r0, r1, out); });
+  pool.ParallelFor(w.rows, 64, [&](size_t r0, size_t r1, int) { fn(w, x, offsets, tokens, r0, r1, out); });
 }
 
-void CsrSparseMatMul(const MatRef& w, const float* u, const int32_t* offsets,
+void CsrSparseMatMul(ThreadPool& pool, const MatRef& w, const float* u, const int32_t* offsets,
                      const int32_t* tokens, size_t T, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(CsrSparseCols);
   // 64-column tiles: whole cache lines of every weight type (see sparse.cc).
-  ParallelFor(w.cols, 64, [&](size_t c0, size_t c1, int) {
+  pool.ParallelFor(w.cols, 64, [&](size_t c0, size_t c1, int) {
     fn(w, u, offsets, tokens, T, out, c0, c1);
   });
 }

@@ -12,19 +12,20 @@
 #include <stdint.h>
 
 #include "ops/weights.h"
+#include "util/threading.h"
 
 namespace spark {
 
 // out[k] = W[i, :] . x[tokens[k], :] for every neuron i < w.rows and k in
 // [offsets[i], offsets[i+1]). x: [T, w.cols]; offsets: [w.rows + 1]; out: [offsets[w.rows]].
 // Threads split the neurons.
-void CsrMaskedMatMul(const MatRef& w, const float* x, const int32_t* offsets,
+void CsrMaskedMatMul(ThreadPool& pool, const MatRef& w, const float* x, const int32_t* offsets,
                      const int32_t* tokens, float* out);
 
 // out[t, c] = sum over neurons i (ascending) and k in [offsets[i], offsets[i+1]) with
 // tokens[k] == t of u[k] * W[i, c]. out: [T, w.cols], fully overwritten. Threads split the
 // columns into tiles; each walks every neuron for its tile only (no cross-thread sums).
-void CsrSparseMatMul(const MatRef& w, const float* u, const int32_t* offsets,
+void CsrSparseMatMul(ThreadPool& pool, const MatRef& w, const float* u, const int32_t* offsets,
                      const int32_t* tokens, size_t T, float* out);
 
 // Single-threaded: out[g, c] = sum_{j < n} u[g * n + j] * W[idx[j], c] for g < G, c in [c0, c1).

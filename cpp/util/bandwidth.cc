@@ -12,20 +12,6 @@
 namespace spark {
 namespace {
 
-// Restores the global thread count on every exit path, exceptions included.
-class ThreadCountScope {
- public:
-  explicit ThreadCountScope(int threads) : saved_(NumThreads()) {
-    if (threads > 0) SetNumThreads(threads);
-  }
-  ~ThreadCountScope() { SetNumThreads(saved_); }
-  ThreadCountScope(const ThreadCountScope&) = delete;
-  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
-
- private:
-  int saved_;
-};
-
 // Granules of 64 KiB, as the matvec kernels' (RowGranule): the probe splits memory as they do.
 constexpr size_t kGranuleFloats = 64 * 1024 / sizeof(float);
 
@@ -34,25 +20,25 @@ constexpr size_t kGranuleFloats = 64 * 1024 / sizeof(float);
 std::vector<double> ReadBandwidthSamples(size_t nbytes, int threads, int repeats) {
   if (nbytes < sizeof(float)) throw std::invalid_argument("nbytes must be >= 4");
   if (repeats < 1) throw std::invalid_argument("repeats must be >= 1");
-  const ThreadCountScope scope(threads);
+  ThreadPool pool(threads > 0 ? threads : DefaultPool().threads());
   const size_t n = nbytes / sizeof(float);
   hwy::AlignedFreeUniquePtr<float[]> buf = hwy::AllocateAligned<float>(n);
   if (!buf) throw std::bad_alloc();
   float* p = buf.get();
   // First touch in parallel, split as the passes are (pages spread over the threads' memory
   // nodes as the kernels' weights would be), with values whose sum stays finite.
-  ParallelFor(n, kGranuleFloats, [p](size_t b, size_t e, int) {
+  pool.ParallelFor(n, kGranuleFloats, [p](size_t b, size_t e, int) {
     std::fill(p + b, p + e, 1.0f);
   });
   // One slot per granule: ParallelFor makes at most that many parts, whatever its policy for
   // parts per thread.
   std::vector<float> sums((n + kGranuleFloats - 1) / kGranuleFloats, 0.0f);
   auto pass = [&] {
-    ParallelFor(n, kGranuleFloats, [&](size_t b, size_t e, int part) {
+    pool.ParallelFor(n, kGranuleFloats, [&](size_t b, size_t e, int part) {
       sums[static_cast<size_t>(part)] += StreamSum(p + b, e - b);
     });
   };
-  pass();  // warm-up: page tables, thread pool start
+  pass();  // warm-up: page tables, the pool's threads start
   std::vector<double> gbps;
   for (int r = 0; r < repeats; ++r) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -12,8 +12,8 @@ namespace spark {
 // Allocates and first-touches nbytes (rounded down to whole floats), reads it once to warm up,
 // then times `repeats` full read passes (StreamSum on `threads` contiguous parts, as
 // ParallelFor splits a matvec). Returns each pass's rate in GB/s (1e9 bytes/s), in run order.
-// threads <= 0 means NumThreads(). Sets the global thread count for the duration of the call
-// and restores it: do not run kernels concurrently. Throws std::invalid_argument if nbytes <
+// threads <= 0 means DefaultPool().threads(); the probe runs on a pool of its own. Do not run
+// kernels concurrently (they would share the bandwidth). Throws std::invalid_argument if nbytes <
 // 4 or repeats < 1, std::bad_alloc if the buffer cannot be allocated.
 std::vector<double> ReadBandwidthSamples(size_t nbytes, int threads, int repeats);
 

@@ -52,15 +52,17 @@ constexpr int kSpinIterations = 20000;
 constexpr size_t kPartsPerThread = 4;
 
 // True on a pool worker, and on a caller while it runs parts: a ParallelFor from inside a part
-// runs inline (the pool holds one job at a time).
+// runs inline (a pool holds one job at a time).
 thread_local bool t_in_job = false;
 
-class Pool {
+}  // namespace
+
+class Workers {
  public:
-  explicit Pool(int workers) {
+  explicit Workers(int workers) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
   }
-  ~Pool() {
+  ~Workers() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
@@ -147,43 +149,24 @@ class Pool {
   std::vector<std::thread> threads_;
 };
 
-int g_num_threads = 0;  // 0: not yet set
-std::unique_ptr<Pool> g_pool;
-std::mutex g_pool_mu;
-std::mutex g_job_mu;  // held by the caller whose job the pool runs
-
-Pool& GetPool(int threads) {
-  // Workers only grow: a smaller thread count just uses fewer parts.
-  if (!g_pool || g_pool->workers() < threads - 1) {
-    std::lock_guard<std::mutex> lock(g_pool_mu);
-    g_pool.reset();
-    g_pool = std::make_unique<Pool>(threads - 1);
-  }
-  return *g_pool;
-}
-
-}  // namespace
-
 int PhysicalCores() {
   static const int n = CountPhysicalCores();
   return n;
 }
 
-int NumThreads() {
-  if (g_num_threads <= 0) g_num_threads = PhysicalCores();
-  return g_num_threads;
-}
+ThreadPool::ThreadPool(int threads) : threads_(std::max(1, std::min(threads, kMaxThreads))) {}
+ThreadPool::~ThreadPool() = default;
 
-int MaxParts() { return NumThreads() == 1 ? 1 : NumThreads() * static_cast<int>(kPartsPerThread); }
+void ThreadPool::set_threads(int n) { threads_.store(std::max(1, std::min(n, kMaxThreads)), std::memory_order_relaxed); }
 
-void SetNumThreads(int n) { g_num_threads = std::max(1, std::min(n, 0xFFFF)); }
+int ThreadPool::MaxPartsFor(int threads) { return threads <= 1 ? 1 : threads * static_cast<int>(kPartsPerThread); }
 
-void ParallelFor(size_t n, size_t granule, const std::function<void(size_t, size_t, int)>& fn) {
+void ThreadPool::ParallelFor(size_t n, size_t granule, const std::function<void(size_t, size_t, int)>& fn) {
   if (n == 0) return;
   granule = std::max<size_t>(1, granule);
   const size_t granules = (n + granule - 1) / granule;
-  const size_t threads = static_cast<size_t>(NumThreads());
-  const int parts = static_cast<int>(std::min<size_t>(threads == 1 ? 1 : threads * kPartsPerThread, granules));
+  const int threads = this->threads();  // read once: parts and workers agree
+  const int parts = static_cast<int>(std::min<size_t>(MaxPartsFor(threads), granules));
   if (parts <= 1 || t_in_job) {  // nested calls run inline
     fn(0, n, 0);
     return;
@@ -195,12 +178,22 @@ void ParallelFor(size_t n, size_t granule, const std::function<void(size_t, size
   };
   // One job at a time: a second caller thread (two Python threads, the GIL released) runs its
   // parts inline instead of overwriting the running job.
-  std::unique_lock<std::mutex> job(g_job_mu, std::try_to_lock);
+  std::unique_lock<std::mutex> job(job_mu_, std::try_to_lock);
   if (!job.owns_lock()) {
     for (int t = 0; t < parts; ++t) run_part(t);
     return;
   }
-  GetPool(NumThreads()).Run(parts, run_part);
+  // Workers only grow: a smaller thread count just uses fewer parts.
+  if (!workers_ || workers_->workers() < threads - 1) {
+    workers_.reset();
+    workers_ = std::make_unique<Workers>(threads - 1);
+  }
+  workers_->Run(parts, run_part);
+}
+
+ThreadPool& DefaultPool() {
+  static ThreadPool pool(PhysicalCores());
+  return pool;
 }
 
 }  // namespace spark

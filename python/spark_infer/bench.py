@@ -1,6 +1,6 @@
 """spark-infer bench: CPU wall time of prefill and decode, dense against Spark, ours against peers.
 
-What is measured (DESIGN.md section 7; docs/STYLE.md, "Benchmarks"):
+What is measured:
 - prefill: `--prefill-tokens` P tokens from position 0 in chunks of `--chunk` (64) tokens;
   tok/s = P / wall time of the one `Engine.prefill` call.
 - decode at context L (each of `--context`, default 256 1024 4096): the first L tokens are

@@ -319,7 +319,7 @@ def _gemma2_2b() -> ModelConfig:
 
 
 def _spark_2b() -> ModelConfig:
-    # d_ff 13824 = 1.5 * 9216 matches the gated FFN's parameter count (spark-paper.md 2.2).
+    # d_ff 13824 = 1.5 * 9216 matches the gated FFN's parameter count (Spark Transformer paper, You et al. 2025, section 2.2).
     return _gemma2_2b().replace(d_ff=13824, ffn_predictor_dim=1024, ffn_topk_fraction=0.08,
                                 attn_predictor_dim=128, attn_topk=256)
 
