@@ -34,9 +34,15 @@ def test_logits_equal_reference(model, model_path):
     cfg, _, weights = read_engine_file(model_path, dequantize=True)
     ids = model.tokenize("Ruth said, Intreat me not to leave thee.")
     got = model.logits(ids)
-    expected = reference.forward(cfg, weights, ids)
+    expected = reference.forward(cfg, weights, ids, kv_dtype="bf16")   # the default cache
     assert got.shape == (len(ids), cfg.vocab_size)
-    assert np.max(np.abs(got - expected)) < 1e-4 * np.max(np.abs(expected))
+    # 1e-3, not 1e-4: see test_engine.REL_TOL_BF16_KV.
+    assert np.max(np.abs(got - expected)) < 1e-3 * np.max(np.abs(expected))
+    exact = spark_infer.load(model_path, context_length=96, kv_dtype="f32").logits(ids)
+    expected = reference.forward(cfg, weights, ids)
+    assert np.max(np.abs(exact - expected)) < 1e-4 * np.max(np.abs(expected))
+    with pytest.raises(ValueError, match="kv_dtype"):
+        spark_infer.load(model_path, kv_dtype="f16")
 
 
 def test_greedy_is_the_argmax_chain(model, model_path):

@@ -42,7 +42,7 @@ def ref_model(model_path):
 @pytest.fixture()
 def model(model_path):
     # chunk_size 8: each window's logits come in several pieces of 8 rows
-    return spark_infer.load(model_path, context_length=CONTEXT, chunk_size=8)
+    return spark_infer.load(model_path, context_length=CONTEXT, chunk_size=8, kv_dtype="f32")
 
 
 def _ids(n: int, seed: int = 0, bos: int = 2, vocab: int = 400) -> list[int]:
@@ -136,7 +136,7 @@ def test_long_text_with_a_small_window(model, ref_model):
 def test_cache_stays_consistent(model, model_path, ref_model):
     cfg, weights = ref_model
     prompt = "Ruth said"
-    fresh = spark_infer.load(model_path, context_length=CONTEXT)
+    fresh = spark_infer.load(model_path, context_length=CONTEXT, kv_dtype="f32")
     expected = fresh.generate(prompt, max_new_tokens=12, temperature=0)
     ids = _ids(90, seed=3)
     first = model.perplexity(ids, window=24, stride=10)

@@ -87,7 +87,8 @@ def test_rotations_are_orthogonal_and_keep_dense_attention(tiny, tmp_path):
     _, _, dense_w = read_engine_file(path, dequantize=True)
     ids = text_ids(path)[:40]
     expected = reference.forward(cfg, dense_w, ids)
-    got = _core.Engine(str(out), context_length=64).prefill(ids, chunk=16, all_logits=True)
+    got = _core.Engine(str(out), context_length=64, kv_dtype="f32").prefill(ids, chunk=16,
+                                                                          all_logits=True)
     assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) < 1e-4
     # And with K below the context, the selection really drops tokens.
     out2 = tmp_path / "a2.spark"

@@ -62,13 +62,19 @@ A Gemma 2 / Gemma 3 transformer (dense or Spark) over a memory-mapped engine fil
 Arguments:
   path: the engine file (.spark).
   context_length: positions the KV cache holds (allocated once).
-  max_chunk: tokens per prefill chunk the buffers are sized for (grows if needed).
+  max_chunk: tokens per prefill chunk the buffers are sized for (grows if needed, up to the
+    context length).
+  kv_dtype: the KV cache's element type, "bf16" (half the bytes attention reads) or "f32".
 )doc")
-      .def(py::init([](const std::string& path, size_t context_length, size_t max_chunk) {
+      .def(py::init([](const std::string& path, size_t context_length, size_t max_chunk,
+                       const std::string& kv_dtype) {
+             if (kv_dtype != "bf16" && kv_dtype != "f32")
+               throw py::value_error("kv_dtype must be 'bf16' or 'f32', got '" + kv_dtype + "'");
+             const WeightType kv = kv_dtype == "f32" ? WeightType::kF32 : WeightType::kBF16;
              py::gil_scoped_release release;
-             return std::make_unique<Engine>(path, context_length, max_chunk);
+             return std::make_unique<Engine>(path, context_length, max_chunk, kv);
            }),
-           arg("path"), arg("context_length"), arg("max_chunk") = 64)
+           arg("path"), arg("context_length"), arg("max_chunk") = 64, arg("kv_dtype") = "bf16")
       .def_property_readonly("metadata", [](const Engine& e) {
         py::dict d;
         for (const auto& [k, v] : e.metadata()) d[py::str(k)] = py::bytes(v);
@@ -84,6 +90,7 @@ Arguments:
                              "past the context length).")
       .def_property_readonly("weight_bytes", &Engine::weight_bytes)
       .def_property_readonly("kv_bytes", &Engine::kv_bytes)
+      .def_property_readonly("kv_dtype", [](const Engine& e) { return WeightTypeName(e.kv_type()); })
       .def_property_readonly("weight_type", [](const Engine& e) { return WeightTypeName(e.matrix_type()); })
       .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads of this engine (its own pool; default: the physical cores).")
       .def_property("chunk_sparse_cache_bytes", &Engine::chunk_sparse_cache_bytes,

@@ -6,6 +6,8 @@
 // Sparsified attention (training-free, docs/engine-file.md) rotates q and k by a per-KV-head
 // orthogonal P after RoPE and keeps a pooled top-k of tokens (RotatedAttention).
 // Threads split the (token, query head) pairs; each pair reads its KV head's cache only.
+#include <math.h>
+
 #include <algorithm>
 
 #include "model/engine.h"
@@ -69,11 +71,7 @@ void Engine::Attention(size_t layer, size_t T) {
       if (L.k_norm) RmsNorm(kh, L.k_norm, hd, c.norm_eps, kh);
       rotate(kh, t);
       if (c.SparseAttn()) project(g, kh, 1);
-      const size_t p = pos_ + t;
-      std::copy(kh, kh + ra, kv_.KPred(layer, g, p));
-      std::copy(kh + ra, kh + hd, kv_.KRest(layer, g, p));
-      const float* vh = v_.get() + (t * KV + g) * hd;
-      std::copy(vh, vh + hd, kv_.V(layer, g, p));
+      kv_.Store(layer, g, pos_ + t, kh, v_.get() + (t * KV + g) * hd);
     }
   }
 
@@ -83,13 +81,19 @@ void Engine::Attention(size_t layer, size_t T) {
     return;
   }
 
+  if (!ra && T * KV < kSplitBelowItems) {
+    SplitAttention(layer, T);
+    MatMul(pool_, L.o, att_.get(), T, tmp_.get());
+    return;
+  }
+
   // Work items: (token, KV head, sub-group of its query heads). The heads of a sub-group share
   // one pass over the cached keys (and, for dense attention, the values), so GQA reads each KV
   // head once per item instead of once per query head. Sub-groups shrink only while there are
-  // fewer than kMinAttentionItems items (decode of a single-KV-head model), so that two threads
-  // share the work; more items would read the cache more often (splitting the tokens instead is
-  // the fix). The split depends on the shapes only, never on the thread count: the kernels it
-  // picks (rows per MatMulRange) and so the results are the same for any thread count.
+  // fewer than kMinAttentionItems items (Spark decode of a single-KV-head model; dense attention
+  // splits the tokens instead, above), so that two threads share the work; more items would
+  // read the cache more often. The split depends on the shapes only, never on the thread count:
+  // the kernels it picks (rows per MatMulRange) and so the results are the same for any count.
   constexpr size_t kMinAttentionItems = 2;
   size_t sub = group;
   while (sub > 1 && sub % 2 == 0 && T * KV * (group / sub) < kMinAttentionItems) sub /= 2;
@@ -105,8 +109,8 @@ void Engine::Attention(size_t layer, size_t T) {
       const size_t n = p - lo + 1;
       const float* q0 = q_.get() + (t * H + h0) * hd;  // [sub, hd]
       float* out0 = att_.get() + (t * H + h0) * hd;    // [sub, hd]
-      MatRef rest{kv_.KRest(layer, g, lo), nullptr, WeightType::kF32, n, rb};
-      const MatRef values{kv_.V(layer, g, lo), nullptr, WeightType::kF32, n, hd};
+      const MatRef rest = kv_.KRest(layer, g, lo, n);
+      const MatRef values = kv_.V(layer, g, lo, n);
       float* scores = s.s1.get();  // [sub, n]
       if (!ra) {
         MatMulRange(rest, q0, sub, scores, n, 0, n);
@@ -123,7 +127,7 @@ void Engine::Attention(size_t layer, size_t T) {
       // own tokens.
       float* qp = s.q_pred.get();  // [sub, r_a]
       for (size_t i = 0; i < sub; ++i) std::copy(q0 + i * hd, q0 + i * hd + ra, qp + i * ra);
-      const MatRef pred{kv_.KPred(layer, g, lo), nullptr, WeightType::kF32, n, ra};
+      const MatRef pred = kv_.KPred(layer, g, lo, n);
       MatMulRange(pred, qp, sub, scores, n, 0, n);
       for (size_t i = 0; i < sub; ++i) {
         const float* qh = q0 + i * hd;
@@ -160,6 +164,80 @@ void Engine::Attention(size_t layer, size_t T) {
   (void)d;
 }
 
+// Dense attention with the visible tokens split into blocks (flash-decoding), for decode and
+// other calls with few (token, KV head) pairs: one work item per (token, KV head, block) reads
+// its block of keys and values once for all the group's query heads, so a single-KV-head model
+// reads its cache once per token however many threads share it. Per item and head: scores s_j
+// (soft-capped), m = max s, z = sum exp(s_j - m), o = sum softmax_block(s)_j v_j; then the
+// merge, in block order: out = sum_b z_b e^(m_b - M) o_b / sum_b z_b e^(m_b - M), M = max m_b.
+// The blocks depend on the visible count only, so results do not depend on the thread count.
+void Engine::SplitAttention(size_t layer, size_t T) {
+  const ModelConfig& c = config_;
+  const size_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, group = H / KV;
+  const bool local = c.layer_is_local[layer];
+  // Per token: visible range [lo, lo + n), blocks of len tokens (at least kSplitBlockTokens,
+  // at most kSplitMaxBlocks of them), and its first item; items (t, g, b) are numbered
+  // first[t] + g * blocks[t] + b.
+  size_t lo[kSplitBelowItems], len[kSplitBelowItems], blocks[kSplitBelowItems];
+  size_t first[kSplitBelowItems + 1] = {0};
+  for (size_t t = 0; t < T; ++t) {
+    const size_t p = pos_ + t;
+    lo[t] = (local && p + 1 > c.sliding_window) ? p + 1 - c.sliding_window : 0;
+    const size_t n = p - lo[t] + 1;
+    len[t] = std::max(kSplitBlockTokens, (n + kSplitMaxBlocks - 1) / kSplitMaxBlocks);
+    blocks[t] = (n + len[t] - 1) / len[t];
+    first[t + 1] = first[t] + KV * blocks[t];
+  }
+  const size_t slot = group * (hd + 2);  // per item: o [group, hd], then (m, z) per head
+  std::vector<double> attended(pool_.MaxParts(), 0.0);
+  pool_.ParallelFor(first[T], 1, [&](size_t begin, size_t end, int part) {
+    Scratch& s = scratch_[part];
+    size_t t = 0;
+    for (size_t item = begin; item < end; ++item) {
+      while (item >= first[t + 1]) ++t;
+      const size_t g = (item - first[t]) / blocks[t], b = (item - first[t]) % blocks[t];
+      const size_t n = pos_ + t - lo[t] + 1;
+      const size_t a = lo[t] + b * len[t], m = std::min(len[t], n - b * len[t]);
+      const float* q0 = q_.get() + (t * H + g * group) * hd;  // [group, hd]
+      float* o = split_.get() + item * slot;
+      float* scores = s.s1.get();  // [group, m]
+      MatMulRange(kv_.KRest(layer, g, a, m), q0, group, scores, m, 0, m);
+      for (size_t i = 0; i < group; ++i) {
+        float* sc = scores + i * m;
+        if (c.attn_softcap > 0) SoftCap(sc, m, c.attn_softcap, sc);
+        const SoftmaxStats st = Softmax(sc, m, sc);
+        o[group * hd + 2 * i] = st.max;
+        o[group * hd + 2 * i + 1] = st.sum;
+      }
+      MultiSparseVecMatRange(kv_.V(layer, g, a, m), scores, iota_.data(), m, group, o, 0, hd);
+      attended[part] += static_cast<double>(m * group);
+    }
+  });
+  for (size_t t = 0; t < T; ++t) {
+    for (size_t g = 0; g < KV; ++g) {
+      const float* base = split_.get() + (first[t] + g * blocks[t]) * slot;
+      for (size_t i = 0; i < group; ++i) {
+        const size_t si = group * hd + 2 * i;  // (m, z) of head i within a slot
+        float M = base[si];
+        for (size_t b = 1; b < blocks[t]; ++b) M = std::max(M, base[b * slot + si]);
+        float* out = att_.get() + (t * H + g * group + i) * hd;
+        std::fill(out, out + hd, 0.0f);
+        float total = 0;
+        for (size_t b = 0; b < blocks[t]; ++b) {
+          const float w = base[b * slot + si + 1] * expf(base[b * slot + si] - M);
+          total += w;
+          const float* ob = base + b * slot + i * hd;
+          for (size_t k = 0; k < hd; ++k) out[k] += w * ob[k];
+        }
+        const float inv = 1.0f / total;
+        for (size_t k = 0; k < hd; ++k) out[k] *= inv;
+      }
+    }
+  }
+  for (double x : attended) stats_[layer].attn_attended += x;
+  stats_[layer].attn_queries += static_cast<double>(T * H);
+}
+
 // Sparsified attention over the rotated cache, one work item per (token, KV head); the group's
 // query heads share one selection, so each kept key and value row is read once per item:
 //   n <= attn_sparse_topk + attn_sparse_recent: every visible token;
@@ -182,9 +260,9 @@ void Engine::RotatedAttention(size_t layer, size_t T) {
       const size_t n = p - lo + 1;
       const float* q0 = q_.get() + (t * H + h0) * hd;  // [group, hd]
       float* out0 = att_.get() + (t * H + h0) * hd;    // [group, hd]
-      const MatRef pred{kv_.KPred(layer, g, lo), nullptr, WeightType::kF32, n, ra};
-      const MatRef rest{kv_.KRest(layer, g, lo), nullptr, WeightType::kF32, n, rb};
-      const MatRef values{kv_.V(layer, g, lo), nullptr, WeightType::kF32, n, hd};
+      const MatRef pred = kv_.KPred(layer, g, lo, n);
+      const MatRef rest = kv_.KRest(layer, g, lo, n);
+      const MatRef values = kv_.V(layer, g, lo, n);
       float* qp = s.q_pred.get();  // [group, r_a]
       float* qr = s.q_rest.get();  // [group, hd - r_a]
       for (size_t i = 0; i < group; ++i) {

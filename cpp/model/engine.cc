@@ -109,7 +109,7 @@ const std::string& MetadataOrThrow(const SafetensorsFile& f, const std::string& 
 
 }  // namespace
 
-Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
+Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type)
     : file_(path), ctx_(context_length), pool_(PhysicalCores()),
       chunk_sparse_cache_bytes_(LastLevelCacheBytes() / 2) {
   if (MetadataOrThrow(file_, "format") != kFormatName)
@@ -127,6 +127,9 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
   if (context_length == 0) throw std::invalid_argument("context_length must be >= 1");
   if (context_length > (size_t{1} << 24)) throw std::invalid_argument("context_length is too large");
   if (max_chunk == 0) throw std::invalid_argument("max_chunk must be >= 1");
+  if (kv_type != WeightType::kF32 && kv_type != WeightType::kBF16)
+    throw std::invalid_argument(std::string("the KV cache holds f32 or bf16, not ") + WeightTypeName(kv_type));
+  kv_.type = kv_type;  // CheckedBufferBytes counts the cache in this type
   max_chunk = std::min(max_chunk, ctx_);  // a chunk never holds more tokens than the context
   CheckedBufferBytes(max_chunk, static_cast<size_t>(pool_.MaxParts()));  // before any allocation
   if (config_.SparkFfn()) ffn_q_ = static_cast<float>(InvNormalCdf(1.0 - config_.ffn_topk_fraction));
@@ -135,7 +138,8 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk)
     if (sparse_ffn_q_.empty())
       sparse_ffn_q_.assign(config_.n_layers, static_cast<float>(InvNormalCdf(1.0 - config_.ffn_sparse_fraction)));
   }
-  kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.KeySplit(), ctx_);
+  kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.KeySplit(), ctx_, kv_type);
+  split_ = Floats(kSplitBelowItems * kSplitMaxBlocks * (config_.n_heads / config_.n_kv_heads) * (config_.head_dim + 2));
   iota_.resize(ctx_);
   for (size_t i = 0; i < ctx_; ++i) iota_[i] = static_cast<int32_t>(i);
   ffn_u_ = Floats(config_.d_ff);
@@ -189,9 +193,13 @@ size_t Engine::CheckedBufferBytes(size_t T, size_t parts) const {
     if (c.SparkFfn()) add({T, d - c.ffn_predictor_dim});
     if (sparse_ffn) add({5, T, dff});
     add({2, T, hd});
-    // KV cache, iota, per-part attention scratch (EnsureScratch).
-    add({c.n_layers, KV, ctx_, std::max<size_t>(split, 1) + 2 * hd - split});
+    // KV cache (in 4-byte words: bf16 is half), iota, split-attention partials, per-part
+    // attention scratch (EnsureScratch).
+    const size_t kv = CheckedProduct({c.n_layers, KV, ctx_, std::max<size_t>(split, 1) + 2 * hd - split,
+                                      WeightTypeBytes(kv_.type)}, "KV cache");
+    words = CheckedSum(words, kv / 4 + 1, "engine buffers");
     add({ctx_});
+    add({kSplitBelowItems * kSplitMaxBlocks, group, hd + 2});
     add({parts, 2 * group + 2, ctx_});
     add({parts, (group + 1) * split + group * (hd - split)});
     add({3 * dff + 1});

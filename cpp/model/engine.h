@@ -48,7 +48,9 @@ class Engine {
   // Throws FormatError (bad file), std::invalid_argument (bad argument, missing file, buffers
   // larger than the machine's memory). max_chunk above context_length is cut to it. Threads:
   // PhysicalCores() until set_threads.
-  Engine(const std::string& path, size_t context_length, size_t max_chunk = 64);
+  // kv_type: the KV cache's element type, kBF16 (default) or kF32.
+  Engine(const std::string& path, size_t context_length, size_t max_chunk = 64,
+         WeightType kv_type = WeightType::kBF16);
 
   const ModelConfig& config() const { return config_; }
   const std::map<std::string, std::string>& metadata() const { return file_.metadata(); }
@@ -56,6 +58,7 @@ class Engine {
   size_t pos() const { return pos_; }
   size_t weight_bytes() const { return weights_.bytes; }
   size_t kv_bytes() const { return kv_.Bytes(); }
+  WeightType kv_type() const { return kv_.type; }
   WeightType matrix_type() const { return weights_.matrix_type; }
   size_t max_chunk() const { return T_; }
   int threads() const { return pool_.threads(); }
@@ -103,6 +106,12 @@ class Engine {
   void SparseFfnTail(const MatRef* w_in, const float* x_in, const MatRef* w_gate,
                      const MatRef& w_out, size_t T, size_t total);
   void RotatedAttention(size_t layer, size_t T);
+  void SplitAttention(size_t layer, size_t T);
+  // Dense attention splits the visible tokens (SplitAttention) when a call has fewer than this
+  // many (token, KV head) pairs: enough items for 16 threads without splitting.
+  static constexpr size_t kSplitBelowItems = 16;
+  static constexpr size_t kSplitBlockTokens = 128;  // at least this many tokens per block
+  static constexpr size_t kSplitMaxBlocks = 64;     // at most this many blocks per pair
 
   SafetensorsFile file_;
   ModelConfig config_;
@@ -132,6 +141,8 @@ class Engine {
   hwy::AlignedFreeUniquePtr<float[]> csr_shift_, csr_u_;   // [T * d_ff]
   hwy::AlignedFreeUniquePtr<float[]> ffn_shift_, ffn_u_;   // [T, d_ff], [d_ff]
   std::vector<int32_t> iota_;                              // [ctx]: 0, 1, 2, ...
+  // SplitAttention's partial results: [kSplitBelowItems, kSplitMaxBlocks, group * (hd + 2)].
+  hwy::AlignedFreeUniquePtr<float[]> split_;
 
   // Per-part attention scratch: s1 and s2 [query heads per KV head, ctx], sel [ctx],
   // q_pred [query heads per KV head, r_a], q_rest [query heads per KV head, head_dim - r_a].

@@ -1,50 +1,96 @@
-// kv_cache.h: per-layer key/value cache, f32, allocated once for the context length.
+// kv_cache.h: per-layer key/value cache, allocated once for the context length, in f32 or bf16
+// (bf16 halves the bytes attention reads per token; the kernels widen it to f32 as they load).
 // Per KV head, keys are split at the attention predictor dim r_a (0 for dense attention):
 //   k_pred [ctx, r_a]      the predictor part, contiguous so Spark's dense scan streams it;
 //   k_rest [ctx, hd - r_a] the rest, and v [ctx, hd], read by token (gathered for Spark).
+// Readers get MatRef views (rows = positions), so every weight kernel reads the cache as is.
 #ifndef SPARK_MODEL_KV_CACHE_H_
 #define SPARK_MODEL_KV_CACHE_H_
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
+#include <new>
 #include <vector>
 
 #include "hwy/aligned_allocator.h"
+#include "ops/weights.h"
 
 namespace spark {
 
-struct LayerCache {
-  hwy::AlignedFreeUniquePtr<float[]> k_pred, k_rest, v;  // [n_kv][ctx][...]
-};
-
 struct KVCache {
   size_t ctx = 0, n_kv = 0, r_a = 0, head_dim = 0;
-  std::vector<LayerCache> layers;
+  WeightType type = WeightType::kF32;  // kF32 or kBF16
 
-  void Allocate(size_t n_layers, size_t n_kv_heads, size_t head_dim_, size_t r_a_, size_t ctx_) {
+  // Sizes are checked by the engine (CheckedBufferBytes) before this is called.
+  void Allocate(size_t n_layers, size_t n_kv_heads, size_t head_dim_, size_t r_a_, size_t ctx_,
+                WeightType type_) {
     ctx = ctx_;
     n_kv = n_kv_heads;
     r_a = r_a_;
     head_dim = head_dim_;
-    layers.resize(n_layers);
-    for (LayerCache& l : layers) {
-      l.k_pred = hwy::AllocateAligned<float>(n_kv * ctx * (r_a ? r_a : 1));
-      l.k_rest = hwy::AllocateAligned<float>(n_kv * ctx * (head_dim - r_a));
-      l.v = hwy::AllocateAligned<float>(n_kv * ctx * head_dim);
-      if (!l.k_pred || !l.k_rest || !l.v) throw std::bad_alloc();
+    type = type_;
+    const size_t esize = WeightTypeBytes(type);
+    layers_.resize(n_layers);
+    for (Layer& l : layers_) {
+      l.k_pred = Bytes(n_kv * ctx * (r_a ? r_a : 1) * esize);
+      l.k_rest = Bytes(n_kv * ctx * (head_dim - r_a) * esize);
+      l.v = Bytes(n_kv * ctx * head_dim * esize);
     }
   }
-  size_t Bytes() const { return layers.size() * n_kv * ctx * (2 * head_dim) * sizeof(float); }
+  size_t Bytes() const { return layers_.size() * n_kv * ctx * 2 * head_dim * WeightTypeBytes(type); }
 
-  float* KPred(size_t layer, size_t g, size_t pos) const {
-    return layers[layer].k_pred.get() + (g * ctx + pos) * r_a;
+  // Positions [lo, lo + n) of KV head g as [n, cols] matrices.
+  MatRef KPred(size_t layer, size_t g, size_t lo, size_t n) const {
+    return View(layers_[layer].k_pred.get(), g, lo, n, r_a);
   }
-  float* KRest(size_t layer, size_t g, size_t pos) const {
-    return layers[layer].k_rest.get() + (g * ctx + pos) * (head_dim - r_a);
+  MatRef KRest(size_t layer, size_t g, size_t lo, size_t n) const {
+    return View(layers_[layer].k_rest.get(), g, lo, n, head_dim - r_a);
   }
-  float* V(size_t layer, size_t g, size_t pos) const {
-    return layers[layer].v.get() + (g * ctx + pos) * head_dim;
+  MatRef V(size_t layer, size_t g, size_t lo, size_t n) const {
+    return View(layers_[layer].v.get(), g, lo, n, head_dim);
   }
+
+  // Writes position pos of KV head g: k [head_dim] (split at r_a), v [head_dim].
+  void Store(size_t layer, size_t g, size_t pos, const float* k, const float* v) {
+    Layer& l = layers_[layer];
+    Put(k, r_a, Row(l.k_pred.get(), g, pos, r_a));
+    Put(k + r_a, head_dim - r_a, Row(l.k_rest.get(), g, pos, head_dim - r_a));
+    Put(v, head_dim, Row(l.v.get(), g, pos, head_dim));
+  }
+
+ private:
+  struct Layer {
+    hwy::AlignedFreeUniquePtr<uint8_t[]> k_pred, k_rest, v;  // [n_kv][ctx][cols]
+  };
+
+  static hwy::AlignedFreeUniquePtr<uint8_t[]> Bytes(size_t n) {
+    auto p = hwy::AllocateAligned<uint8_t>(n ? n : 1);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  uint8_t* Row(uint8_t* base, size_t g, size_t pos, size_t cols) const {
+    return base + (g * ctx + pos) * cols * WeightTypeBytes(type);
+  }
+  MatRef View(uint8_t* base, size_t g, size_t lo, size_t n, size_t cols) const {
+    return MatRef{Row(base, g, lo, cols), nullptr, type, n, cols};
+  }
+  // f32 -> the cache's type; bf16 rounds to nearest, ties to even (as the converter does).
+  void Put(const float* src, size_t n, uint8_t* dst) const {
+    if (type == WeightType::kF32) {
+      memcpy(dst, src, n * sizeof(float));
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      uint32_t bits;
+      memcpy(&bits, &src[i], 4);
+      const uint16_t b = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+      memcpy(dst + 2 * i, &b, 2);
+    }
+  }
+
+  std::vector<Layer> layers_;
 };
 
 }  // namespace spark

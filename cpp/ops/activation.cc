@@ -5,6 +5,7 @@
 
 #include "hwy/highway.h"
 #include "ops/activation-inl.h"
+#include "ops/activation.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace spark {
@@ -24,7 +25,7 @@ HWY_NOINLINE void SoftCapK(const float* x, size_t n, float cap, float* out) {
     return hn::Mul(hn::Set(df, cap), hn::Tanh(df, hn::Mul(a, hn::Set(df, 1.0f / cap))));
   });
 }
-HWY_NOINLINE void SoftmaxK(const float* x, size_t n, float* out) {
+HWY_NOINLINE SoftmaxStats SoftmaxK(const float* x, size_t n, float* out) {
   const float m = MaxOf(x, n);
   Map2(x, nullptr, n, out, [m](auto df, auto a, auto) {
     return hn::Exp(df, hn::Sub(a, hn::Set(df, m)));
@@ -33,6 +34,7 @@ HWY_NOINLINE void SoftmaxK(const float* x, size_t n, float* out) {
   for (size_t i = 0; i < n; ++i) sum += out[i];
   const float inv = 1.0f / sum;
   Map2(out, nullptr, n, out, [inv](auto df, auto a, auto) { return hn::Mul(a, hn::Set(df, inv)); });
+  return SoftmaxStats{m, sum};
 }
 
 }  // namespace HWY_NAMESPACE
@@ -57,7 +59,7 @@ void Softplus(const float* x, size_t n, float* out) { HWY_DYNAMIC_DISPATCH(Softp
 void SoftCap(const float* x, size_t n, float cap, float* out) {
   HWY_DYNAMIC_DISPATCH(SoftCapK)(x, n, cap, out);
 }
-void Softmax(const float* x, size_t n, float* out) { HWY_DYNAMIC_DISPATCH(SoftmaxK)(x, n, out); }
+SoftmaxStats Softmax(const float* x, size_t n, float* out) { return HWY_DYNAMIC_DISPATCH(SoftmaxK)(x, n, out); }
 
 }  // namespace spark
 #endif  // HWY_ONCE

@@ -17,7 +17,11 @@ void Softplus(const float* x, size_t n, float* out);
 // cap * tanh(x / cap), cap > 0 (Gemma 2 attention and final-logit soft-caps).
 void SoftCap(const float* x, size_t n, float cap, float* out);
 // out = exp(x - max x) / sum: the max is subtracted only for numerical stability. n >= 1.
-void Softmax(const float* x, size_t n, float* out);
+// Returns max x and sum = sum_i exp(x_i - max x), which merge softmaxes of split ranges.
+struct SoftmaxStats {
+  float max, sum;
+};
+SoftmaxStats Softmax(const float* x, size_t n, float* out);
 
 }  // namespace spark
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig
+from .fileformat import bf16_to_f32, f32_to_bf16
 
 __all__ = [
     "LayerStats", "normal_quantile", "statistical_threshold", "rms_norm", "gelu_tanh", "softcap",
@@ -249,9 +250,21 @@ def _rotated_group(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig
     return p @ v[keep], int(keep.size)
 
 
-def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray
-              ) -> tuple[np.ndarray, float]:
-    """Self-attention of layer `layer` on x: [T, D] (already attn_norm'ed).
+def _kv_round(x: np.ndarray, kv_dtype: str) -> np.ndarray:
+    """Cached keys/values as the KV cache holds them: float32, then bf16 rounded to nearest
+    (ties to even) for kv_dtype "bf16"; "f32" keeps the float64 values (the engine's f32 cache
+    differs from them only by its f32 rounding)."""
+    if kv_dtype == "f32":
+        return x
+    if kv_dtype != "bf16":
+        raise ValueError(f"kv_dtype must be 'f32' or 'bf16', got {kv_dtype!r}")
+    return bf16_to_f32(f32_to_bf16(x.astype(np.float32))).astype(np.float64)
+
+
+def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray,
+              kv_dtype: str = "f32") -> tuple[np.ndarray, float]:
+    """Self-attention of layer `layer` on x: [T, D] (already attn_norm'ed), with keys and
+    values cached as `kv_dtype` ("f32" or "bf16": see _kv_round).
 
     Returns (out [T, D], mean over tokens and query heads of the attended-token count).
     """
@@ -272,6 +285,7 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
     else:
         q = rope(q, positions, base, 0, hd)
         k = rope(k, positions, base, 0, hd)
+    v = _kv_round(v, kv_dtype)
 
     heads = np.zeros((T, H, hd))
     attended = 0
@@ -280,7 +294,7 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
         # Rotate by P_g after RoPE: P orthogonal, so q.k (and dense attention) is unchanged.
         rot = w[p + "attn_rot"].reshape(G, hd, hd)
         qr = np.einsum("hij,thj->thi", rot[np.arange(H) // group], q)  # each head its P_g
-        kr = np.einsum("gij,tgj->tgi", rot, k)
+        kr = _kv_round(np.einsum("gij,tgj->tgi", rot, k), kv_dtype)
         for t in range(T):
             vis = visible_keys(t, cfg.is_local(layer), cfg.sliding_window)
             for g in range(G):
@@ -290,6 +304,7 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
                 attended += n_kept * group
         out = heads.reshape(T, H * hd) @ w[p + "attn_output"].T
         return out, attended / (T * H)
+    k = _kv_round(k, kv_dtype)
     for t in range(T):
         vis = visible_keys(t, cfg.is_local(layer), cfg.sliding_window)
         for h in range(H):
@@ -323,9 +338,10 @@ def _ffn(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarra
 
 
 def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
-                       tokens: Sequence[int] | np.ndarray
+                       tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32"
                        ) -> tuple[np.ndarray, list[LayerStats]]:
-    """Causal forward pass over `tokens` at positions 0..T-1: (logits [T, V], stats per layer)."""
+    """Causal forward pass over `tokens` at positions 0..T-1: (logits [T, V], stats per layer).
+    kv_dtype: how the KV cache holds keys and values, "f32" or "bf16" (see _kv_round)."""
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
         raise ValueError("tokens is empty")
@@ -346,7 +362,7 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
     stats = []
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
-        a, attn_tokens = attention(cfg, i, w, rms_norm(h, w[p + "attn_norm"], eps))
+        a, attn_tokens = attention(cfg, i, w, rms_norm(h, w[p + "attn_norm"], eps), kv_dtype)
         h = h + rms_norm(a, w[p + "attn_post_norm"], eps)
         f, ffn_fraction = _ffn(cfg, i, w, rms_norm(h, w[p + "ffn_norm"], eps))
         h = h + rms_norm(f, w[p + "ffn_post_norm"], eps)
@@ -356,6 +372,6 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
 
 
 def forward(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
-            tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+            tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32") -> np.ndarray:
     """Causal forward pass over `tokens`: logits [T, vocab_size], float64."""
-    return forward_with_stats(cfg, weights, tokens)[0]
+    return forward_with_stats(cfg, weights, tokens, kv_dtype)[0]
