@@ -165,7 +165,7 @@ def test_dense_bytes_per_token(run: dict) -> None:
     c = DENSE
     for ctx in CONTEXTS:
         visible = [min(ctx + 1, c.sliding_window), ctx + 1]          # local, global layer
-        kv = sum(c.n_kv_heads * v * 2 * c.head_dim * 4 for v in visible)
+        kv = sum(c.n_kv_heads * v * 2 * c.head_dim * 2 for v in visible)  # bf16 cache
         b = _result(rep, "dense.spark", "decode", ctx)["bytes_per_token"]
         assert b["weights"] == header_bytes
         assert b["kv"] == kv
@@ -225,5 +225,7 @@ def test_bytes_per_token_of_sparsified_models(tmp_path: Path) -> None:
         kv = 0.0
         for layer in range(L):
             n = min(ctx + 1, cfg.sliding_window) if cfg.is_local(layer) else ctx + 1
-            kv += n * 8 * 4 + min(n, att[layer]) * (2 * hd - 8) * 4
+            kv += n * 8 * 2 + min(n, att[layer]) * (2 * hd - 8) * 2    # bf16 cache
         assert got["kv"] == pytest.approx(kv)
+        f32 = bench.decode_bytes_per_token(cfg, bench.tensor_bytes(path), ctx, frac, att, "f32")
+        assert f32["kv"] == pytest.approx(2 * kv)

@@ -16,13 +16,14 @@ What is measured:
   Spark FFN's K2 and V and the sparsified FFN's kept rows (up and down_t, and gate with a
   low-rank predictor; abs_act reads up whole), of which only the active rows count (the measured
   active fraction per layer; predictors are read whole); int8 row scales count like their rows.
-  KV (f32 cache): dense: n_kv_heads x visible x 2 x head_dim x 4 per layer, visible = L + 1
-  (min(L + 1, sliding_window) on local layers). Spark: the predictor scan n_kv_heads x visible x
-  r_a x 4, plus the gathered rows (head_dim - r_a keys + head_dim values) x 4 of
+  KV (e = 2 bytes for the default bf16 cache, 4 with `--kv-dtype f32`): dense: n_kv_heads x
+  visible x 2 x head_dim x e per layer, visible = L + 1 (min(L + 1, sliding_window) on local
+  layers). Spark: the predictor scan n_kv_heads x visible x r_a x e, plus the gathered rows
+  (head_dim - r_a keys + head_dim values) x e of
   min(visible, group x attended) tokens per KV head, attended = the engine's mean attended
   tokens per query head (an upper bound of the unique rows: the heads of a group select
-  independently). Sparsified attention: the scan n_kv_heads x visible x attn_sparse_dim x 4,
-  plus (2 head_dim - attn_sparse_dim) x 4 per attended token (shared by the group). The
+  independently). Sparsified attention: the scan n_kv_heads x visible x attn_sparse_dim x e,
+  plus (2 head_dim - attn_sparse_dim) x e per attended token (shared by the group). The
   machine's read bandwidth (`_core.read_bandwidth`, STREAM-like, a buffer
   of `--bandwidth-bytes`) is measured in the same run: once per thread count at the start, and
   once after every round of decode samples, so a point is compared with the bandwidth the
@@ -152,9 +153,10 @@ def _visible(cfg: ModelConfig, layer: int, pos: int) -> int:
 
 
 def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
-                           ffn_active: Sequence[float], attn_tokens: Sequence[float]
-                           ) -> dict[str, float]:
-    """Weight and KV bytes one decode step at context `context` touches (module docstring),
+                           ffn_active: Sequence[float], attn_tokens: Sequence[float],
+                           kv_dtype: str = "bf16") -> dict[str, float]:
+    """Weight and KV bytes one decode step at context `context` touches (module docstring;
+    `kv_dtype`: the cache's element type, "bf16" or "f32"),
     with the split by the engine's time components (attention: its norms, Q/K/V/O and the KV
     cache; ffn: its norms and matrices; logits: the tied embedding read as the LM head)."""
     logits = float(_with_scale(tb, "token_embd") + tb.get("output_norm", 0))
@@ -163,6 +165,7 @@ def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
     kv = 0.0
     hd, ra, n_kv = cfg.head_dim, cfg.attn_predictor_dim, cfg.n_kv_heads
     group = cfg.n_heads // cfg.n_kv_heads
+    esize = {"bf16": 2, "f32": _F32}[kv_dtype]
     for layer in range(cfg.n_layers):
         p = f"blk.{layer}."
         for name in ("attn_norm", "attn_post_norm", "attn_q_norm", "attn_k_norm"):
@@ -191,15 +194,15 @@ def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
         n = _visible(cfg, layer, context)
         if cfg.is_spark_attn:
             rows = min(float(n), group * float(attn_tokens[layer]))
-            kv += n_kv * (n * ra + rows * (2 * hd - ra)) * _F32
+            kv += n_kv * (n * ra + rows * (2 * hd - ra)) * esize
         elif cfg.is_sparse_attn:
             # The predictor scan over the candidates, then the kept rows, shared by the group.
             r_s = cfg.attn_sparse_dim
             rows = min(float(n), float(attn_tokens[layer]))
-            kv += n_kv * (n * r_s + rows * (2 * hd - r_s)) * _F32
+            kv += n_kv * (n * r_s + rows * (2 * hd - r_s)) * esize
             weights += tb.get(p + "attn_rot", 0)
         else:
-            kv += n_kv * n * 2 * hd * _F32
+            kv += n_kv * n * 2 * hd * esize
     return {"weights": weights, "kv": kv, "total": weights + kv,
             "by_component": {"attention": weights - logits - ffn_bytes + kv, "ffn": ffn_bytes,
                              "logits": logits}}
@@ -300,14 +303,15 @@ class EngineRunner:
 
     kind = "engine"
 
-    def __init__(self, label: str, path: Path, source: str, context: int, chunk: int) -> None:
+    def __init__(self, label: str, path: Path, source: str, context: int, chunk: int,
+                 kv_dtype: str = "bf16") -> None:
         from spark_infer import _core
 
-        self.label, self.path, self.source = label, path, source
+        self.label, self.path, self.source, self.kv_dtype = label, path, source, kv_dtype
         self.cfg = _engine_config(path)
         self.tb = tensor_bytes(path)
         t0 = time.perf_counter()
-        self.engine = _core.Engine(str(path), context, max_chunk=chunk)
+        self.engine = _core.Engine(str(path), context, max_chunk=chunk, kv_dtype=kv_dtype)
         self.engine.decode(0)          # first call: page-faults the mapping (cold load)
         self.load_s = time.perf_counter() - t0
         self.engine.reset()
@@ -319,7 +323,8 @@ class EngineRunner:
                 "path": str(self.path), "dtype": self.dtype,
                 "spark": self.cfg.is_spark_ffn or self.cfg.is_spark_attn,
                 "config": self.cfg.to_dict(), "weight_bytes": int(self.engine.weight_bytes),
-                "kv_bytes": int(self.engine.kv_bytes), "load_s": self.load_s}
+                "kv_bytes": int(self.engine.kv_bytes), "kv_dtype": self.kv_dtype,
+                "load_s": self.load_s}
 
     def set_threads(self, n: int) -> None:
         self.engine.threads = n
@@ -689,7 +694,7 @@ def _point(runner: Any, mode: str, threads: int, context: int, samples: list[Sam
         r["attn_tokens_mean"] = float(np.mean(att))
     cfg = getattr(runner, "cfg", None)
     if mode == "decode" and cfg is not None and ffn is not None:
-        b = decode_bytes_per_token(cfg, runner.tb, context, ffn, att)
+        b = decode_bytes_per_token(cfg, runner.tb, context, ffn, att, runner.kv_dtype)
         r["bytes_per_token"] = b
         _bandwidth_fields(r, [b["total"] * t / 1e9 for t in tok_s], probes)
     elif mode == "decode" and runner.kind == "llama.cpp":
@@ -1031,6 +1036,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="llama.cpp GGUF types (non-Q4_K_M are requantized; default Q4_K_M)")
     parser.add_argument("--hf-dtypes", nargs="+", default=["bf16"], choices=["bf16", "f32"],
                         help="transformers weight types (default bf16)")
+    parser.add_argument("--kv-dtype", default="bf16", choices=["bf16", "f32"],
+                        help="our engine's KV cache element type (default bf16)")
     parser.add_argument("--seed", type=int, default=0, help="weights and token seed")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw the report as a PNG")
@@ -1098,7 +1105,8 @@ def run(args: argparse.Namespace) -> int:
         "settings": {"threads": args.threads, "contexts": sorted(set(args.context)),
                      "prefill_tokens": args.prefill_tokens, "chunk": args.chunk,
                      "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
-                     "seed": args.seed, "modes": args.modes},
+                     "seed": args.seed, "modes": args.modes,
+                     "kv_dtype": getattr(args, "kv_dtype", "bf16")},
     }
     probe = BandwidthProbe(args.bandwidth_bytes)
     for t in args.threads:
@@ -1110,7 +1118,8 @@ def run(args: argparse.Namespace) -> int:
         runners: list[Any] = []
         for label, path, source in resolved:
             log.info("loading %s (%s)", label, path)
-            r = EngineRunner(label, path, source, capacity, args.chunk)
+            r = EngineRunner(label, path, source, capacity, args.chunk,
+                             getattr(args, "kv_dtype", "bf16"))
             stack.callback(r.close)
             runners.append(r)
         peers = _make_peers(args, capacity, notes, stack)
