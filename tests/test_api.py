@@ -171,6 +171,8 @@ def test_bad_files_and_names(tmp_path, model_path):
         spark_infer.load(str(bad))
     with pytest.raises(ValueError):
         spark_infer.load(model_path, threads=0)
+    with pytest.raises(ValueError, match="embedded model"):   # a file has its own dtypes
+        spark_infer.load(model_path, dtype="int8")
 
 
 def test_unknown_format_version_is_a_format_error(tmp_path, model_path):
