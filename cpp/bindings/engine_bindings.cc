@@ -90,6 +90,8 @@ Arguments:
                              "past the context length).")
       .def_property_readonly("weight_bytes", &Engine::weight_bytes)
       .def_property_readonly("kv_bytes", &Engine::kv_bytes)
+      .def_property_readonly("kv_ring_rows", &Engine::kv_ring_rows,
+                             "Rows of the sliding-window layers' ring buffers (0: no rings).")
       .def_property_readonly("kv_dtype", [](const Engine& e) { return WeightTypeName(e.kv_type()); })
       .def_property_readonly("weight_type", [](const Engine& e) { return WeightTypeName(e.matrix_type()); })
       .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads of this engine (its own pool; default: the physical cores).")
@@ -98,7 +100,9 @@ Arguments:
                     "Spark FFN prefill: layers whose K2 + V fit in this many bytes use the per-token "
                     "kernels, larger ones the neuron-grouped kernels (default: half the LLC).")
       .def("reset", &Engine::Reset, "Forget the whole cache (position 0).")
-      .def("rewind", &Engine::Rewind, arg("pos"), "Keep the cache for positions < pos.")
+      .def("rewind", &Engine::Rewind, arg("pos"),
+           "Keep the cache for positions < pos; returns pos, or 0 (the cache emptied) when a "
+           "sliding-window layer's ring buffer has overwritten a position that pos would see.")
       .def("prefill", [](Engine& e, py::array tokens, size_t chunk, bool all_logits) {
         const int32_t* pt = Checked<int32_t>(tokens, "tokens", {-1});
         const size_t n = static_cast<size_t>(tokens.shape(0));

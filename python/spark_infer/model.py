@@ -235,7 +235,8 @@ class Model:
                 break
             common += 1
         common = min(common, len(ids) - 1)  # run at least one token: we need its logits
-        self.engine.rewind(common)
+        # 0 when a sliding-window ring no longer holds what the prefix needs
+        common = self.engine.rewind(common)
         self._cached = self._cached[:common]
         t0 = time.perf_counter()
         logits = self.engine.prefill(np.asarray(ids[common:], dtype=np.int32), chunk=self.chunk_size)
@@ -347,7 +348,7 @@ class Model:
                     if a != b:
                         break
                     common += 1
-                self.engine.rewind(common)
+                common = self.engine.rewind(common)
                 self._cached = self._cached[:common]
                 if first > common:
                     self.engine.prefill(np.asarray(seq[common:first], dtype=np.int32),
