@@ -208,3 +208,22 @@ def test_perplexity_matches_logits(model):
         - logits.max(1, keepdims=True)
     expected = float(np.exp(-np.mean([logp[i, ids[i + 1]] for i in range(len(ids) - 1)])))
     assert model.perplexity(text) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ring_buffers_rerun_a_prompt_they_no_longer_hold(model_path):
+    """chunk_size 4 gives the window-16 layers a ring of 19 rows. Generating the same prompt
+    twice: the first answer runs past what the ring keeps of the prompt, so the second run
+    prefills the whole prompt again (the whole-context cache reuses it), with the same text."""
+    ring = spark_infer.load(model_path, context_length=96, chunk_size=4)
+    whole = spark_infer.load(model_path, context_length=96, chunk_size=4, swa_full=True)
+    assert ring.engine.kv_ring_rows == 16 + 3 and whole.engine.kv_ring_rows == 0
+    assert ring.engine.kv_bytes < whole.engine.kv_bytes
+    prompt = "Ruth said, Intreat me not to leave thee."
+    n = len(ring.tokenize(prompt))
+    answers = []
+    for m in (ring, whole):
+        answers.append(m.generate(prompt, max_new_tokens=30, temperature=0))
+        assert m.last_stats.generated_tokens > 4
+        answers.append(m.generate(prompt, max_new_tokens=30, temperature=0))
+    assert ring.last_stats.prefill_tokens == n and whole.last_stats.prefill_tokens == 1
+    assert answers[0] == answers[1] == answers[2] == answers[3]

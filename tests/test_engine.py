@@ -228,8 +228,9 @@ def test_sliding_window_ring_buffers_match_reference(kind, model_files):
     expected = reference.forward(cfg, weights, tokens)
     engine = _core.Engine(path, context_length=48, max_chunk=3, kv_dtype="f32")
     assert engine.kv_ring_rows == cfg.sliding_window + 2
-    full = _core.Engine(path, context_length=48, max_chunk=48, kv_dtype="f32")
+    full = _core.Engine(path, context_length=48, max_chunk=3, kv_dtype="f32", swa_full=True)
     assert full.kv_ring_rows == 0 and engine.kv_bytes < full.kv_bytes
+    assert _core.Engine(path, context_length=48, max_chunk=48).kv_ring_rows == 0  # 2R > 48
     got = engine.prefill(tokens[:23], chunk=8, all_logits=True)  # chunks cut to 3
     decoded = np.stack([engine.decode(int(t)) for t in tokens[23:]])
     assert rel_err(np.concatenate([got, decoded]), expected) < REL_TOL
@@ -239,6 +240,7 @@ def test_sliding_window_ring_buffers_match_reference(kind, model_files):
     # Position 20 would see 20 - window + 1 .. 19, long overwritten: the cache starts over.
     assert engine.rewind(20) == 0 and engine.pos == 0
     assert rel_err(engine.prefill(tokens[:5], all_logits=True), expected[:5]) < REL_TOL
+    assert full.prefill(tokens[:30], chunk=3) is not None and full.rewind(20) == 20
 
 
 def test_spark_sparsity_is_measured():

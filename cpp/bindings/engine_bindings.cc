@@ -65,16 +65,20 @@ Arguments:
   max_chunk: tokens per prefill chunk the buffers are sized for (grows if needed, up to the
     context length).
   kv_dtype: the KV cache's element type, "bf16" (half the bytes attention reads) or "f32".
+  swa_full: keep the whole context for sliding-window layers too; by default they keep a ring
+    of window + max_chunk - 1 positions where that is less than half the context (less memory,
+    but a rewind past what the ring holds re-runs the prompt: see rewind).
 )doc")
       .def(py::init([](const std::string& path, size_t context_length, size_t max_chunk,
-                       const std::string& kv_dtype) {
+                       const std::string& kv_dtype, bool swa_full) {
              if (kv_dtype != "bf16" && kv_dtype != "f32")
                throw py::value_error("kv_dtype must be 'bf16' or 'f32', got '" + kv_dtype + "'");
              const WeightType kv = kv_dtype == "f32" ? WeightType::kF32 : WeightType::kBF16;
              py::gil_scoped_release release;
-             return std::make_unique<Engine>(path, context_length, max_chunk, kv);
+             return std::make_unique<Engine>(path, context_length, max_chunk, kv, swa_full);
            }),
-           arg("path"), arg("context_length"), arg("max_chunk") = 64, arg("kv_dtype") = "bf16")
+           arg("path"), arg("context_length"), arg("max_chunk") = 64, arg("kv_dtype") = "bf16",
+           py::kw_only(), arg("swa_full") = false)
       .def_property_readonly("metadata", [](const Engine& e) {
         py::dict d;
         for (const auto& [k, v] : e.metadata()) d[py::str(k)] = py::bytes(v);

@@ -109,7 +109,7 @@ const std::string& MetadataOrThrow(const SafetensorsFile& f, const std::string& 
 
 }  // namespace
 
-Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type)
+Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type, bool swa_full)
     : file_(path), ctx_(context_length), pool_(PhysicalCores()),
       chunk_sparse_cache_bytes_(LastLevelCacheBytes() / 2) {
   if (MetadataOrThrow(file_, "format") != kFormatName)
@@ -133,7 +133,7 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk,
   max_chunk = std::min(max_chunk, ctx_);  // a chunk never holds more tokens than the context
   // Ring buffers for the sliding-window layers, where they save memory (kv_cache.h).
   const size_t window = config_.sliding_window;
-  if (window > 0 && max_chunk <= ctx_ && 2 * (window + max_chunk - 1) < ctx_) {
+  if (!swa_full && window > 0 && 2 * (window + max_chunk - 1) < ctx_) {
     ring_chunk_ = max_chunk;
     ring_ = window + max_chunk - 1;
   }

@@ -48,9 +48,9 @@ class Engine {
   // Throws FormatError (bad file), std::invalid_argument (bad argument, missing file, buffers
   // larger than the machine's memory). max_chunk above context_length is cut to it. Threads:
   // PhysicalCores() until set_threads.
-  // kv_type: the KV cache's element type, kBF16 (default) or kF32.
+  // kv_type: the KV cache's element type, kBF16 (default) or kF32. swa_full: no ring buffers.
   Engine(const std::string& path, size_t context_length, size_t max_chunk = 64,
-         WeightType kv_type = WeightType::kBF16);
+         WeightType kv_type = WeightType::kBF16, bool swa_full = false);
 
   const ModelConfig& config() const { return config_; }
   const std::map<std::string, std::string>& metadata() const { return file_.metadata(); }
