@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spark_infer.fileformat import FormatError
 
-__all__ = ["FormatError", "ContextLengthError", "ModelBusyError"]
+__all__ = ["FormatError", "ContextLengthError", "ModelBusyError", "ModelClosedError"]
 
 
 class ContextLengthError(ValueError):
@@ -13,3 +13,7 @@ class ContextLengthError(ValueError):
 
 class ModelBusyError(RuntimeError):
     """A second generation was started while one is still streaming on the same Model."""
+
+
+class ModelClosedError(ValueError):
+    """The Model was closed (`close()` or the end of its `with` block); load it again."""

@@ -12,13 +12,13 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from spark_infer import _core
 from spark_infer.config import ModelConfig
-from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError
+from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError, ModelClosedError
 from spark_infer.sampling import Sampler, SamplingParams
 from spark_infer.tokenizer import Tokenizer
 
@@ -175,6 +175,38 @@ class Model:
                 f"layers={self.config.n_layers}, weights={self.engine.weight_type}, "
                 f"context_length={self.context_length})")
 
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the engine (KV cache, buffers, the weights' mapping) now rather than at garbage
+        collection. Idempotent; any later use raises ModelClosedError (a ValueError)."""
+        if isinstance(self.engine, _ClosedEngine):
+            return
+        if self._busy:
+            raise ModelBusyError("close the open stream of this Model before closing it")
+        self.engine = _ClosedEngine(self.path)
+        self._cached = []
+
+    # llama-cpp-python's calls, OpenAI-shaped dicts: see spark_infer.completion.
+    def create_completion(self, prompt: str | Sequence[int], **kwargs):  # type: ignore[no-untyped-def]
+        """llama-cpp-python's `create_completion`: see `spark_infer.completion.create_completion`."""
+        from spark_infer import completion
+
+        return completion.create_completion(self, prompt, **kwargs)
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, messages: Sequence[Mapping[str, object]], **kwargs):  # type: ignore[no-untyped-def]
+        """llama-cpp-python's `create_chat_completion`: see
+        `spark_infer.completion.create_chat_completion`."""
+        from spark_infer import completion
+
+        return completion.create_chat_completion(self, messages, **kwargs)
+
     def _tok(self) -> Tokenizer:
         if self.tokenizer is None:
             raise ValueError(f"{self.path} has no tokenizer: pass token ids instead of text")
@@ -207,6 +239,16 @@ class Model:
             raise ValueError("the prompt is empty")
         return ids
 
+    def cached_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` the KV cache already holds (a prompt starting with
+        them prefills only the rest)."""
+        common = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            common += 1
+        return common
+
     def reset(self) -> None:
         """Forget the KV cache (the next prompt is prefilled in full)."""
         self.engine.reset()
@@ -219,12 +261,7 @@ class Model:
         if len(ids) > self.context_length:
             raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
                                      f"{self.context_length} (load with a larger context_length)")
-        common = 0
-        for a, b in zip(self._cached, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # run at least one token: we need its logits
+        common = min(self.cached_prefix(ids), len(ids) - 1)  # run at least one token: we need its logits
         self.engine.rewind(common)
         self._cached = self._cached[:common]
         t0 = time.perf_counter()
@@ -375,8 +412,8 @@ class Model:
     def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 256,
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, repetition_penalty: float = 1.0, seed: int | None = None,
-                 stop: Sequence[str] | None = None, stream: bool = False
-                 ) -> str | Iterator[str]:
+                 stop: Sequence[str] | None = None, stream: bool = False,
+                 streamer: Callable[[str], bool | None] | None = None) -> str | Iterator[str]:
         """Continue `prompt` (text, or token ids).
 
         Returns the generated text, or with stream=True an iterator of text pieces that never
@@ -385,6 +422,10 @@ class Model:
         or end-of-turn token, at a stop string (not included), or after max_new_tokens.
         temperature=0 is greedy; a seed makes sampling reproducible. Sampling arguments: see
         SamplingParams. After it, `last_stats` holds token counts and timings.
+
+        `streamer(piece)` is called with each text piece as it is produced (the pieces
+        stream=True yields); when it returns False the generation stops there, no further
+        token is decoded, and the text so far is returned (`last_stats.finish_reason` is "").
 
         Raises ValueError (bad argument), ContextLengthError (prompt longer than the context),
         ModelBusyError (another stream of this Model is still open).
@@ -398,6 +439,8 @@ class Model:
             raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
                                      f"{self.context_length} (load with a larger context_length)")
         pieces = self._stream(ids, max_new_tokens, params, stops)
+        if streamer is not None:
+            pieces = _until_false(pieces, streamer)
         return pieces if stream else "".join(pieces)
 
     def chat(self, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 512,
@@ -469,7 +512,12 @@ class Model:
         return stops
 
     def _stream(self, ids: list[int], max_new_tokens: int, params: SamplingParams,
-                stops: list[str], remember_answer: bool = False) -> Iterator[str]:
+                stops: list[str], remember_answer: bool = False,
+                on_token: Callable[[int, np.ndarray], bool | None] | None = None
+                ) -> Iterator[str]:
+        """Text pieces of one generation. `on_token(token, logits)` sees every sampled token
+        (not the end token) with the logits it was drawn from, before it is decoded; a False
+        return ends the generation there (finish_reason ""): the serving path's cancel check."""
         self._claim()
         tok = self._tok()
         end_ids = {tok.eos_id, tok.end_of_turn_id} - {None}
@@ -488,6 +536,8 @@ class Model:
                 token = sampler(logits, history)
                 if token in end_ids:
                     finish = "stop"
+                    break
+                if on_token is not None and on_token(token, logits) is False:
                     break
                 answer.append(token)
                 history.append(token)
@@ -526,6 +576,28 @@ class Model:
             self.last_stats.finish_reason = finish
             if remember_answer and answer:
                 self._answer_ids["".join(text_out)] = answer
+
+
+class _ClosedEngine:
+    """Stands in for the engine of a closed Model: every use is a clear error."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def __getattr__(self, name: str) -> object:
+        raise ModelClosedError(f"this Model ({self._path}) is closed")
+
+
+def _until_false(pieces: Iterator[str], streamer: Callable[[str], bool | None]) -> Iterator[str]:
+    """Pass pieces on, calling streamer(piece); stop (closing the generation) at a False."""
+    try:
+        for piece in pieces:
+            keep = streamer(piece)
+            yield piece
+            if keep is False:
+                return
+    finally:
+        pieces.close()  # type: ignore[attr-defined]
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:
