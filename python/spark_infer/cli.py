@@ -1,4 +1,4 @@
-"""The `spark-infer` command line: generate, chat, info, convert, perplexity, bench.
+"""The `spark-infer` command line: generate, chat, info, convert, perplexity, serve, bench.
 
 Every subcommand prints one clear message and exits non-zero on bad input (a missing file, a
 bad sampling value, a prompt longer than the context); nothing prints a traceback for those.
@@ -232,6 +232,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench.run(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from spark_infer.serve import server
+
+    return server.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spark-infer", description=(
         "CPU inference for Gemma models and their Spark Transformer variants."))
@@ -282,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "earlier window scored are scored (default: window // 2)")
     _add_model_args(p)
     p.set_defaults(fn=_cmd_perplexity)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the [server] extra)")
+    _add_model_args(p)
+    from spark_infer.serve.server import add_arguments as add_serve_arguments
+    add_serve_arguments(p)
+    p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("bench", help="CPU wall time: prefill and decode, dense vs Spark")
     try:

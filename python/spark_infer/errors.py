@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spark_infer.fileformat import FormatError
 
-__all__ = ["FormatError", "ContextLengthError", "ModelBusyError"]
+__all__ = ["FormatError", "ContextLengthError", "ModelBusyError", "ModelClosedError"]
 
 
 class ContextLengthError(ValueError):
@@ -14,3 +14,7 @@ class ContextLengthError(ValueError):
 class ModelBusyError(RuntimeError):
     """A call was made on a Model while another call (from any thread) or an open stream of
     the same Model holds it."""
+
+
+class ModelClosedError(ValueError):
+    """The Model was closed (`close()` or the end of its `with` block); load it again."""

@@ -14,13 +14,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from spark_infer import _core
 from spark_infer.config import ModelConfig
-from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError
+from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError, ModelClosedError
 from spark_infer.sampling import Sampler, SamplingParams
 from spark_infer.tokenizer import Tokenizer
 
@@ -187,6 +187,40 @@ class Model:
                 f"layers={self.config.n_layers}, weights={self.engine.weight_type}, "
                 f"context_length={self.context_length})")
 
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the engine (KV cache, buffers, the weights' mapping) now rather than at garbage
+        collection. Idempotent; any later use raises ModelClosedError (a ValueError)."""
+        if isinstance(self.engine, _ClosedEngine):
+            return
+        self._claim()   # ModelBusyError while a stream is open or another thread runs it
+        try:
+            self.engine = _ClosedEngine(self.path)
+            self._cached = []
+        finally:
+            self._lock.release()
+
+    # llama-cpp-python's calls, OpenAI-shaped dicts: see spark_infer.completion.
+    def create_completion(self, prompt: str | Sequence[int], **kwargs):  # type: ignore[no-untyped-def]
+        """llama-cpp-python's `create_completion`: see `spark_infer.completion.create_completion`."""
+        from spark_infer import completion
+
+        return completion.create_completion(self, prompt, **kwargs)
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, messages: Sequence[Mapping[str, object]], **kwargs):  # type: ignore[no-untyped-def]
+        """llama-cpp-python's `create_chat_completion`: see
+        `spark_infer.completion.create_chat_completion`."""
+        from spark_infer import completion
+
+        return completion.create_chat_completion(self, messages, **kwargs)
+
     def _tok(self) -> Tokenizer:
         if self.tokenizer is None:
             raise ValueError(f"{self.path} has no tokenizer: pass token ids instead of text")
@@ -219,6 +253,16 @@ class Model:
             raise ValueError("the prompt is empty")
         return ids
 
+    def cached_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` the KV cache already holds (a prompt starting with
+        them prefills only the rest)."""
+        common = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            common += 1
+        return common
+
     def reset(self) -> None:
         """Forget the KV cache (the next prompt is prefilled in full).
 
@@ -240,12 +284,7 @@ class Model:
         if len(ids) > self.context_length:
             raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
                                      f"{self.context_length} (load with a larger context_length)")
-        common = 0
-        for a, b in zip(self._cached, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # run at least one token: we need its logits
+        common = min(self.cached_prefix(ids), len(ids) - 1)  # run at least one token: we need its logits
         self.engine.rewind(common)
         self._cached = self._cached[:common]
         t0 = time.perf_counter()
@@ -400,7 +439,8 @@ class Model:
                  min_p: float = 0.05, repetition_penalty: float = 1.0, repeat_last_n: int = 64,
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                  seed: int | None = None, stop: Sequence[str] | None = None,
-                 stream: bool = False) -> str | Iterator[str]:
+                 stream: bool = False, streamer: Callable[[str], bool | None] | None = None
+                 ) -> str | Iterator[str]:
         """Continue `prompt` (text, or token ids).
 
         Returns the generated text, or with stream=True an iterator of text pieces that never
@@ -412,6 +452,10 @@ class Model:
         the penalties look at the prompt's tokens other than control tokens (<bos>, ...) and
         the output. After it, `last_stats` holds token counts and timings.
 
+        `streamer(piece)` is called with each text piece as it is produced (the pieces
+        stream=True yields); when it returns False the generation stops there, no further
+        token is decoded, and the text so far is returned (`last_stats.finish_reason` is "").
+
         Raises ValueError (bad argument), ContextLengthError (prompt longer than the context),
         ModelBusyError (another call or open stream of this Model is running; a stream takes
         the Model at its first next() and lets go when it ends, is closed or is collected).
@@ -422,12 +466,13 @@ class Model:
                                 presence_penalty=presence_penalty, seed=seed)
         stops = self._check_generation_args(max_new_tokens, stop)
         ids = self._prompt_ids(prompt)
-        tok = self._tok()
+        self._tok()
         if len(ids) > self.context_length:  # fail now, not at the first next()
             raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
                                      f"{self.context_length} (load with a larger context_length)")
-        text_ids = [i for i in ids if not tok.is_control(i)]
-        pieces = self._stream(ids, text_ids, max_new_tokens, params, stops)
+        pieces = self._stream(ids, max_new_tokens, params, stops)
+        if streamer is not None:
+            pieces = _until_false(pieces, streamer)
         return pieces if stream else "".join(pieces)
 
     def chat(self, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 512,
@@ -457,7 +502,8 @@ class Model:
         if len(ids) > self.context_length:
             raise ContextLengthError(f"the conversation has {len(ids)} tokens but the context "
                                      f"holds {self.context_length}")
-        pieces = self._stream(ids, text_ids, max_new_tokens, params, stops, remember_answer=True)
+        pieces = self._stream(ids, max_new_tokens, params, stops, remember_answer=True,
+                              text_ids=text_ids)
         return pieces if stream else "".join(pieces)
 
     def chat_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
@@ -550,10 +596,15 @@ class Model:
                 raise ValueError(f"stop strings must be non-empty str, got {s!r}")
         return stops
 
-    def _stream(self, ids: list[int], text_ids: list[int], max_new_tokens: int,
-                params: SamplingParams, stops: list[str], remember_answer: bool = False
-                ) -> Iterator[str]:
-        """The generation loop. `text_ids`: the prompt's ids the penalties may look at."""
+    def _stream(self, ids: list[int], max_new_tokens: int, params: SamplingParams,
+                stops: list[str], remember_answer: bool = False,
+                on_token: Callable[[int, np.ndarray], bool | None] | None = None,
+                text_ids: Sequence[int] | None = None) -> Iterator[str]:
+        """Text pieces of one generation. `on_token(token, logits)` sees every sampled token
+        (not the end token) with the logits it was drawn from, before it is decoded; a False
+        return ends the generation there (finish_reason ""): the serving path's cancel check.
+        `text_ids`: the prompt's ids the penalties may look at (default: all but control ids;
+        a chat passes its messages' text without the template's ids)."""
         tok = self._tok()
         end_ids = {tok.eos_id, tok.end_of_turn_id} - {None}
         sampler = Sampler(params)
@@ -570,12 +621,15 @@ class Model:
         try:   # from here on, every way out (end, error, close(), garbage collection) unlocks
             logits = self._run_prompt(ids)
             stats = self.last_stats
-            history = list(text_ids)
+            history = (list(text_ids) if text_ids is not None
+                       else [i for i in ids if not tok.is_control(i)])
             t0 = time.perf_counter()
             while True:
                 token = sampler(logits, history)
                 if token in end_ids:
                     finish = "stop"
+                    break
+                if on_token is not None and on_token(token, logits) is False:
                     break
                 answer.append(token)
                 history.append(token)
@@ -633,6 +687,28 @@ class Model:
         self._answer_ids.move_to_end(text)
         while len(self._answer_ids) > _ANSWER_CACHE:
             self._answer_ids.popitem(last=False)
+
+
+class _ClosedEngine:
+    """Stands in for the engine of a closed Model: every use is a clear error."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def __getattr__(self, name: str) -> object:
+        raise ModelClosedError(f"this Model ({self._path}) is closed")
+
+
+def _until_false(pieces: Iterator[str], streamer: Callable[[str], bool | None]) -> Iterator[str]:
+    """Pass pieces on, calling streamer(piece); stop (closing the generation) at a False."""
+    try:
+        for piece in pieces:
+            keep = streamer(piece)
+            yield piece
+            if keep is False:
+                return
+    finally:
+        pieces.close()  # type: ignore[attr-defined]
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:
