@@ -61,6 +61,7 @@ class Prepared:
     top_logprobs: int | None     # None: no log-probabilities; k >= 0: the k most likely too
     chat: bool
     prompt_chars: int = 0        # completions: text_offset counts from the prompt's start
+    text_ids: list[int] | None = None  # chat: the messages' text ids, for the penalties
 
 
 def _check_max_tokens(model: Any, max_tokens: int | None, n_prompt: int) -> int:
@@ -129,13 +130,13 @@ def prepare_chat(model: Any, messages: Sequence[Mapping[str, Any]], *,
             raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
         role = "system" if m.get("role") == "developer" else m.get("role")  # OpenAI's new name
         plain.append({"role": role, "content": _message_text(i, m.get("content"))})
-    ids = model.chat_ids(plain)
+    ids, text_ids = model._chat_template(plain)
     _check_fits(model, ids)
     if top_logprobs is not None and not logprobs:
         raise ValueError("top_logprobs needs logprobs=True")
     top = (_check_top("top_logprobs", top_logprobs or 0)) if logprobs else None
     return Prepared(ids, _check_max_tokens(model, max_tokens, len(ids)), params, stops, top,
-                    chat=True)
+                    chat=True, text_ids=text_ids)
 
 
 @dataclasses.dataclass
@@ -197,7 +198,8 @@ class Generation:
     def __iter__(self) -> Iterator[tuple[str, list[TokenRecord]]]:
         r = self.req
         pieces = self.model._stream(r.ids, r.max_tokens, r.params, r.stops,
-                                    remember_answer=r.chat, on_token=self._on_token)
+                                    remember_answer=r.chat, on_token=self._on_token,
+                                    text_ids=r.text_ids)
         shown = sent = 0
         try:
             for piece in pieces:

@@ -8,11 +8,12 @@ __all__ = ["FormatError", "ContextLengthError", "ModelBusyError", "ModelClosedEr
 
 
 class ContextLengthError(ValueError):
-    """The prompt (plus what is already cached) does not fit in the model's context."""
+    """A prompt or conversation has more tokens than the model's context holds."""
 
 
 class ModelBusyError(RuntimeError):
-    """A second generation was started while one is still streaming on the same Model."""
+    """A call was made on a Model while another call (from any thread) or an open stream of
+    the same Model holds it."""
 
 
 class ModelClosedError(ValueError):
