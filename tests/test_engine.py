@@ -301,6 +301,10 @@ def _header(path: str) -> tuple[int, bytes, bytes]:
 
 
 def _write(path: str, header: bytes, data: bytes, pad: bool = True) -> None:
+    """pad: spaces after the JSON so the data starts on a 64-byte line, as the writer does
+    (tensors stay aligned, so only the edit under test is wrong)."""
+    if pad:
+        header += b" " * ((-(8 + len(header))) % 64)
     with open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little") + header + data)
 
@@ -356,6 +360,31 @@ def test_hostile_files_raise_format_error(attack, model_files, tmp_path):
         _core.Engine(bad, context_length=8)
     assert isinstance(info.value, ValueError)
     assert str(info.value)  # a message, in words
+
+
+def test_header_limits_and_alignment(model_files, tmp_path):
+    """The JSON value budget, the header size cap and tensor alignment (docs/engine-file.md)."""
+    bad = str(tmp_path / "bad.spark")
+    budget = _core.MAX_JSON_VALUES
+    _write(bad, b"[" + b"0," * budget + b"0]", b"")            # budget + 2 values
+    with pytest.raises(_core.FormatError, match=f"more than {budget} values"):
+        _core.Engine(bad, context_length=8)
+    _write(bad, b"[" + b"0," * (budget - 2) + b"0]", b"")      # exactly the budget: parsed
+    with pytest.raises(_core.FormatError, match="not a JSON object"):
+        _core.Engine(bad, context_length=8)
+    cap = _core.MAX_HEADER_BYTES
+    assert cap == 32 << 20
+    _write(bad, b"{}" + b" " * (cap - 1), b"")
+    with pytest.raises(_core.FormatError, match="over the 32 MiB limit"):
+        _core.Engine(bad, context_length=8)
+    # One more space at the end of the header moves every tensor off its alignment.
+    path, _ = model_files("gemma3")
+    n, header, data = _header(path)
+    _write(bad, header + b" ", data, pad=False)
+    with pytest.raises(_core.FormatError, match="not a multiple of its element size 4"):
+        _core.Engine(bad, context_length=8)
+    _write(bad, header + b" " * 4, data, pad=False)             # 4 bytes: f32 stays aligned
+    _core.Engine(bad, context_length=8)
 
 
 def test_format_error_messages_name_the_problem(model_files, tmp_path):

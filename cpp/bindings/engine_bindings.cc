@@ -12,6 +12,7 @@
 
 #include "bindings/arrays.h"
 #include "model/engine.h"
+#include "model/safetensors.h"
 #include "util/json.h"
 
 namespace spark {
@@ -55,6 +56,11 @@ void RegisterEngine(py::module_& m) {
       }
     }
   });
+
+  // The reader's limits, so the Python readers (spark_infer/limits.py) can be tested against them.
+  m.attr("MAX_HEADER_BYTES") = kMaxHeaderBytes;
+  m.attr("MAX_JSON_VALUES") = Json::kMaxValues;
+  m.attr("MAX_JSON_DEPTH") = Json::kMaxDepth;
 
   py::class_<Engine>(m, "Engine", R"doc(
 A Gemma 2 / Gemma 3 transformer (dense or Spark) over a memory-mapped engine file.
