@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="GGUF file, Hugging Face directory or engine file -> "
                                        "engine file (optionally sparsified)")
     p.add_argument("src", help="a .gguf file (gemma2/gemma3), a Hugging Face checkpoint "
-                               "directory, or a dense engine file")
+                               "directory, a spark_infer.train checkpoint directory, or a "
+                               "dense engine file")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--dtype", default="bf16", choices=DTYPES)
     p.add_argument("--embed-dtype", default=None, choices=DTYPES,
