@@ -345,3 +345,14 @@ def test_api_key(tiny_model_path):
                         headers={"Authorization": "Bearer sesame"})
             assert ok.status_code == 200 and ok.json()["model"] == "tiny"
             assert c.get("/health").status_code == 200
+
+
+def test_penalties_pass_through_to_sampling(client, local):
+    """presence/frequency penalties and repeat_last_n reach SamplingParams: the greedy answer
+    equals the Python API's with the same values (and differs from the plain greedy one)."""
+    kw = dict(presence_penalty=1.5, frequency_penalty=0.5)
+    r = client.completions.create(model="tiny.spark", prompt="Ruth said", max_tokens=12,
+                                  temperature=0, extra_body={"repeat_last_n": 16}, **kw)
+    want = local.generate("Ruth said", max_new_tokens=12, temperature=0, repeat_last_n=16, **kw)
+    assert r.choices[0].text == want
+    assert want != local.generate("Ruth said", max_new_tokens=12, temperature=0)
