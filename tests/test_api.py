@@ -171,6 +171,8 @@ def test_bad_files_and_names(tmp_path, model_path):
         spark_infer.load(str(bad))
     with pytest.raises(ValueError):
         spark_infer.load(model_path, threads=0)
+    with pytest.raises(ValueError, match="embedded model"):   # a file has its own dtypes
+        spark_infer.load(model_path, dtype="int8")
 
 
 def test_unknown_format_version_is_a_format_error(tmp_path, model_path):
@@ -389,3 +391,22 @@ def test_fit_chat_drops_the_oldest_turns(model):
         model.fit_chat([{"role": "user", "content": "Ruth " * 200}])
     with pytest.raises(ValueError, match="room"):
         model.fit_chat(turns, room=-1)
+
+
+def test_ring_buffers_rerun_a_prompt_they_no_longer_hold(model_path):
+    """chunk_size 4 gives the window-16 layers a ring of 19 rows. Generating the same prompt
+    twice: the first answer runs past what the ring keeps of the prompt, so the second run
+    prefills the whole prompt again (the whole-context cache reuses it), with the same text."""
+    ring = spark_infer.load(model_path, context_length=96, chunk_size=4)
+    whole = spark_infer.load(model_path, context_length=96, chunk_size=4, swa_full=True)
+    assert ring.engine.kv_ring_rows == 16 + 3 and whole.engine.kv_ring_rows == 0
+    assert ring.engine.kv_bytes < whole.engine.kv_bytes
+    prompt = "Ruth said, Intreat me not to leave thee."
+    n = len(ring.tokenize(prompt))
+    answers = []
+    for m in (ring, whole):
+        answers.append(m.generate(prompt, max_new_tokens=30, temperature=0))
+        assert m.last_stats.generated_tokens > 4
+        answers.append(m.generate(prompt, max_new_tokens=30, temperature=0))
+    assert ring.last_stats.prefill_tokens == n and whole.last_stats.prefill_tokens == 1
+    assert answers[0] == answers[1] == answers[2] == answers[3]

@@ -40,7 +40,8 @@ Models: an engine file path; a config JSON path (random weights); a preset name 
 `spark-2b`, `gemma3-270m`, `gemma3-1b`, `spark-gemma3-270m`: random weights, except
 `gemma3-270m`, which is the real Gemma 3 270M when its package is installed; `random:NAME` forces
 random weights). Random files are written once into `<cache>/bench/` keyed by shape, dtype, seed
-and file-format version. `NAME@int8` overrides `--dtype` for one model.
+and file-format version. `NAME@int8` overrides `--dtype` for one model; `NAME@bf16/int8` also
+sets its embedding / LM-head dtype (default: the same as the matrices').
 Peers (`--peers llama.cpp transformers`), on the same Gemma 3 270M GGUF, when installed:
 llama.cpp through llama-cpp-python (GGUF types `--gguf-types`, default Q4_K_M; Q8_0 and BF16 are
 requantized from the Q4_K_M file with llama.cpp's own quantizer) and Hugging Face transformers
@@ -530,19 +531,22 @@ def _cache_root(args: argparse.Namespace) -> Path:
 
 
 def _random_model_file(cfg: ModelConfig, name: str, dtype: str, seed: int, root: Path) -> Path:
-    """The cached random-weight engine file of (config, dtype, seed), written on first use."""
+    """The cached random-weight engine file of (config, dtype, seed), written on first use;
+    dtype "D/E" gives the embedding dtype E."""
     import hashlib
 
     from spark_infer.fileformat import FORMAT_VERSION
     from spark_infer.random_model import make_random_model
 
+    dtype, _, embed_dtype = dtype.partition("/")
     digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:10]
-    path = root / f"{name}.{digest}.{dtype}.seed{seed}.v{FORMAT_VERSION}.spark"
+    setting = f"{dtype}-embed_{embed_dtype}" if embed_dtype else dtype
+    path = root / f"{name}.{digest}.{setting}.seed{seed}.v{FORMAT_VERSION}.spark"
     if not path.is_file():
         root.mkdir(parents=True, exist_ok=True)
         log.info("writing random %s (%s) to %s ...", name, dtype, path)
         t0 = time.perf_counter()
-        make_random_model(path, cfg, dtype=dtype, seed=seed)
+        make_random_model(path, cfg, dtype=dtype, seed=seed, embed_dtype=embed_dtype or None)
         log.info("  written in %.1f s", time.perf_counter() - t0)
     return path
 
@@ -565,7 +569,9 @@ def resolve_spec(spec: str, dtype: str, args: argparse.Namespace, notes: list[st
         return p.name, p, "file"
     if name in models.MODELS and not force_random:
         try:
-            return f"{name} {dtype}", models.resolve_model(name, dtype), "real"
+            matrices, _, embed = dtype.partition("/")
+            return (f"{name} {dtype}", models.resolve_model(name, matrices,
+                                                            embed_dtype=embed or None), "real")
         except models.ModelNotAvailable as e:
             notes.append(f"{name}: the real model is not installed ({e}); using random weights")
     if name not in PRESETS:
