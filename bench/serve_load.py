@@ -116,8 +116,9 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "spark_infer.cli", "serve", "-m", args.model, "--port", str(port),
-           "--parallel", str(args.parallel), "--max-queue", str(max(64, args.clients)),
-           "--dtype", args.dtype]
+           "--parallel", str(args.parallel), "--max-queue", str(max(64, args.clients))]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.context_length:
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="with --model: engines")
     ap.add_argument("--threads", type=int, default=None, help="with --model: threads per engine")
     ap.add_argument("--context-length", type=int, default=None)
-    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--dtype", default=None, help="with --model: weights of an embedded model")
     ap.add_argument("--warmup", type=int, default=1, help="requests before the timed run")
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args(argv)
