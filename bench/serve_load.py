@@ -2,7 +2,8 @@
 streamed /v1/completions one after another; reports requests/s, latency p50/p99, time to first
 token (TTFT) p50/p99 and generated tokens/s.
 
-    python bench/serve_load.py --model gemma3-270m --clients 4 --duration 30 --parallel 2 --threads 1
+    python bench/serve_load.py --model gemma3-270m --clients 4 --duration 30 \
+        --parallel 2 --threads 1
     python bench/serve_load.py --url http://127.0.0.1:8000 --clients 8 --duration 60
 
 With --model it starts the server itself (on a free loopback port) and stops it afterwards;

@@ -42,7 +42,8 @@ def server(tiny_model_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "spark_infer.cli", "serve", "-m", tiny_model_path,
-         "-c", str(CONTEXT), "--parallel", str(ENGINES), "-t", "1", "--max-queue", str(QUEUE), "--port", str(port)],
+         "-c", str(CONTEXT), "--parallel", str(ENGINES), "-t", "1", "--max-queue", str(QUEUE),
+         "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -268,8 +269,8 @@ def test_concurrent_requests_equal_sequential_greedy(client, http, local):
     m = metrics(http)
     key = 'spark_infer_requests_total{endpoint="/v1/completions",status="200"}'
     assert m[key] - before.get(key, 0) == len(prompts)
-    assert m["spark_infer_completion_tokens_total"] - before["spark_infer_completion_tokens_total"] \
-        == sum(r.usage.completion_tokens for r in got)
+    made = m["spark_infer_completion_tokens_total"] - before["spark_infer_completion_tokens_total"]
+    assert made == sum(r.usage.completion_tokens for r in got)
     assert m["spark_infer_queue_depth"] == 0 and m["spark_infer_requests_running"] == 0
 
 
@@ -313,8 +314,10 @@ def test_chat_next_turn_reuses_the_cached_prefix(client, http):
     second = client.chat.completions.create(model="tiny.spark", messages=msgs, max_tokens=6,
                                             temperature=0)
     m = metrics(http)
-    cached = m["spark_infer_prompt_tokens_cached_total"] - before["spark_infer_prompt_tokens_cached_total"]
-    prefilled = m["spark_infer_prefill_tokens_total"] - before["spark_infer_prefill_tokens_total"]
+    def grew(name: str) -> float:
+        return m[f"spark_infer_{name}"] - before[f"spark_infer_{name}"]
+
+    cached, prefilled = grew("prompt_tokens_cached_total"), grew("prefill_tokens_total")
     # The first exchange came from the cache (all but the last answer token, which was sampled
     # but never run), on whichever of the engines holds it; only the rest was prefilled.
     assert cached == first.usage.prompt_tokens + first.usage.completion_tokens - 1

@@ -43,7 +43,8 @@ class APIError(Exception):
                  param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code = param, code
         self.headers = headers
 
     def response(self) -> JSONResponse:
