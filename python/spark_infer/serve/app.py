@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spark_infer import completion
@@ -212,7 +213,9 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
             finally:
                 cancel.set()  # the client left (or we are done): stop between tokens
 
-        return EventSourceResponse(events(), ping=15)
+        # background: runs when the response ends however it ends, also when the client left
+        # before events() ever started (then its finally never runs).
+        return EventSourceResponse(events(), ping=15, background=BackgroundTask(cancel.set))
 
     # ------------------------------------------------------------------------- endpoints
 
