@@ -325,7 +325,10 @@ def test_chat_next_turn_reuses_the_cached_prefix(client, http):
 
 
 def test_metrics_text(http):
+    missing = http.get("/no/such/page")
+    assert missing.status_code == 404 and "error" in missing.json()
     text = http.get("/metrics").text
+    assert 'endpoint="other",status="404"' in text and "/no/such/page" not in text
     for name in ("requests_total", "requests_cancelled_total", "prompt_tokens_total",
                  "completion_tokens_total", "queue_depth", "prefill_tokens_per_second",
                  "decode_tokens_per_second"):

@@ -61,10 +61,11 @@ def _bad(e: Exception, param: str | None = None) -> APIError:
 
 class _CountAndLabel:
     """ASGI middleware (not BaseHTTPMiddleware, which would sit between a streaming response and
-    its client): counts each response by path and status, and adds fixed headers."""
+    its client): counts each response by path and status, and adds fixed headers. Paths that
+    are not endpoints count as "other", so scans cannot grow the metrics without bound."""
 
-    def __init__(self, app: Any, metrics: Metrics, headers: dict[str, str]):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Any, metrics: Metrics, headers: dict[str, str], paths: set[str]):
+        self.app, self.metrics, self.paths = app, metrics, paths
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -73,7 +74,8 @@ class _CountAndLabel:
 
         async def send_counted(message: dict) -> None:
             if message["type"] == "http.response.start":
-                self.metrics.count_request(scope["path"], message["status"])
+                path = scope["path"] if scope["path"] in self.paths else "other"
+                self.metrics.count_request(path, message["status"])
                 message["headers"] = list(message.get("headers", [])) + self.headers
             await send(message)
 
@@ -103,7 +105,9 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
     app = FastAPI(title="spark-infer", lifespan=lifespan)
     app.state.pool, app.state.metrics = pool, metrics
 
-    app.add_middleware(_CountAndLabel, metrics=metrics, headers=response_headers or {})
+    paths: set[str] = set()  # filled once the routes exist (end of this function)
+    app.add_middleware(_CountAndLabel, metrics=metrics, headers=response_headers or {},
+                       paths=paths)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
@@ -291,4 +295,5 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
             raise _bad(e, "tokens") from None
 
     started = time.time()
+    paths.update(r.path for r in app.routes)  # ours, and FastAPI's /docs and /openapi.json
     return app
