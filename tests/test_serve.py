@@ -362,3 +362,25 @@ def test_penalties_pass_through_to_sampling(client, local):
     want = local.generate("Ruth said", max_new_tokens=12, temperature=0, repeat_last_n=16, **kw)
     assert r.choices[0].text == want
     assert want != local.generate("Ruth said", max_new_tokens=12, temperature=0)
+
+
+def test_load_script(server, http, tmp_path):
+    """bench/serve_load.py against the running server: every request answered, and the tokens
+    it counted from the streams equal what the server counted."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "serve_load.py")
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    before = metrics(http)
+    out = tmp_path / "load.json"
+    assert load.main(["--url", server, "--clients", "2", "--duration", "1", "--max-tokens", "4",
+                      "--warmup", "0", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["errors"] == 0 and r["requests"] > 0
+    assert r["ttft_p50_s"] <= r["latency_p99_s"] and r["latency_p50_s"] <= r["latency_p99_s"]
+    made = r["server"]["spark_infer_completion_tokens_total"] \
+        - before["spark_infer_completion_tokens_total"]
+    assert made == r["completion_tokens"] > 0
