@@ -154,8 +154,8 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
     async def generate(request: Request, prepare: Callable[[Any], completion.Prepared],
                        chunks: Callable[..., Iterator[dict]], merge: Callable, stream: bool,
                        include_usage: bool) -> Any:
-        try:
-            first = prepare(pool.models[0])   # all checks, before queueing
+        try:  # all checks, before queueing; in a thread: a long prompt's tokenizing is no stall
+            first = await asyncio.to_thread(prepare, pool.models[0])
         except (ValueError, TypeError) as e:
             raise _bad(e) from None
         try:
@@ -165,10 +165,13 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
             raise APIError(503, str(e), type="server_error", code="queue_full",
                            headers={"Retry-After": "1"}) from None
         try:
-            req = first if model is pool.models[0] else prepare(model)  # chat: its own answers
-        except (ValueError, TypeError) as e:
+            # chat: the ids of the answers this engine gave
+            req = first if model is pool.models[0] else await asyncio.to_thread(prepare, model)
+        except BaseException as e:
             pool.release(model)
-            raise _bad(e) from None
+            if isinstance(e, (ValueError, TypeError)):
+                raise _bad(e) from None
+            raise
         cancel = threading.Event()
         gen = completion.Generation(model, req, cancel.is_set)
         it = chunks(model, req, model_name=model_name, include_usage=include_usage or not stream,
