@@ -42,7 +42,8 @@ def server(tiny_model_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "spark_infer.cli", "serve", "-m", tiny_model_path,
-         "-c", str(CONTEXT), "--parallel", str(ENGINES), "-t", "1", "--max-queue", str(QUEUE), "--port", str(port)],
+         "-c", str(CONTEXT), "--parallel", str(ENGINES), "-t", "1", "--max-queue", str(QUEUE),
+         "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -268,8 +269,8 @@ def test_concurrent_requests_equal_sequential_greedy(client, http, local):
     m = metrics(http)
     key = 'spark_infer_requests_total{endpoint="/v1/completions",status="200"}'
     assert m[key] - before.get(key, 0) == len(prompts)
-    assert m["spark_infer_completion_tokens_total"] - before["spark_infer_completion_tokens_total"] \
-        == sum(r.usage.completion_tokens for r in got)
+    made = m["spark_infer_completion_tokens_total"] - before["spark_infer_completion_tokens_total"]
+    assert made == sum(r.usage.completion_tokens for r in got)
     assert m["spark_infer_queue_depth"] == 0 and m["spark_infer_requests_running"] == 0
 
 
@@ -313,8 +314,10 @@ def test_chat_next_turn_reuses_the_cached_prefix(client, http):
     second = client.chat.completions.create(model="tiny.spark", messages=msgs, max_tokens=6,
                                             temperature=0)
     m = metrics(http)
-    cached = m["spark_infer_prompt_tokens_cached_total"] - before["spark_infer_prompt_tokens_cached_total"]
-    prefilled = m["spark_infer_prefill_tokens_total"] - before["spark_infer_prefill_tokens_total"]
+    def grew(name: str) -> float:
+        return m[f"spark_infer_{name}"] - before[f"spark_infer_{name}"]
+
+    cached, prefilled = grew("prompt_tokens_cached_total"), grew("prefill_tokens_total")
     # The first exchange came from the cache (all but the last answer token, which was sampled
     # but never run), on whichever of the engines holds it; only the rest was prefilled.
     assert cached == first.usage.prompt_tokens + first.usage.completion_tokens - 1
@@ -322,7 +325,10 @@ def test_chat_next_turn_reuses_the_cached_prefix(client, http):
 
 
 def test_metrics_text(http):
+    missing = http.get("/no/such/page")
+    assert missing.status_code == 404 and "error" in missing.json()
     text = http.get("/metrics").text
+    assert 'endpoint="other",status="404"' in text and "/no/such/page" not in text
     for name in ("requests_total", "requests_cancelled_total", "prompt_tokens_total",
                  "completion_tokens_total", "queue_depth", "prefill_tokens_per_second",
                  "decode_tokens_per_second"):
@@ -345,3 +351,36 @@ def test_api_key(tiny_model_path):
                         headers={"Authorization": "Bearer sesame"})
             assert ok.status_code == 200 and ok.json()["model"] == "tiny"
             assert c.get("/health").status_code == 200
+
+
+def test_penalties_pass_through_to_sampling(client, local):
+    """presence/frequency penalties and repeat_last_n reach SamplingParams: the greedy answer
+    equals the Python API's with the same values (and differs from the plain greedy one)."""
+    kw = dict(presence_penalty=1.5, frequency_penalty=0.5)
+    r = client.completions.create(model="tiny.spark", prompt="Ruth said", max_tokens=12,
+                                  temperature=0, extra_body={"repeat_last_n": 16}, **kw)
+    want = local.generate("Ruth said", max_new_tokens=12, temperature=0, repeat_last_n=16, **kw)
+    assert r.choices[0].text == want
+    assert want != local.generate("Ruth said", max_new_tokens=12, temperature=0)
+
+
+def test_load_script(server, http, tmp_path):
+    """bench/serve_load.py against the running server: every request answered, and the tokens
+    it counted from the streams equal what the server counted."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "serve_load.py")
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    before = metrics(http)
+    out = tmp_path / "load.json"
+    assert load.main(["--url", server, "--clients", "2", "--duration", "1", "--max-tokens", "4",
+                      "--warmup", "0", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["errors"] == 0 and r["requests"] > 0
+    assert r["ttft_p50_s"] <= r["latency_p99_s"] and r["latency_p50_s"] <= r["latency_p99_s"]
+    made = r["server"]["spark_infer_completion_tokens_total"] \
+        - before["spark_infer_completion_tokens_total"]
+    assert made == r["completion_tokens"] > 0

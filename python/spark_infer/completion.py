@@ -74,7 +74,8 @@ def _check_max_tokens(model: Any, max_tokens: int | None, n_prompt: int) -> int:
 
 
 def _check_top(name: str, k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= MAX_TOP_LOGPROBS:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) \
+            or not 0 <= k <= MAX_TOP_LOGPROBS:
         raise ValueError(f"{name} must be an integer in [0, {MAX_TOP_LOGPROBS}], got {k!r}")
     return int(k)
 

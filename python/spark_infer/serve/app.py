@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spark_infer import completion
@@ -43,7 +44,8 @@ class APIError(Exception):
                  param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code = param, code
         self.headers = headers
 
     def response(self) -> JSONResponse:
@@ -59,10 +61,11 @@ def _bad(e: Exception, param: str | None = None) -> APIError:
 
 class _CountAndLabel:
     """ASGI middleware (not BaseHTTPMiddleware, which would sit between a streaming response and
-    its client): counts each response by path and status, and adds fixed headers."""
+    its client): counts each response by path and status, and adds fixed headers. Paths that
+    are not endpoints count as "other", so scans cannot grow the metrics without bound."""
 
-    def __init__(self, app: Any, metrics: Metrics, headers: dict[str, str]):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Any, metrics: Metrics, headers: dict[str, str], paths: set[str]):
+        self.app, self.metrics, self.paths = app, metrics, paths
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -71,7 +74,8 @@ class _CountAndLabel:
 
         async def send_counted(message: dict) -> None:
             if message["type"] == "http.response.start":
-                self.metrics.count_request(scope["path"], message["status"])
+                path = scope["path"] if scope["path"] in self.paths else "other"
+                self.metrics.count_request(path, message["status"])
                 message["headers"] = list(message.get("headers", [])) + self.headers
             await send(message)
 
@@ -101,7 +105,9 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
     app = FastAPI(title="spark-infer", lifespan=lifespan)
     app.state.pool, app.state.metrics = pool, metrics
 
-    app.add_middleware(_CountAndLabel, metrics=metrics, headers=response_headers or {})
+    paths: set[str] = set()  # filled once the routes exist (end of this function)
+    app.add_middleware(_CountAndLabel, metrics=metrics, headers=response_headers or {},
+                       paths=paths)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
@@ -148,8 +154,8 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
     async def generate(request: Request, prepare: Callable[[Any], completion.Prepared],
                        chunks: Callable[..., Iterator[dict]], merge: Callable, stream: bool,
                        include_usage: bool) -> Any:
-        try:
-            first = prepare(pool.models[0])   # all checks, before queueing
+        try:  # all checks, before queueing; in a thread: a long prompt's tokenizing is no stall
+            first = await asyncio.to_thread(prepare, pool.models[0])
         except (ValueError, TypeError) as e:
             raise _bad(e) from None
         try:
@@ -159,10 +165,13 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
             raise APIError(503, str(e), type="server_error", code="queue_full",
                            headers={"Retry-After": "1"}) from None
         try:
-            req = first if model is pool.models[0] else prepare(model)  # chat: its own answers
-        except (ValueError, TypeError) as e:
+            # chat: the ids of the answers this engine gave
+            req = first if model is pool.models[0] else await asyncio.to_thread(prepare, model)
+        except BaseException as e:
             pool.release(model)
-            raise _bad(e) from None
+            if isinstance(e, (ValueError, TypeError)):
+                raise _bad(e) from None
+            raise
         cancel = threading.Event()
         gen = completion.Generation(model, req, cancel.is_set)
         it = chunks(model, req, model_name=model_name, include_usage=include_usage or not stream,
@@ -211,7 +220,9 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
             finally:
                 cancel.set()  # the client left (or we are done): stop between tokens
 
-        return EventSourceResponse(events(), ping=15)
+        # background: runs when the response ends however it ends, also when the client left
+        # before events() ever started (then its finally never runs).
+        return EventSourceResponse(events(), ping=15, background=BackgroundTask(cancel.set))
 
     # ------------------------------------------------------------------------- endpoints
 
@@ -287,4 +298,5 @@ def create_app(models: Sequence[Any], *, model_name: str, aliases: Sequence[str]
             raise _bad(e, "tokens") from None
 
     started = time.time()
+    paths.update(r.path for r in app.routes)  # ours, and FastAPI's /docs and /openapi.json
     return app

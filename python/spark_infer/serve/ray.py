@@ -31,7 +31,8 @@ class ReplicaConfig:
     threads: int = 1
     parallel: int = 1
     context_length: int | None = None
-    dtype: str = "bf16"
+    dtype: str | None = None         # embedded models only (see load())
+    embed_dtype: str | None = None
     api_key: str | None = None
     max_queue: int = 64
 
@@ -47,7 +48,8 @@ class _Replica:
         per_engine = max(1, cfg.threads // cfg.parallel)
         self.cfg = cfg
         self.models = [load(cfg.model, threads=per_engine, context_length=cfg.context_length,
-                            dtype=cfg.dtype) for _ in range(cfg.parallel)]
+                            dtype=cfg.dtype, embed_dtype=cfg.embed_dtype)
+                       for _ in range(cfg.parallel)]
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self) -> Any:  # Ray Serve calls it after __init__
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ReplicaConfig(model=args.model, model_name=name, aliases=tuple(aliases),
                         threads=args.threads or 1, parallel=args.parallel,
                         context_length=args.context_length, dtype=args.dtype,
-                        api_key=args.api_key, max_queue=args.max_queue)
+                        embed_dtype=args.embed_dtype, api_key=args.api_key,
+                        max_queue=args.max_queue)
     ray.init(ignore_reinit_error=True, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     print(f"spark-infer: serving {name!r} on Ray Serve, {args.replicas} replica(s) x "

@@ -43,7 +43,7 @@ def load_models(args: argparse.Namespace) -> list[Any]:
 
     def one(threads: int | None) -> Any:
         return load(args.model, threads=threads, context_length=args.context_length,
-                    dtype=args.dtype)
+                    dtype=args.dtype, embed_dtype=args.embed_dtype)
 
     first = one(args.threads)
     if args.threads is None and args.parallel > 1:
