@@ -1,5 +1,5 @@
 // matvec-inl.h (per target): out[t, r] = W[r, :] . x[t, :] for rows r in [r0, r1), tokens t < T.
-//   W: [rows, cols] row-major, f32 / bf16 / int8 (times scale[r]); x: [T, cols] f32;
+//   W: [rows, cols] row-major, f32 / bf16 / int8 (times scale[r]) / q4; x: [T, cols] f32;
 //   out: [T, out_stride] f32.
 // Decode (T = 1) uses a 4-row tile with two accumulators per row, its rows a quarter of the
 // range apart (4 long sequential weight streams, each also prefetched 512 B ahead); chunks (T > 1) use register tiles of kR rows
@@ -41,18 +41,27 @@ constexpr size_t kDecodeRows = 4;
 // of progress: called on every step of a loop that advances `step` weights, it paces the
 // prefetches with the loads. null: nothing. A prefetch never faults, but callers still keep
 // [i, i + step) inside the rows.
-template <class W>
-HWY_INLINE void PrefetchStep(const W* const* rows, size_t i, size_t step) {
+template <class P>
+HWY_INLINE void PrefetchStep(const P* rows, size_t i, size_t step) {
   if (rows == nullptr) return;
-  const size_t bytes = step * sizeof(W);
+  const size_t bytes = BytesOf(rows[0], step);
   if (bytes >= 64) {
     for (size_t r = 0; r < kDecodeRows; ++r)
-      for (size_t b = 0; b < bytes; b += 64)
-        hwy::Prefetch(reinterpret_cast<const uint8_t*>(rows[r] + i) + b);
-  } else if ((i * sizeof(W)) % 64 < bytes) {
-    for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(rows[r] + i);
+      for (size_t b = 0; b < bytes; b += 64) hwy::Prefetch(BytePtr(rows[r] + i) + b);
+  } else if (BytesOf(rows[0], i) % 64 < bytes) {
+    for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(BytePtr(rows[r] + i));
   }
 }
+
+// `const W*` weight pointers keep HWY_RESTRICT when copied into locals; Q4Ptr is a struct.
+template <class P>
+struct RestrictT {
+  using type = P;
+};
+template <class W>
+struct RestrictT<const W*> {
+  using type = const W* HWY_RESTRICT;
+};
 
 // Software prefetch distance within a decode row. The hardware prefetchers alone left bf16
 // and int8 rows at ~80 % of the read probe's rate (the conversions make ~4x more uops per byte
@@ -73,26 +82,25 @@ constexpr size_t kStreamingBytes = 1 << 20;
 // null: prefetch each row kAheadBytes ahead of its loads, as long as that stays within
 // ahead_limit weights from the row's start (0: no prefetch). Decode rows are followed by the
 // next row of their stream, so the limit may reach past a row's end, into rows of the range.
-template <class W>
-HWY_INLINE void DotRows4(const W* const* HWY_RESTRICT rows, size_t cols,
-                         const float* HWY_RESTRICT x, float* HWY_RESTRICT out,
-                         const W* const* HWY_RESTRICT next, size_t ahead_limit) {
+template <class P>
+HWY_INLINE void DotRows4(const P* rows, size_t cols, const float* HWY_RESTRICT x,
+                         float* HWY_RESTRICT out, const P* next, size_t ahead_limit) {
   const hn::ScalableTag<float> df;
   const size_t NF = hn::Lanes(df);
-  const W* HWY_RESTRICT w0 = rows[0];
-  const W* HWY_RESTRICT w1 = rows[1];
-  const W* HWY_RESTRICT w2 = rows[2];
-  const W* HWY_RESTRICT w3 = rows[3];
+  const typename RestrictT<P>::type w0 = rows[0];
+  const typename RestrictT<P>::type w1 = rows[1];
+  const typename RestrictT<P>::type w2 = rows[2];
+  const typename RestrictT<P>::type w3 = rows[3];
   auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;
   auto b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   size_t i = 0;
-  const size_t ahead = kAheadBytes / sizeof(W);
-  const W* in_row[kDecodeRows] = {w0 + ahead, w1 + ahead, w2 + ahead, w3 + ahead};
+  const size_t ahead = ElemsOf(w0, kAheadBytes);
+  const P in_row[kDecodeRows] = {w0 + ahead, w1 + ahead, w2 + ahead, w3 + ahead};
   for (; i + 2 * NF <= cols; i += 2 * NF) {
     if (next != nullptr) {
       PrefetchStep(next, i, 2 * NF);
     } else if (i + ahead + 2 * NF <= ahead_limit) {
-      PrefetchStep(static_cast<const W* const*>(in_row), i, 2 * NF);
+      PrefetchStep(in_row, i, 2 * NF);
     }
     const auto vx0 = hn::LoadU(df, x + i);
     const auto vx1 = hn::LoadU(df, x + i + NF);
@@ -126,10 +134,74 @@ HWY_INLINE void DotRows4(const W* const* HWY_RESTRICT rows, size_t cols,
   for (size_t r = 0; r < 4; ++r) out[r] = s[r];
 }
 
+// q4 decode tile: DotRows4's contract, block by block. Per row and block,
+// sum_i (d q_i + m) x_i = d (q . x) + m sum_i x_i: the codes meet x in one FMA each, the scale
+// once per block per row, and the block's x sum (shared by the 4 rows) once per row. Rows start
+// at block boundaries (cols % 32 == 0). At most 16 lanes, so a vector never spans the two
+// nibble halves of a block.
+HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRICT x,
+                         float* HWY_RESTRICT out, const Q4Ptr* next, size_t ahead_limit) {
+  const hn::CappedTag<float, 16> df;
+  const size_t NF = hn::Lanes(df);
+  const uint8_t* HWY_RESTRICT b0 = rows[0].Block();
+  const uint8_t* HWY_RESTRICT b1 = rows[1].Block();
+  const uint8_t* HWY_RESTRICT b2 = rows[2].Block();
+  const uint8_t* HWY_RESTRICT b3 = rows[3].Block();
+  auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;  // sum over blocks of d (q . x)
+  float m[kDecodeRows] = {0.0f, 0.0f, 0.0f, 0.0f};    // sum over blocks of m sum(x)
+  const size_t blocks = cols / kQ4Group;
+  const size_t ahead_blocks = kAheadBytes / kQ4BlockBytes;
+  for (size_t g = 0; g < blocks; ++g) {
+    const size_t off = g * kQ4BlockBytes;
+    if (off % 64 < kQ4BlockBytes) {  // one prefetch per 64 bytes of progress
+      if (next != nullptr) {
+        for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(next[r].Block() + off);
+      } else if ((g + ahead_blocks + 1) * kQ4Group <= ahead_limit) {
+        const size_t ahead = off + ahead_blocks * kQ4BlockBytes;
+        hwy::Prefetch(b0 + ahead);
+        hwy::Prefetch(b1 + ahead);
+        hwy::Prefetch(b2 + ahead);
+        hwy::Prefetch(b3 + ahead);
+      }
+    }
+    const float* HWY_RESTRICT xg = x + g * kQ4Group;
+    auto q0 = hn::Zero(df), q1 = q0, q2 = q0, q3 = q0;
+    auto xs = hn::Zero(df);
+    for (size_t v = 0; v < 16; v += NF) {
+      const auto xl = hn::LoadU(df, xg + v), xh = hn::LoadU(df, xg + 16 + v);
+      xs = hn::Add(xs, hn::Add(xl, xh));
+      hn::Vec<decltype(df)> lo, hi;
+      Q4CodePair(df, b0 + off + 4 + v, lo, hi);
+      q0 = hn::MulAdd(hi, xh, hn::MulAdd(lo, xl, q0));
+      Q4CodePair(df, b1 + off + 4 + v, lo, hi);
+      q1 = hn::MulAdd(hi, xh, hn::MulAdd(lo, xl, q1));
+      Q4CodePair(df, b2 + off + 4 + v, lo, hi);
+      q2 = hn::MulAdd(hi, xh, hn::MulAdd(lo, xl, q2));
+      Q4CodePair(df, b3 + off + 4 + v, lo, hi);
+      q3 = hn::MulAdd(hi, xh, hn::MulAdd(lo, xl, q3));
+    }
+    const float sx = SumLanes(df, xs);
+    float d[kDecodeRows], mm[kDecodeRows];
+    Q4Params(b0 + off, &d[0], &mm[0]);
+    Q4Params(b1 + off, &d[1], &mm[1]);
+    Q4Params(b2 + off, &d[2], &mm[2]);
+    Q4Params(b3 + off, &d[3], &mm[3]);
+    a0 = hn::MulAdd(hn::Set(df, d[0]), q0, a0);
+    a1 = hn::MulAdd(hn::Set(df, d[1]), q1, a1);
+    a2 = hn::MulAdd(hn::Set(df, d[2]), q2, a2);
+    a3 = hn::MulAdd(hn::Set(df, d[3]), q3, a3);
+    for (size_t r = 0; r < kDecodeRows; ++r) m[r] += mm[r] * sx;
+  }
+  out[0] = SumLanes(df, a0) + m[0];
+  out[1] = SumLanes(df, a1) + m[1];
+  out[2] = SumLanes(df, a2) + m[2];
+  out[3] = SumLanes(df, a3) + m[3];
+}
+
 // out[r + t * out_tok_stride] = rows[r] . x[t] for r < kR, t < kT; each row has `cols` weights.
 // One accumulator per (row, token): kR * kT independent chains, in registers (see below).
-template <size_t kR, size_t kT, class W>
-HWY_INLINE void DotTile(const W* const* rows, size_t cols, const float* HWY_RESTRICT x,
+template <size_t kR, size_t kT, class P>
+HWY_INLINE void DotTile(const P* rows, size_t cols, const float* HWY_RESTRICT x,
                         size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
   const hn::ScalableTag<float> df;
   const size_t NF = hn::Lanes(df);
@@ -175,10 +247,10 @@ constexpr size_t kChunkRows = 2;
 
 // Rows w[0, kR) of `cols` weights for all T tokens, in token groups of 4 (then 2, 1). The per
 // element arithmetic of DotTile does not depend on kR or kT, so neither does the result.
-template <size_t kR, class W>
-HWY_INLINE void RowsAllTokens(const W* HWY_RESTRICT w, size_t cols, const float* HWY_RESTRICT x,
+template <size_t kR, class P>
+HWY_INLINE void RowsAllTokens(P w, size_t cols, const float* HWY_RESTRICT x,
                               size_t T, float* HWY_RESTRICT out, size_t out_stride) {
-  const W* rows[kR];
+  P rows[kR];
   for (size_t r = 0; r < kR; ++r) rows[r] = w + r * cols;
   size_t t = 0;
   for (; t + 4 <= T; t += 4)
@@ -188,8 +260,8 @@ HWY_INLINE void RowsAllTokens(const W* HWY_RESTRICT w, size_t cols, const float*
   if (t < T) DotTile<kR, 1>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
 }
 
-template <class W>
-HWY_INLINE void MatMulRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+template <class P>
+HWY_INLINE void MatMulRowsT(P w, const float* HWY_RESTRICT scale,
                             size_t cols, const float* HWY_RESTRICT x, size_t T,
                             float* HWY_RESTRICT out, size_t out_stride, size_t r0, size_t r1) {
   if (T == 1) {
@@ -199,10 +271,10 @@ HWY_INLINE void MatMulRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT s
     // (1 thread, weights cold, bf16 [13824, 1024]: 8.6 -> 12.4 GB/s; int8 [9216, 2304]:
     // 6.9 -> 12.3 GB/s).
     const size_t q = (r1 - r0 + kDecodeRows - 1) / kDecodeRows;  // rows per stream
-    const bool streaming = (r1 - r0) * cols * sizeof(W) > kStreamingBytes;
+    const bool streaming = BytesOf(w, (r1 - r0) * cols) > kStreamingBytes;
     for (size_t k = 0; k < q; ++k) {
       size_t r[kDecodeRows];
-      const W* rows[kDecodeRows];
+      P rows[kDecodeRows];
       for (size_t s = 0; s < kDecodeRows; ++s) {
         r[s] = r0 + s * q + k;
         rows[s] = w + (r[s] < r1 ? r[s] : r0 + k) * cols;  // past the end: a valid row, unused
@@ -216,7 +288,7 @@ HWY_INLINE void MatMulRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT s
       for (size_t s = 1; s < kDecodeRows; ++s) last = r[s] < r1 ? r[s] : last;
       const size_t ahead_limit = streaming ? (r1 - last) * cols : 0;
       float dots[kDecodeRows];
-      DotRows4(rows, cols, x, dots, static_cast<const W* const*>(nullptr), ahead_limit);
+      DotRows4(rows, cols, x, dots, static_cast<const P*>(nullptr), ahead_limit);
       for (size_t s = 0; s < kDecodeRows; ++s) {
         if (r[s] < r1) out[r[s]] = scale ? dots[s] * scale[r[s]] : dots[s];
       }

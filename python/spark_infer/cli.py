@@ -31,7 +31,7 @@ def _positive_int(text: str) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None,
                    help="engine file, or an embedded model name (default: gemma3-270m)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "int8", "f32"],
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "int8", "q4", "f32"],
                    help="weights of the embedded model (default: bf16)")
     p.add_argument("-t", "--threads", type=_positive_int, default=None,
                    help="kernel threads (default: physical cores)")
@@ -228,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a .gguf file (gemma2/gemma3), a Hugging Face checkpoint "
                                "directory, or a dense engine file")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8"])
-    p.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8"],
+    p.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8", "q4"])
+    p.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8", "q4"],
                    help="token_embd / LM head dtype (default: --dtype)")
     p.add_argument("--sparsify", default=None, metavar="SPEC",
                    help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128 (also: "

@@ -88,7 +88,7 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
         an engine file (`spark-infer convert` makes one from GGUF or Hugging Face checkpoints).
       threads: kernel threads (default: the machine's physical cores).
       context_length: positions the KV cache holds (default 4096).
-      dtype: weight type of the embedded default: "bf16", "int8" or "f32".
+      dtype: weight type of the embedded default: "bf16", "int8", "q4" or "f32".
       chunk_size: tokens per prefill chunk (default 64; cut to the context length).
       kv_dtype: the KV cache's element type, "bf16" (default: half the bytes attention reads;
         logits move by ~1e-3 relative) or "f32".

@@ -155,7 +155,7 @@ def _lock(path: Path) -> Iterator[None]:
 
 def resolve_model(name: str = "gemma3-270m", dtype: str = "bf16", progress: bool = True) -> Path:
     """Path to the engine file of embedded model ``name`` at ``dtype`` ('f32' | 'bf16' |
-    'int8'), converting it into the cache on first use.
+    'int8' | 'q4'), converting it into the cache on first use.
 
     Raises ModelNotAvailable (telling the user what to ``pip install``) when the model's
     packages are missing, ValueError for an unknown name or dtype.
