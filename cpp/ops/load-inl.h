@@ -55,12 +55,22 @@ HWY_INLINE void Q4CodePair(DF df, const uint8_t* HWY_RESTRICT c, hn::Vec<DF>& lo
   hi = hn::ConvertTo(df, hn::ShiftRight<4>(v));
 }
 
-// f32 d and m of the q4 block at b.
+// f32 d and m of the q4 block at b. Vector targets widen the two halves with one conversion
+// (F16C's vcvtph2ps on AVX2/AVX3): the scalar bit manipulation of F32FromF16Bits, twice per row
+// and block, made the q4 decode tile ~2x slower. The load of 8 bytes stays inside the block.
 HWY_INLINE void Q4Params(const uint8_t* HWY_RESTRICT b, float* d, float* m) {
+#if HWY_TARGET == HWY_SCALAR
   uint16_t h[2];
   memcpy(h, b, 4);
   *d = F32FromF16Bits(h[0]);
   *m = F32FromF16Bits(h[1]);
+#else
+  const hn::Full128<float> d4;
+  const hn::Rebind<hwy::float16_t, decltype(d4)> dh;
+  const auto v = hn::PromoteTo(d4, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(b)));
+  *d = hn::GetLane(v);
+  *m = hn::GetLane(hn::Shuffle2301(v));
+#endif
 }
 
 // q4 weights [e, e + Lanes(df)). Vectors that start at a multiple of their width within a

@@ -237,6 +237,62 @@ HWY_INLINE void DotTile(const P* rows, size_t cols, const float* HWY_RESTRICT x,
   }
 }
 
+// q4 chunk tile: DotTile's contract, block by block. Each block's d and m are read once per
+// row (not once per vector, as the generic LoadF32 does), each code vector is widened once and
+// dequantized, w = d q + m, then meets the kT tokens' x. The per-element arithmetic (one FMA
+// for w, one into the (row, token) accumulator) does not depend on kR or kT.
+template <size_t kR, size_t kT>
+HWY_INLINE void DotTile(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRICT x,
+                        size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
+  const hn::CappedTag<float, 16> df;  // a vector never spans the two nibble halves of a block
+  const size_t NF = hn::Lanes(df);
+  hn::Vec<decltype(df)> acc[kR][kT];
+  const uint8_t* b[kR];
+  HWY_UNROLL(16)
+  for (size_t r = 0; r < kR; ++r) {
+    b[r] = rows[r].Block();
+    HWY_UNROLL(16)
+    for (size_t t = 0; t < kT; ++t) acc[r][t] = hn::Zero(df);
+  }
+  const size_t blocks = cols / kQ4Group;
+  for (size_t g = 0; g < blocks; ++g) {
+    const size_t off = g * kQ4BlockBytes;
+    hn::Vec<decltype(df)> vd[kR], vm[kR];
+    HWY_UNROLL(16)
+    for (size_t r = 0; r < kR; ++r) {
+      float d, m;
+      Q4Params(b[r] + off, &d, &m);
+      vd[r] = hn::Set(df, d);
+      vm[r] = hn::Set(df, m);
+    }
+    const float* HWY_RESTRICT xg = x + g * kQ4Group;
+    for (size_t v = 0; v < 16; v += NF) {
+      hn::Vec<decltype(df)> wl[kR], wh[kR];
+      HWY_UNROLL(16)
+      for (size_t r = 0; r < kR; ++r) {
+        Q4CodePair(df, b[r] + off + 4 + v, wl[r], wh[r]);
+        wl[r] = hn::MulAdd(wl[r], vd[r], vm[r]);
+        wh[r] = hn::MulAdd(wh[r], vd[r], vm[r]);
+      }
+      HWY_UNROLL(16)
+      for (size_t t = 0; t < kT; ++t) {
+        const auto xl = hn::LoadU(df, xg + t * x_stride + v);
+        const auto xh = hn::LoadU(df, xg + t * x_stride + 16 + v);
+        HWY_UNROLL(16)
+        for (size_t r = 0; r < kR; ++r) {
+          acc[r][t] = hn::MulAdd(wl[r], xl, acc[r][t]);
+          acc[r][t] = hn::MulAdd(wh[r], xh, acc[r][t]);
+        }
+      }
+    }
+  }
+  HWY_UNROLL(16)
+  for (size_t r = 0; r < kR; ++r) {
+    HWY_UNROLL(16)
+    for (size_t t = 0; t < kT; ++t) out[r + t * out_tok_stride] = SumLanes(df, acc[r][t]);
+  }
+}
+
 // Rows per chunk tile: kR x 4 accumulators plus kR weight vectors and one x vector must fit
 // in the register file. AVX-512 has 32: 4 x 4 (21 live); elsewhere 16: 2 x 4 (11 live).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
