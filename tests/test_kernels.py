@@ -196,12 +196,14 @@ MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(COLS)] + [
 # The blocks are packed here from random codes and parameters, independently of the converter.
 # The kernels may compute d (q . x) + m sum(x) per block, whose f32 rounding is bounded by the
 # terms |d q x| and |m x| rather than |w x| (they can cancel): the tolerance uses
-# |w|~ = |d q| + |m| per weight and 2 cols terms.
+# |w|~ = |d q| + |m| per weight and 2 cols terms. Decode (matvec, masked matvec) rounds x to
+# int16 per block with a power-of-two step s = 2^e, e = frexp(max|x_block| / 32767)[1] (ops/
+# matvec-inl.h, Q4X): |x - s round(x / s)| <= s / 2 adds sum |d q| s / 2.
 
 
 def make_q4(rows: int, cols: int, rng: np.random.Generator, integer: bool = False
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(blocks uint8 [rows, cols / 32 * 20], w float64 [rows, cols], |d q| + |m| float64).
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(blocks uint8 [rows, cols / 32 * 20], w float64 [rows, cols], |d q| + |m|, |d q|).
 
     integer=True: d = 0.5, m = -4 (so w in [-4, 3.5], multiples of 1/2): with integer x every
     partial sum of either way of computing a dot is exact."""
@@ -221,11 +223,18 @@ def make_q4(rows: int, cols: int, rng: np.random.Generator, integer: bool = Fals
     d64, m64 = d.astype(np.float64)[..., None], m.astype(np.float64)[..., None]
     w64 = (d64 * q + m64).reshape(rows, cols)
     a64 = (np.abs(d64 * q) + np.abs(m64)).reshape(rows, cols)
-    return blocks.reshape(rows, g * 20), w64, a64
+    return blocks.reshape(rows, g * 20), w64, a64, np.abs(d64 * q).reshape(rows, cols)
 
 
 def q4_tol(n_terms: int, abs_sum: np.ndarray) -> np.ndarray:
     return (2 * n_terms + 4) * U * abs_sum
+
+
+def q4_x_step(x: np.ndarray) -> np.ndarray:
+    """Per element of x [cols]: half the int16 step of its block (the decode kernels' Q4X)."""
+    amax = np.abs(x.astype(np.float64)).reshape(-1, 32).max(axis=1) / 32767
+    step = np.where(amax > 0, 2.0 ** np.frexp(amax)[1], 0.0)
+    return np.repeat(step / 2, 32)
 
 
 Q4_COLS = [0, 32, 64, 96, 160, 1056, 13824]
@@ -237,7 +246,7 @@ Q4_MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(Q4_COLS)] + [
 def test_q4_matvec(target: str, shape: tuple[int, int], rng: np.random.Generator) -> None:
     rows, cols = shape
     for integer in (False, True):
-        w, w64, a64 = make_q4(rows, cols, rng, integer)
+        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
         x = make_x(cols, rng, integer)
         pw, px, out = Placed.input(w), Placed.input(x), Placed.output(rows)
         _core.matvec(pw.a, px.a, out.a)
@@ -246,7 +255,8 @@ def test_q4_matvec(target: str, shape: tuple[int, int], rng: np.random.Generator
         if integer:
             np.testing.assert_array_equal(out.a, (w64 @ x64).astype(np.float32))
         else:
-            assert_within(out.a, w64 @ x64, q4_tol(cols, a64 @ np.abs(x64)))
+            assert_within(out.a, w64 @ x64,
+                          q4_tol(cols, a64 @ np.abs(x64)) + dq64 @ q4_x_step(x))
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32), (2, 5, 64), (3, 9, 96), (5, 6, 160), (64, 33, 64),
@@ -255,7 +265,7 @@ def test_q4_matvec(target: str, shape: tuple[int, int], rng: np.random.Generator
 def test_q4_matmul(target: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
     T, rows, cols = shape
     for integer in (False, True):
-        w, w64, a64 = make_q4(rows, cols, rng, integer)
+        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
         x = make_x((T, cols), rng, integer)
         pw, px, out = Placed.input(w), Placed.input(x), Placed.output((T, rows))
         _core.matmul(pw.a, px.a, out.a)
@@ -264,7 +274,10 @@ def test_q4_matmul(target: str, shape: tuple[int, int, int], rng: np.random.Gene
         if integer:
             np.testing.assert_array_equal(out.a, (x64 @ w64.T).astype(np.float32))
         else:
-            assert_within(out.a, x64 @ w64.T, q4_tol(cols, np.abs(x64) @ a64.T))
+            tol = q4_tol(cols, np.abs(x64) @ a64.T)
+            if T == 1:  # one token is a decode: x rounded to int16 (see above)
+                tol += (dq64 @ q4_x_step(x[0]))[None, :]
+            assert_within(out.a, x64 @ w64.T, tol)
 
 
 Q4_SPARSE_SHAPES = [(1, 32, 1), (7, 32, 0), (9, 64, 5), (64, 96, 8), (100, 160, 37),
@@ -276,7 +289,7 @@ def test_q4_masked_matvec_and_sparse_vecmat(target: str, shape: tuple[int, int, 
                                             rng: np.random.Generator) -> None:
     rows, cols, n = shape
     for integer in (False, True):
-        w, w64, a64 = make_q4(rows, cols, rng, integer)
+        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
         x, u = make_x(cols, rng, integer), make_x(n, rng, integer)
         idx = make_idx(rows, n, rng)
         pw, px, pu, pi = Placed.input(w), Placed.input(x), Placed.input(u), Placed.input(idx)
@@ -290,13 +303,14 @@ def test_q4_masked_matvec_and_sparse_vecmat(target: str, shape: tuple[int, int, 
             np.testing.assert_array_equal(out_m.a, (w64[idx] @ x64).astype(np.float32))
             np.testing.assert_array_equal(out_s.a, (u64 @ w64[idx]).astype(np.float32))
         else:
-            assert_within(out_m.a, w64[idx] @ x64, q4_tol(cols, a64[idx] @ np.abs(x64)))
+            assert_within(out_m.a, w64[idx] @ x64,
+                          q4_tol(cols, a64[idx] @ np.abs(x64)) + dq64[idx] @ q4_x_step(x))
             assert_within(out_s.a, u64 @ w64[idx], q4_tol(n, np.abs(u64) @ a64[idx]))
 
 
 def test_q4_sparse_kernels_never_read_unlisted_rows(target: str, rng: np.random.Generator) -> None:
     rows, cols, n = 1000, 96, 80
-    w, _, _ = make_q4(rows, cols, rng)
+    w = make_q4(rows, cols, rng)[0]
     idx = make_idx(rows, n, rng)
     x, u = make_x(cols, rng, False), make_x(n, rng, False)
     w2 = w.copy()

@@ -20,6 +20,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "ops/load-inl.h"
@@ -134,6 +139,7 @@ HWY_INLINE void DotRows4(const P* rows, size_t cols, const float* HWY_RESTRICT x
   for (size_t r = 0; r < 4; ++r) out[r] = s[r];
 }
 
+#if SPARK_Q4_F32_DECODE
 // q4 decode tile: DotRows4's contract, block by block. Per row and block,
 // sum_i (d q_i + m) x_i = d (q . x) + m sum_i x_i: the codes meet x in one FMA each, the scale
 // once per block per row, and the block's x sum (shared by the 4 rows) once per row. Rows start
@@ -196,6 +202,129 @@ HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRI
   out[1] = SumLanes(df, a1) + m[1];
   out[2] = SumLanes(df, a2) + m[2];
   out[3] = SumLanes(df, a3) + m[3];
+}
+
+#endif
+
+// Decode input of a q4 matrix: x per block of 32 as int16 q with a power-of-two scale s
+// (x_i ~ s q_i, |q_i| <= 32767, so |x_i - s q_i| <= s / 2 <= max|x_block| / 32767), plus the
+// exact f32 sum of the block's x. The codes (<= 15) meet q in integer multiply-adds (two
+// products per 32-bit lane, exact), one conversion and one FMA per block and row: half the
+// instructions of widening every code to f32, at 2^-15 of the block's largest |x| (int8
+// activations, as in llama.cpp, would be 2^-7). A power-of-two s keeps x that is already on
+// a coarse grid (small integers) exact. Non-finite x gives s = that value, so NaN propagates.
+struct Q4X {
+  const int16_t* q = nullptr;   // [cols]
+  const float* scale = nullptr;  // [cols / 32]
+  const float* sum = nullptr;    // [cols / 32]
+};
+
+// Quantizes x [cols] into per-thread buffers (valid until this thread's next call).
+HWY_INLINE Q4X QuantizeQ4X(const float* HWY_RESTRICT x, size_t cols) {
+  thread_local std::vector<int16_t> q;
+  thread_local std::vector<float> scale, sum;
+  const size_t blocks = cols / kQ4Group;
+  if (q.size() < cols) q.resize(cols);
+  if (scale.size() < blocks) {
+    scale.resize(blocks);
+    sum.resize(blocks);
+  }
+  for (size_t g = 0; g < blocks; ++g) {
+    const float* xg = x + g * kQ4Group;
+    float amax = 0.0f, s = 0.0f;
+    for (size_t i = 0; i < kQ4Group; ++i) {
+      amax = std::max(amax, std::fabs(xg[i]));
+      s += xg[i];
+    }
+    if (!std::isfinite(amax) || !std::isfinite(s)) amax = s = std::numeric_limits<float>::quiet_NaN();
+    int e = 0;
+    std::frexp(amax / 32767.0f, &e);  // amax / 32767 < 2^e
+    const float step = amax > 0.0f ? std::ldexp(1.0f, e) : 1.0f;
+    for (size_t i = 0; i < kQ4Group; ++i)
+      q[g * kQ4Group + i] = std::isfinite(step) && std::isfinite(amax)
+                                ? static_cast<int16_t>(std::lrint(xg[i] / step)) : 0;
+    scale[g] = std::isfinite(amax) ? step : amax;
+    sum[g] = s;
+  }
+  return Q4X{q.data(), scale.data(), sum.data()};
+}
+
+// Decode input of a weight pointer: x itself, or x quantized for q4 (see Q4X).
+template <class W>
+HWY_INLINE const float* DecodeInput(const W*, const float* x, size_t) { return x; }
+#if SPARK_Q4_F32_DECODE
+HWY_INLINE const float* DecodeInput(Q4Ptr, const float* x, size_t) { return x; }
+#else
+HWY_INLINE Q4X DecodeInput(Q4Ptr, const float* x, size_t cols) { return QuantizeQ4X(x, cols); }
+#endif
+
+// q4 decode tile: DotRows4's contract with x quantized (Q4X), block by block. Per row and
+// block, sum_i (d c_i + m) x_i ~ d s (c . q) + m sum(x): the integer dot in int32 lanes, then
+// one FMA with d s per block. Rows start at block boundaries (cols % 32 == 0).
+HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out,
+                         const Q4Ptr* next, size_t ahead_limit) {
+  const hn::CappedTag<int16_t, 16> d16;  // 16 codes = one nibble half of a block, at most
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Rebind<float, decltype(d32)> df;
+  const hn::Rebind<uint8_t, decltype(d16)> d8;
+  const size_t N16 = hn::Lanes(d16);
+  const uint8_t* HWY_RESTRICT b[kDecodeRows];
+  for (size_t r = 0; r < kDecodeRows; ++r) b[r] = rows[r].Block();
+  auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;  // sum over blocks of d s (c . q)
+  float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;   // sum over blocks of m sum(x)
+  const size_t blocks = cols / kQ4Group;
+  const size_t ahead_blocks = kAheadBytes / kQ4BlockBytes;
+  const auto low4 = hn::Set(d16, 15);
+  for (size_t g = 0; g < blocks; ++g) {
+    const size_t off = g * kQ4BlockBytes;
+    if (off % 64 < kQ4BlockBytes) {  // one prefetch per 64 bytes of progress
+      if (next != nullptr) {
+        for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(next[r].Block() + off);
+      } else if ((g + ahead_blocks + 1) * kQ4Group <= ahead_limit) {
+        for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(b[r] + off + ahead_blocks * kQ4BlockBytes);
+      }
+    }
+    const int16_t* HWY_RESTRICT qg = x.q + g * kQ4Group;
+    // Two int32 sums per row: ReorderWidenMulAccumulate may split lanes between them (x86
+    // uses only the first); RearrangeToOddPlusEven joins them.
+    auto s0 = hn::Zero(d32), s1 = s0, s2 = s0, s3 = s0;
+    auto t0 = s0, t1 = s0, t2 = s0, t3 = s0;
+    for (size_t v = 0; v < 16; v += N16) {
+      const auto ql = hn::LoadU(d16, qg + v), qh = hn::LoadU(d16, qg + 16 + v);
+      auto dot = [&](const uint8_t* blk, hn::Vec<decltype(d32)>& s, hn::Vec<decltype(d32)>& t) {
+        const auto c = hn::PromoteTo(d16, hn::LoadU(d8, blk + off + 4 + v));
+        s = hn::ReorderWidenMulAccumulate(d32, hn::And(c, low4), ql, s, t);
+        s = hn::ReorderWidenMulAccumulate(d32, hn::ShiftRight<4>(c), qh, s, t);
+      };
+      dot(b[0], s0, t0);
+      dot(b[1], s1, t1);
+      dot(b[2], s2, t2);
+      dot(b[3], s3, t3);
+    }
+    s0 = hn::RearrangeToOddPlusEven(s0, t0);
+    s1 = hn::RearrangeToOddPlusEven(s1, t1);
+    s2 = hn::RearrangeToOddPlusEven(s2, t2);
+    s3 = hn::RearrangeToOddPlusEven(s3, t3);
+    const float step = x.scale[g], sx = x.sum[g];
+    // One row at a time, in scalars: with d and m gathered in arrays, GCC stored them one by
+    // one and reloaded them as one vector, a failed store-to-load forward per block that
+    // halved the kernel's speed.
+    auto finish = [&](const uint8_t* blk, hn::Vec<decltype(d32)> s, hn::Vec<decltype(df)>& a,
+                      float& macc) {
+      float d, mb;
+      Q4Params(blk + off, &d, &mb);
+      a = hn::MulAdd(hn::ConvertTo(df, s), hn::Set(df, d * step), a);
+      macc += mb * sx;
+    };
+    finish(b[0], s0, a0, m0);
+    finish(b[1], s1, a1, m1);
+    finish(b[2], s2, a2, m2);
+    finish(b[3], s3, a3, m3);
+  }
+  out[0] = SumLanes(df, a0) + m0;
+  out[1] = SumLanes(df, a1) + m1;
+  out[2] = SumLanes(df, a2) + m2;
+  out[3] = SumLanes(df, a3) + m3;
 }
 
 // out[r + t * out_tok_stride] = rows[r] . x[t] for r < kR, t < kT; each row has `cols` weights.
@@ -328,6 +457,7 @@ HWY_INLINE void MatMulRowsT(P w, const float* HWY_RESTRICT scale,
     // 6.9 -> 12.3 GB/s).
     const size_t q = (r1 - r0 + kDecodeRows - 1) / kDecodeRows;  // rows per stream
     const bool streaming = BytesOf(w, (r1 - r0) * cols) > kStreamingBytes;
+    const auto xin = DecodeInput(w, x, cols);
     for (size_t k = 0; k < q; ++k) {
       size_t r[kDecodeRows];
       P rows[kDecodeRows];
@@ -344,7 +474,7 @@ HWY_INLINE void MatMulRowsT(P w, const float* HWY_RESTRICT scale,
       for (size_t s = 1; s < kDecodeRows; ++s) last = r[s] < r1 ? r[s] : last;
       const size_t ahead_limit = streaming ? (r1 - last) * cols : 0;
       float dots[kDecodeRows];
-      DotRows4(rows, cols, x, dots, static_cast<const P*>(nullptr), ahead_limit);
+      DotRows4(rows, cols, xin, dots, static_cast<const P*>(nullptr), ahead_limit);
       for (size_t s = 0; s < kDecodeRows; ++s) {
         if (r[s] < r1) out[r[s]] = scale ? dots[s] * scale[r[s]] : dots[s];
       }

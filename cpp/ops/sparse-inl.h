@@ -45,12 +45,13 @@ HWY_INLINE void MaskedMatVecT(P w, const float* HWY_RESTRICT scale,
   };
   P rows[kDecodeRows];
   P next[kDecodeRows];
+  const auto xin = DecodeInput(w, x, cols);
   bool have_next = tile_rows(j0, next);
   for (size_t j = j0; have_next; j += kDecodeRows) {
     for (size_t k = 0; k < kDecodeRows; ++k) rows[k] = next[k];
     have_next = tile_rows(j + kDecodeRows, next);
     float s[kDecodeRows];
-    DotRows4(rows, cols, x, s, have_next ? next : static_cast<const P*>(nullptr), 0);
+    DotRows4(rows, cols, xin, s, have_next ? next : static_cast<const P*>(nullptr), 0);
     const size_t m = j1 - j < kDecodeRows ? j1 - j : kDecodeRows;
     for (size_t k = 0; k < m; ++k) out[j + k] = scale ? s[k] * scale[idx[j + k]] : s[k];
   }
