@@ -27,6 +27,11 @@ REL_TOL = 1e-4
 # Rounding itself moves them by 2e-3 to 0.6 (bf16 against an f32 cache) in these models; the
 # tests at REL_TOL run with an f32 cache.
 REL_TOL_BF16_KV = 1e-3
+# q4 decode rounds x to int16 per block of 32 (ops/matvec-inl.h, Q4X: a step of at most 2^-15
+# of the block's largest |x|) before each matvec; over a model's dependent matvecs that moves
+# the logits by up to ~3e-4 of their range here (seen: 2.6e-4); chunk matmuls stay f32 (~4e-7),
+# but a last chunk of one token and the sparsified FFNs' per-token kernels run the decode path.
+REL_TOL_Q4 = 1e-3
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -158,10 +163,10 @@ def test_q4_weights_match_reference_on_dequantized_on_every_target(kind, target,
     tokens = tokens_for(cfg, 16, seed=2)
     expected = reference.forward(cfg, weights, tokens)
     engine = _core.Engine(path, context_length=16, kv_dtype="f32")
-    assert rel_err(engine.prefill(tokens, chunk=5, all_logits=True), expected) < REL_TOL, target
+    assert rel_err(engine.prefill(tokens, chunk=5, all_logits=True), expected) < REL_TOL_Q4, target
     engine.reset()
     decoded = np.stack([engine.decode(int(t)) for t in tokens])
-    assert rel_err(decoded, expected) < REL_TOL, target
+    assert rel_err(decoded, expected) < REL_TOL_Q4, target
 
 
 @pytest.mark.parametrize("kind", ["sparse_ffn_calibrated", "sparse_all_gemma2", "sparse_attn",

@@ -171,14 +171,44 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.asarray(q, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
 
 
+def _q4_fit(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d, m) float32 per block of g [n, 32]: the least-squares step and offset, best of a few
+    code assignments. A candidate assigns c = clip(round((w - min) * k / (max - min)), 0, 15)
+    for a span k, fits d, m to those codes by least squares, and scores the fit by its residual
+    sum(w^2) - d sum(c w) - m sum(w) (exact for a least-squares fit). Integer spans 1..15 refit
+    exactly a block that a 4-bit format (Q4_K) quantized before; spans just past 15 trade a
+    clipped extreme for a finer step. The first candidate is min/max (d = range / 15, m = min)."""
+    lo, hi = g.min(axis=1), g.max(axis=1)
+    rng = hi - lo
+    inv = np.divide(np.float32(1.0), rng, out=np.zeros_like(rng), where=rng > 0)
+    centered = g - lo[:, None]
+    sx, sxx, n = g.sum(axis=1), np.einsum("ij,ij->i", g, g), np.float32(g.shape[1])
+    best_d, best_m = rng / np.float32(15.0), lo.copy()
+    r = np.clip(np.rint(centered * (np.float32(15.0) * inv)[:, None]), 0.0, 15.0)
+    r = r * best_d[:, None] + best_m[:, None] - g
+    best = np.einsum("ij,ij->i", r, r)
+    for span in (*range(1, 15), 15.25, 15.5, 15.75, 16.0, 16.5):
+        c = np.clip(np.rint(centered * (np.float32(span) * inv)[:, None]), 0.0, 15.0)
+        s_c, s_cc, s_cx = c.sum(axis=1), np.einsum("ij,ij->i", c, c), np.einsum("ij,ij->i", c, g)
+        det = n * s_cc - s_c * s_c
+        ok = det > 0
+        det = np.where(ok, det, np.float32(1.0))
+        d = (n * s_cx - s_c * sx) / det
+        m = (s_cc * sx - s_c * s_cx) / det
+        better = ok & (d > 0) & (sxx - d * s_cx - m * sx < best)
+        best = np.where(better, sxx - d * s_cx - m * sx, best)
+        best_d, best_m = np.where(better, d, best_d), np.where(better, m, best_m)
+    return best_d.astype(np.float32), best_m.astype(np.float32)
+
+
 def quantize_q4(w: np.ndarray) -> np.ndarray:
     """4-bit, asymmetric, per block of 32 weights along each row: uint8 [rows, cols / 32 * 20].
 
     Block b of row r (weights w[r, 32b : 32b + 32]) is 20 bytes: f16 d, f16 m (little-endian),
-    then 16 code bytes, byte j = q_j | q_(j+16) << 4 (GGML's Q4_1 block). m = f16(min), d =
-    f16((max - min) / 15), and with those stored values q = clip(round_half_even((w - m) / d),
-    0, 15) (0 when d == 0): the nearest of the 16 levels, so |w - (d q + m)| <= d / 2 up to f16
-    rounding of m. cols must be a multiple of 32; |w| must fit f16 (65504).
+    then 16 code bytes, byte j = q_j | q_(j+16) << 4 (GGML's Q4_1 block); w ~ d q + m. d and m
+    are a least-squares fit (`_q4_fit`), stored as f16; with the stored values the codes are
+    q = clip(round_half_even((w - m) / d), 0, 15) (0 when d == 0): round to nearest, the level
+    nearest each weight. cols must be a multiple of 32; |w| must fit f16 (65504).
     """
     w32 = np.asarray(w, dtype=np.float32)
     if w32.ndim != 2:
@@ -188,20 +218,19 @@ def quantize_q4(w: np.ndarray) -> np.ndarray:
         raise ValueError(f"q4 needs rows of a multiple of {Q4_GROUP} weights, got {cols}")
     if w32.size and np.max(np.abs(w32)) > 65504.0:
         raise ValueError("q4 cannot hold weights beyond the f16 range (|w| > 65504)")
-    g = w32.reshape(rows, cols // Q4_GROUP, Q4_GROUP)
-    lo, hi = g.min(axis=2), g.max(axis=2)
-    m16 = lo.astype(np.float16)
-    d16 = ((hi - lo) / np.float32(15.0)).astype(np.float16)
+    g = w32.reshape(-1, Q4_GROUP)
+    d_fit, m_fit = _q4_fit(g)
+    d16, m16 = d_fit.astype(np.float16), m_fit.astype(np.float16)
     d, m = d16.astype(np.float32), m16.astype(np.float32)
     q = np.zeros(g.shape, dtype=np.float32)
-    np.divide(g - m[..., None], d[..., None], out=q, where=d[..., None] > 0)
+    np.divide(g - m[:, None], d[:, None], out=q, where=d[:, None] > 0)
     np.rint(q, out=q)
     np.clip(q, 0.0, 15.0, out=q)
     codes = q.astype(np.uint8)
-    out = np.empty((rows, cols // Q4_GROUP, Q4_BLOCK_BYTES), dtype=np.uint8)
-    out[..., 0:2] = d16.astype("<f2").view(np.uint8).reshape(rows, -1, 2)
-    out[..., 2:4] = m16.astype("<f2").view(np.uint8).reshape(rows, -1, 2)
-    out[..., 4:] = codes[..., :16] | (codes[..., 16:] << 4)
+    out = np.empty((g.shape[0], Q4_BLOCK_BYTES), dtype=np.uint8)
+    out[:, 0:2] = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:4] = m16.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 4:] = codes[:, :16] | (codes[:, 16:] << 4)
     return out.reshape(rows, -1)
 
 
