@@ -244,6 +244,33 @@ def test_rewind_keeps_the_prefix(model_files):
         engine.rewind(13)
 
 
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "gemma3_gqa4", "spark_all", "sparse_attn",
+                                  "sparse_all_gemma2"])
+def test_sliding_window_ring_buffers_match_reference(kind, model_files):
+    """With max_chunk 3, a local layer keeps a ring of window + 2 rows (the context is more than
+    twice that): chunked prefill and decode past several wraps still equal the reference, the
+    cache is smaller than without rings, and a rewind the ring can no longer serve empties it."""
+    cfg = KINDS[kind]
+    path, weights = model_files(kind)
+    tokens = tokens_for(cfg, 40, seed=11)
+    expected = reference.forward(cfg, weights, tokens)
+    engine = _core.Engine(path, context_length=48, max_chunk=3, kv_dtype="f32")
+    assert engine.kv_ring_rows == cfg.sliding_window + 2
+    full = _core.Engine(path, context_length=48, max_chunk=3, kv_dtype="f32", swa_full=True)
+    assert full.kv_ring_rows == 0 and engine.kv_bytes < full.kv_bytes
+    assert _core.Engine(path, context_length=48, max_chunk=48).kv_ring_rows == 0  # 2R > 48
+    got = engine.prefill(tokens[:23], chunk=8, all_logits=True)  # chunks cut to 3
+    decoded = np.stack([engine.decode(int(t)) for t in tokens[23:]])
+    assert rel_err(np.concatenate([got, decoded]), expected) < REL_TOL
+    # The newest rows are still there: rewinding one step and running it again is exact.
+    assert engine.rewind(39) == 39
+    assert rel_err(engine.decode(int(tokens[39])), expected[39]) < REL_TOL
+    # Position 20 would see 20 - window + 1 .. 19, long overwritten: the cache starts over.
+    assert engine.rewind(20) == 0 and engine.pos == 0
+    assert rel_err(engine.prefill(tokens[:5], all_logits=True), expected[:5]) < REL_TOL
+    assert full.prefill(tokens[:30], chunk=3) is not None and full.rewind(20) == 20
+
+
 def test_spark_sparsity_is_measured():
     """FFN active fraction within 2 points of the target; attention attends <= ~attn_topk once
     the context exceeds it, and every visible token below it."""
@@ -302,6 +329,10 @@ def _header(path: str) -> tuple[int, bytes, bytes]:
 
 
 def _write(path: str, header: bytes, data: bytes, pad: bool = True) -> None:
+    """pad: spaces after the JSON so the data starts on a 64-byte line, as the writer does
+    (tensors stay aligned, so only the edit under test is wrong)."""
+    if pad:
+        header += b" " * ((-(8 + len(header))) % 64)
     with open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little") + header + data)
 
@@ -357,6 +388,31 @@ def test_hostile_files_raise_format_error(attack, model_files, tmp_path):
         _core.Engine(bad, context_length=8)
     assert isinstance(info.value, ValueError)
     assert str(info.value)  # a message, in words
+
+
+def test_header_limits_and_alignment(model_files, tmp_path):
+    """The JSON value budget, the header size cap and tensor alignment (docs/engine-file.md)."""
+    bad = str(tmp_path / "bad.spark")
+    budget = _core.MAX_JSON_VALUES
+    _write(bad, b"[" + b"0," * budget + b"0]", b"")            # budget + 2 values
+    with pytest.raises(_core.FormatError, match=f"more than {budget} values"):
+        _core.Engine(bad, context_length=8)
+    _write(bad, b"[" + b"0," * (budget - 2) + b"0]", b"")      # exactly the budget: parsed
+    with pytest.raises(_core.FormatError, match="not a JSON object"):
+        _core.Engine(bad, context_length=8)
+    cap = _core.MAX_HEADER_BYTES
+    assert cap == 32 << 20
+    _write(bad, b"{}" + b" " * (cap - 1), b"")
+    with pytest.raises(_core.FormatError, match="over the 32 MiB limit"):
+        _core.Engine(bad, context_length=8)
+    # One more space at the end of the header moves every tensor off its alignment.
+    path, _ = model_files("gemma3")
+    n, header, data = _header(path)
+    _write(bad, header + b" ", data, pad=False)
+    with pytest.raises(_core.FormatError, match="not a multiple of its element size 4"):
+        _core.Engine(bad, context_length=8)
+    _write(bad, header + b" " * 4, data, pad=False)             # 4 bytes: f32 stays aligned
+    _core.Engine(bad, context_length=8)
 
 
 def test_format_error_messages_name_the_problem(model_files, tmp_path):

@@ -28,8 +28,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   if (size < 8) throw FormatError(where + "truncated (shorter than the 8-byte header size)");
   uint64_t header_len;
   memcpy(&header_len, file_.data(), 8);
-  if (header_len > 100u * 1024 * 1024)
-    throw FormatError(where + "header size " + std::to_string(header_len) + " is over 100 MB: not a safetensors file");
+  if (header_len > kMaxHeaderBytes)
+    throw FormatError(where + "header size " + std::to_string(header_len) + " is over the " +
+                      std::to_string(kMaxHeaderBytes >> 20) + " MiB limit: not an engine file");
   if (header_len > size - 8)
     throw FormatError(where + "truncated: the header claims " + std::to_string(header_len) +
                       " bytes but the file has " + std::to_string(size - 8) + " after the size field");
@@ -78,6 +79,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
       throw FormatError(what + ": data_offsets hold " + std::to_string(e - b) + " bytes but dtype " + t.dtype +
                         " and its shape need " + std::to_string(nbytes));
     t.data = data + b;
+    // The engine reads tensors through float*/bf16* pointers: a misaligned one is undefined
+    // behaviour in C++. The map starts on a page, so the address is aligned exactly when the
+    // file offset is (docs/engine-file.md, "Layout": a reader must check, not assume).
+    if (reinterpret_cast<uintptr_t>(t.data) % elem != 0)
+      throw FormatError(what + ": data starts at file offset " + std::to_string(8 + header_len + b) +
+                        ", not a multiple of its element size " + std::to_string(elem) +
+                        " (tensors must be aligned)");
     t.bytes = nbytes;
     ranges.emplace_back(static_cast<size_t>(b), static_cast<size_t>(e));
     tensors_.emplace(name, std::move(t));

@@ -2,7 +2,8 @@
 // Format: u64 LE header size N; N bytes of JSON {name: {dtype, shape, data_offsets [b, e)},
 // "__metadata__": {str: str}}; then the data. Every check happens before any tensor is used:
 // header inside the file, offsets inside the data, e - b == prod(shape) * dtype size (overflow
-// checked), no overlapping tensors. Any violation is a FormatError naming the tensor.
+// checked), no overlapping tensors, each tensor aligned to its element size. Any violation is
+// a FormatError naming the tensor.
 #ifndef SPARK_MODEL_SAFETENSORS_H_
 #define SPARK_MODEL_SAFETENSORS_H_
 
@@ -16,6 +17,11 @@
 #include "util/mapped_file.h"
 
 namespace spark {
+
+// Largest header accepted. Engine headers hold the config and the tokenizer (base64) and the
+// default model's is 6.6 MiB (6,954,552 bytes, a 262k-token SentencePiece model), so 32 MiB is
+// ~4.8x that; the safetensors format's own 100 MB would let a hostile header cost a GB of tree.
+constexpr uint64_t kMaxHeaderBytes = uint64_t{32} << 20;
 
 struct TensorInfo {
   std::string dtype;  // "F32", "BF16", "I8", ...

@@ -8,7 +8,8 @@ namespace spark {
 
 class JsonParser {
  public:
-  JsonParser(const char* p, size_t n) : p_(p), end_(p + n) {}
+  JsonParser(const char* p, size_t n, size_t max_values)
+      : p_(p), end_(p + n), values_left_(max_values), max_values_(max_values) {}
 
   Json ParseDocument() {
     Json v = ParseValue(0);
@@ -18,8 +19,6 @@ class JsonParser {
   }
 
  private:
-  static constexpr int kMaxDepth = 64;
-
   [[noreturn]] void Fail(const std::string& what) {
     throw FormatError("invalid JSON: " + what);
   }
@@ -36,7 +35,9 @@ class JsonParser {
   }
 
   Json ParseValue(int depth) {
-    if (depth > kMaxDepth) Fail("nesting deeper than 64");
+    if (depth > Json::kMaxDepth) Fail("nesting deeper than " + std::to_string(Json::kMaxDepth));
+    if (values_left_ == 0) Fail("more than " + std::to_string(max_values_) + " values");
+    --values_left_;
     SkipSpace();
     if (p_ >= end_) Fail("unexpected end");
     Json v;
@@ -178,9 +179,13 @@ class JsonParser {
 
   const char* p_;
   const char* end_;
+  size_t values_left_;
+  const size_t max_values_;
 };
 
-Json Json::Parse(const char* data, size_t size) { return JsonParser(data, size).ParseDocument(); }
+Json Json::Parse(const char* data, size_t size, size_t max_values) {
+  return JsonParser(data, size, max_values).ParseDocument();
+}
 
 static const char* TypeName(Json::Type t) {
   switch (t) {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -507,7 +508,12 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
     import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16", which safetensors asks for)
     from safetensors import SafetensorError, safe_open
 
+    from . import limits
+
     try:
+        with open(path, "rb") as fh:   # the safetensors library allows a 100 MB header
+            limits.check_header_size(int.from_bytes(fh.read(8), "little"), os.fspath(path),
+                                     FormatError)
         handle = safe_open(os.fspath(path), framework="numpy")
     except (SafetensorError, OSError) as e:
         raise FormatError(f"{os.fspath(path)}: not a readable safetensors file: {e}") from None
@@ -606,7 +612,7 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     {dtype: tensor count}, has_tokenizer, sparsify (the conversion's record, or None)}. Raises FormatError for a file that is not an
     engine file (or of an unknown format version), FileNotFoundError if it does not exist.
     """
-    import json as _json
+    from . import limits
 
     path = os.fspath(path)
     size = os.path.getsize(path)
@@ -615,27 +621,28 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         if len(head) < 8:
             raise FormatError(f"{path}: truncated (shorter than the 8-byte header size)")
         n = int.from_bytes(head, "little")
-        if n > 100 * 2**20 or n > size - 8:
+        limits.check_header_size(n, path, FormatError)
+        if n > size - 8:
             raise FormatError(f"{path}: header size {n} does not fit the file: not an engine file")
-        try:
-            header = _json.loads(f.read(n))
-        except ValueError as e:
-            raise FormatError(f"{path}: header is not JSON: {e}") from None
+        header = limits.parse_json_header(f.read(n), path, FormatError)
     if not isinstance(header, dict):
         raise FormatError(f"{path}: header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FormatError(f"{path}: __metadata__ is not an object of strings")
     cfg = _config_from_metadata(path, meta)
     dtypes: dict[str, int] = {}
     params = 0
     for name, entry in header.items():
-        if not isinstance(entry, dict) or "dtype" not in entry or "shape" not in entry:
+        if (not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str)
+                or not isinstance(entry.get("shape"), list)
+                or not all(type(d) is int and d >= 0 for d in entry["shape"])):
             raise FormatError(f"{path}: tensor {name!r}: malformed header entry")
         dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + 1
         if entry["dtype"] == "U8":   # q4 blocks: 32 weights per 20 bytes
-            params += int(entry["shape"][0]) * (int(entry["shape"][1]) // Q4_BLOCK_BYTES
-                                                * Q4_GROUP)
+            params += entry["shape"][0] * (entry["shape"][1] // Q4_BLOCK_BYTES * Q4_GROUP)
         elif not name.endswith(".scale"):
-            params += int(np.prod(entry["shape"], dtype=np.int64))
+            params += math.prod(entry["shape"])
     return {"path": path, "file_bytes": size, "format": meta["format"],
             "format_version": meta["format_version"], "config": cfg.to_dict(),
             "parameters": params, "dtypes": dtypes, "has_tokenizer": bool(meta.get("tokenizer")),

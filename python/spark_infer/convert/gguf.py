@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import limits
 from ._errors import ConversionError
 
 GGUF_MAGIC = b"GGUF"
@@ -158,7 +159,7 @@ class GGUFFile:
             s = b.decode("utf-8", errors="surrogateescape")
         return s, off + n
 
-    def _value(self, vtype: int, off: int, what: str) -> tuple[Any, int]:
+    def _value(self, vtype: int, off: int, what: str, depth: int = 0) -> tuple[Any, int]:
         if vtype == _T_STRING:
             return self._str(off, what)
         if vtype in _SCALAR_FMT:
@@ -167,31 +168,33 @@ class GGUFFile:
             self._need(off, n, what)
             return struct.unpack_from(fmt, self._mm, off)[0], off + n
         if vtype == _T_ARRAY:
+            limits.check_depth(depth + 1, self._where(what), ConversionError)
             etype = self._u32(off, what)
             count = self._u64(off + 4, what)
             off += 12
+            # Each item's least size: its bytes, a string's u64 length, an array's type + count.
+            least = {_T_STRING: 8, _T_ARRAY: 12}.get(etype) or (
+                np.dtype(_SCALAR_NP[etype]).itemsize if etype in _SCALAR_NP else 0)
+            if least == 0:
+                raise self._err(f"corrupt GGUF: {what}: unknown array element type {etype}")
+            limits.check_count(count, least, self.size - off, self._where(what), ConversionError)
             if etype in _SCALAR_NP:
                 dt = np.dtype(_SCALAR_NP[etype])
-                self._need(off, count * dt.itemsize, what)
                 arr = np.frombuffer(self._mm, dtype=dt, count=count, offset=off).copy()
                 if etype == _T_BOOL:
                     arr = arr.astype(bool)
                 return arr, off + count * dt.itemsize
             if etype == _T_STRING:
-                if count * 8 > self.size - off:
-                    raise self._err(f"corrupt GGUF: {what}: string array of {count} items "
-                                    "does not fit in the file")
                 return self._str_array(count, off, what)
-            if etype == _T_ARRAY:
-                if count > self.size - off:
-                    raise self._err(f"corrupt GGUF: {what}: nested array too long")
-                out = []
-                for _ in range(count):
-                    v, off = self._value(_T_ARRAY, off, what)
-                    out.append(v)
-                return out, off
-            raise self._err(f"corrupt GGUF: {what}: unknown array element type {etype}")
+            out = []
+            for _ in range(count):
+                v, off = self._value(_T_ARRAY, off, what, depth + 1)
+                out.append(v)
+            return out, off
         raise self._err(f"corrupt GGUF: {what}: unknown value type {vtype}")
+
+    def _where(self, what: str) -> str:
+        return f"{self.path}: corrupt GGUF: {what}"
 
     def _str_array(self, count: int, off: int, what: str) -> tuple[list[str], int]:
         mm, size = self._mm, self.size
@@ -226,8 +229,11 @@ class GGUFFile:
             raise self._err(f"unsupported GGUF version {self.version} (need 2 or 3)")
         n_tensors = self._u64(8, "tensor count")
         n_kv = self._u64(16, "key/value count")
-        if n_tensors > self.size // 24 or n_kv > self.size // 12:
-            raise self._err(f"corrupt GGUF header ({n_tensors} tensors, {n_kv} key/values)")
+        # Least sizes: a key/value is a key length, a type and a 1-byte value (13 bytes); a
+        # tensor info a name length, a dim count, one dim, a type and an offset (32 bytes).
+        limits.check_count(n_kv, 13, self.size - 24, self._where("key/values"), ConversionError)
+        limits.check_count(n_tensors, 32, self.size - 24, self._where("tensor infos"),
+                           ConversionError)
         off = 24
         meta: dict[str, Any] = {}
         for i in range(n_kv):

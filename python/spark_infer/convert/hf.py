@@ -12,7 +12,6 @@ The safetensors files are read through a small ``mmap`` parser (numpy has no bfl
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import limits
 from ._errors import ConversionError
 
 _ST_DTYPES = {
@@ -30,6 +30,11 @@ _ST_DTYPES = {
 }
 _ST_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "U16": 2,
              "I32": 4, "U32": 4, "I64": 8, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _is_size(v: object) -> bool:
+    """A JSON non-negative integer (bool is an int subclass in Python, but not one here)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 class SafetensorsFile:
@@ -53,32 +58,33 @@ class SafetensorsFile:
             raise ConversionError(f"{self.path}: truncated safetensors file ({size} bytes)")
         self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
         (n,) = struct.unpack_from("<Q", self._mm, 0)
+        limits.check_header_size(n, self.path, ConversionError)
         if n > size - 8:
             raise ConversionError(f"{self.path}: truncated or corrupt safetensors file "
                                   f"(header of {n} bytes, file of {size} bytes)")
-        try:
-            header = json.loads(self._mm[8:8 + n])
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
-        except ValueError as e:
-            raise ConversionError(f"{self.path}: corrupt safetensors header: {e}") from None
+        header = limits.parse_json_header(self._mm[8:8 + n], self.path, ConversionError)
+        if not isinstance(header, dict):
+            raise ConversionError(f"{self.path}: corrupt safetensors header: not a JSON object")
         header.pop("__metadata__", None)
         base = 8 + n
         self.tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, info in header.items():
             try:
-                dtype, shape, (a, b) = info["dtype"], tuple(int(x) for x in info["shape"]), \
-                    info["data_offsets"]
+                dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise ConversionError(f"{self.path}: corrupt safetensors entry for tensor "
                                       f"{name!r}") from None
+            if not isinstance(dtype, str) or not all(_is_size(v) for v in (*shape, a, b)):
+                raise ConversionError(f"{self.path}: corrupt safetensors entry for tensor "
+                                      f"{name!r}: dtype must be a string, shape and "
+                                      "data_offsets non-negative integers")
             nel = 1
             for d in shape:
                 nel *= d
             if dtype in _ST_SIZES and b - a != nel * _ST_SIZES[dtype]:
                 raise ConversionError(f"{self.path}: corrupt safetensors entry for tensor "
                                       f"{name!r}: {b - a} bytes for {dtype} shape {list(shape)}")
-            if not 0 <= a <= b or base + b > size:
+            if not a <= b or base + b > size:
                 raise ConversionError(f"{self.path}: truncated safetensors file: tensor {name!r} "
                                       f"needs bytes up to {base + b}, the file has {size}")
             self.tensors[name] = (dtype, shape, base + a, b - a)
@@ -315,10 +321,7 @@ class HFCheckpoint:
         cfg_path = p / "config.json"
         if not cfg_path.is_file():
             raise ConversionError(f"{p}: no config.json")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ConversionError(f"{cfg_path}: cannot parse: {e}") from None
+        cfg = _read_json(cfg_path)
         if not isinstance(cfg, dict):
             raise ConversionError(f"{cfg_path}: not a JSON object")
         self.hf_config = cfg
@@ -338,10 +341,12 @@ class HFCheckpoint:
         index = p / "model.safetensors.index.json"
         if index.is_file():
             try:
-                wm = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ConversionError(f"{index}: cannot parse: {e}") from None
-            shard_names = sorted(set(wm.values()))
+                wm = _read_json(index)["weight_map"]
+                shard_names = sorted(set(wm.values()))
+            except (KeyError, TypeError, AttributeError) as e:
+                raise ConversionError(f"{index}: cannot parse: {e!r}") from None
+            if not all(isinstance(sn, str) for sn in shard_names):
+                raise ConversionError(f"{index}: weight_map values must be file names")
         else:
             shard_names = sorted(f.name for f in p.glob("*.safetensors"))
             if not shard_names:
@@ -417,6 +422,16 @@ class HFCheckpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _read_json(path: Path):
+    """A checkpoint's JSON file (config, index) under the readers' limits (limits.py)."""
+    try:
+        limits.check_header_size(path.stat().st_size, str(path), ConversionError)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot read: {e}") from None
+    return limits.parse_json_header(raw, str(path), ConversionError)
 
 
 def _hf_example(en: str) -> str:
