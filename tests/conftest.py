@@ -28,3 +28,13 @@ def target(request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     finally:
         _core.set_target(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random model with a real tokenizer (tests/tiny_model.py), written once per session."""
+    from tiny_model import write_tiny_model
+
+    path = str(tmp_path_factory.mktemp("tiny") / "tiny.spark")
+    write_tiny_model(path)
+    return path

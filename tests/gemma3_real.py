@@ -38,13 +38,14 @@ def gguf_file() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def engine_file(dtype: str = "f32") -> Path:
+def engine_file(dtype: str = "f32", embed_dtype: str | None = None) -> Path:
     from spark_infer.convert import convert
 
     t0 = time.perf_counter()
-    out = convert(gguf_file(), workdir() / f"gemma3-270m.{dtype}.spark", dtype=dtype,
-                  progress=False)
-    print(f"\nconverted gemma3-270m to {dtype} in {time.perf_counter() - t0:.1f} s")
+    setting = dtype if embed_dtype in (None, dtype) else f"{dtype}-embed_{embed_dtype}"
+    out = convert(gguf_file(), workdir() / f"gemma3-270m.{setting}.spark", dtype=dtype,
+                  embed_dtype=embed_dtype, progress=False)
+    print(f"\nconverted gemma3-270m to {setting} in {time.perf_counter() - t0:.1f} s")
     return out
 
 

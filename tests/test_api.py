@@ -171,6 +171,8 @@ def test_bad_files_and_names(tmp_path, model_path):
         spark_infer.load(str(bad))
     with pytest.raises(ValueError):
         spark_infer.load(model_path, threads=0)
+    with pytest.raises(ValueError, match="embedded model"):   # a file has its own dtypes
+        spark_infer.load(model_path, dtype="int8")
 
 
 def test_unknown_format_version_is_a_format_error(tmp_path, model_path):
@@ -206,3 +208,205 @@ def test_perplexity_matches_logits(model):
         - logits.max(1, keepdims=True)
     expected = float(np.exp(-np.mean([logp[i, ids[i + 1]] for i in range(len(ids) - 1)])))
     assert model.perplexity(text) == pytest.approx(expected, rel=1e-6)
+
+
+def test_two_threads_on_one_model_never_corrupt_it(model):
+    # prefill/decode release the GIL: a second thread must get ModelBusyError (or run after
+    # the first), never share the KV cache; reset() too, which used to rewind the cache under
+    # an open generation. A tiny switch interval makes the threads interleave often.
+    import sys
+    import threading
+
+    prompts = ["Ruth said", "And Naomi said unto her two daughters in law", "Boaz"]
+    expected = {p: model.generate(p, max_new_tokens=10, temperature=0) for p in prompts}
+    results, busy, errors = [], [], []
+
+    def worker(k: int) -> None:
+        for i in range(40):
+            p = prompts[(i + k) % len(prompts)]
+            try:
+                if i % 2:
+                    results.append((p, "".join(model.generate(p, max_new_tokens=10,
+                                                              temperature=0, stream=True))))
+                else:
+                    results.append((p, model.generate(p, max_new_tokens=10, temperature=0)))
+            except spark_infer.ModelBusyError:
+                busy.append(k)
+            except BaseException as e:  # noqa: BLE001 - any other error is the bug
+                errors.append(e)
+
+    def resetter() -> None:
+        for _ in range(400):
+            try:
+                model.reset()
+            except spark_infer.ModelBusyError:
+                pass
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+        threads.append(threading.Thread(target=resetter))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
+    assert len(results) + len(busy) == 120 and results
+    assert all(text == expected[p] for p, text in results)
+    assert model.generate("Boaz", max_new_tokens=10, temperature=0) == expected["Boaz"]
+
+
+def test_the_model_is_released_on_every_way_out(model):
+    import gc
+
+    expected = model.generate("Ruth", max_new_tokens=12, temperature=0)
+    stream = model.generate("Ruth", max_new_tokens=30, temperature=0, stream=True)
+    next(stream)
+    with pytest.raises(spark_infer.ModelBusyError):
+        model.reset()
+    with pytest.raises(spark_infer.ModelBusyError):
+        model.logits([2, 10])
+    del stream            # abandoned, never closed: collecting it lets go of the model
+    gc.collect()
+    assert model.generate("Ruth", max_new_tokens=12, temperature=0) == expected
+
+    class Failing:        # the engine fails in the middle of a generation
+        def __init__(self, engine):
+            self.engine, self.calls = engine, 0
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def decode(self, token):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("decode failed")
+            return self.engine.decode(token)
+
+    engine = model.engine
+    model.engine = Failing(engine)
+    try:
+        with pytest.raises(RuntimeError, match="decode failed"):
+            model.generate("Ruth", max_new_tokens=12, temperature=0)
+    finally:
+        model.engine = engine
+    assert model.generate("Ruth", max_new_tokens=12, temperature=0) == expected
+
+
+def _assistant_body(model, messages, answer):
+    """The ids chat() puts in the template for `answer` after `messages`."""
+    head = model.chat_ids(messages)
+    ids = model.chat_ids(messages + [{"role": "assistant", "content": answer},
+                                     {"role": "user", "content": "And?"}])
+    assert ids[:len(head)] == head
+    return ids[len(head):ids.index(model.tokenizer.end_of_turn_id, len(head))]
+
+
+def test_chat_history_ids_are_what_was_shown(model):
+    msgs = [{"role": "user", "content": "Who is Naomi?"}]
+    full = model.chat(msgs, max_new_tokens=24, temperature=0)
+    assert len(full) > 8
+    generated = _assistant_body(model, msgs, full)
+    assert model.detokenize(generated) == full
+    for stop in (full[4:7], full[5:6]):
+        answer = model.chat(msgs, max_new_tokens=24, temperature=0, stop=[stop])
+        assert answer == full[:full.index(stop)]
+        body = _assistant_body(model, msgs, answer)
+        # Exactly the shown text (no stop string, nothing held back), and when the cut falls on
+        # a token boundary, the ids the model produced (so the cache is reused).
+        assert model.detokenize(body) == answer
+        if any(model.detokenize(generated[:k]) == answer for k in range(len(generated) + 1)):
+            assert body == generated[:len(body)]
+    # A stream closed early: the ids are those of the pieces handed out.
+    stream = model.chat(msgs, max_new_tokens=24, temperature=0, stream=True)
+    shown = next(stream) + next(stream)
+    stream.close()
+    assert model.detokenize(_assistant_body(model, msgs, shown)) == shown
+
+
+def test_chat_answer_cache_is_bounded(model):
+    from spark_infer.model import _ANSWER_CACHE
+
+    msgs = [{"role": "user", "content": "Tell me of Boaz."}]
+    answers = [model.chat(msgs, max_new_tokens=4, temperature=1.5, top_k=0, top_p=1.0,
+                          min_p=0.0, seed=s) for s in range(_ANSWER_CACHE + 8)]
+    assert len(set(answers)) > _ANSWER_CACHE
+    assert len(model._answer_ids) <= _ANSWER_CACHE
+    assert answers[-1] in model._answer_ids and answers[0] not in model._answer_ids
+
+
+def test_penalties_see_the_text_not_the_template(model, monkeypatch):
+    from spark_infer import model as model_module
+
+    seen = []
+
+    class Recording(model_module.Sampler):
+        def __call__(self, logits, history=()):
+            seen.append(list(history))
+            return super().__call__(logits, history)
+
+    monkeypatch.setattr(model_module, "Sampler", Recording)
+    tok = model.tokenizer
+    msgs = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Who is Naomi?"}]
+    model.chat(msgs, max_new_tokens=3, temperature=0, repetition_penalty=1.2)
+    assert seen[0] == tok.encode("Be brief.\n\nWho is Naomi?", add_bos=False)
+    seen.clear()
+    model.generate("Ruth said", max_new_tokens=3, temperature=0)
+    assert seen[0] == tok.encode("Ruth said", add_bos=False)   # no <bos>
+
+
+def test_repetition_penalty_changes_greedy_text(model):
+    kw = dict(max_new_tokens=40, temperature=0)
+    plain = model.generate("Ruth", **kw)
+    ids = model.tokenize(plain, add_bos=False)
+    assert len(set(ids)) < len(ids)   # the greedy chain repeats itself on this random model
+    penalized = model.generate("Ruth", repetition_penalty=3.0, repeat_last_n=-1,
+                               frequency_penalty=1.0, presence_penalty=1.0, **kw)
+    assert penalized != plain
+    assert model.generate("Ruth", repetition_penalty=3.0, repeat_last_n=0, **kw) == plain
+
+
+def test_fit_chat_drops_the_oldest_turns(model):
+    turns = [{"role": "system", "content": "Be brief."}]
+    for i in range(12):
+        turns += [{"role": "user", "content": f"Question {i} about Naomi and Ruth?"},
+                  {"role": "assistant", "content": f"Answer {i}: they went to Bethlehem."}]
+    turns.append({"role": "user", "content": "And then?"})
+    assert len(model.chat_ids(turns)) > model.context_length
+    kept = model.fit_chat(turns, room=20)
+    assert kept[0] == turns[0] and kept[1]["role"] == "user"
+    assert kept[1:] == turns[len(turns) - len(kept) + 1:]      # the latest turns, in order
+    assert len(model.chat_ids(kept)) + 20 <= model.context_length
+    # No more was dropped than needed: one more exchange (user + assistant) would not fit.
+    assert len(model.chat_ids(turns[:1] + turns[len(turns) - len(kept) - 1:])) + 20 \
+        > model.context_length
+    assert model.fit_chat(turns[-1:], room=20) == turns[-1:]
+    with pytest.raises(spark_infer.ContextLengthError):
+        model.fit_chat([{"role": "user", "content": "Ruth " * 200}])
+    with pytest.raises(ValueError, match="room"):
+        model.fit_chat(turns, room=-1)
+
+
+def test_ring_buffers_rerun_a_prompt_they_no_longer_hold(model_path):
+    """chunk_size 4 gives the window-16 layers a ring of 19 rows. Generating the same prompt
+    twice: the first answer runs past what the ring keeps of the prompt, so the second run
+    prefills the whole prompt again (the whole-context cache reuses it), with the same text."""
+    ring = spark_infer.load(model_path, context_length=96, chunk_size=4)
+    whole = spark_infer.load(model_path, context_length=96, chunk_size=4, swa_full=True)
+    assert ring.engine.kv_ring_rows == 16 + 3 and whole.engine.kv_ring_rows == 0
+    assert ring.engine.kv_bytes < whole.engine.kv_bytes
+    prompt = "Ruth said, Intreat me not to leave thee."
+    n = len(ring.tokenize(prompt))
+    answers = []
+    for m in (ring, whole):
+        answers.append(m.generate(prompt, max_new_tokens=30, temperature=0))
+        assert m.last_stats.generated_tokens > 4
+        answers.append(m.generate(prompt, max_new_tokens=30, temperature=0))
+    assert ring.last_stats.prefill_tokens == n and whole.last_stats.prefill_tokens == 1
+    assert answers[0] == answers[1] == answers[2] == answers[3]

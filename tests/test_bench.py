@@ -186,13 +186,50 @@ def test_missing_peer_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda n, *a: None if n in ("llama_cpp", "torch") else
                         real_find_spec(n, *a))
-    args = bench.build_parser().parse_args(["x", "--peers", "llama.cpp", "transformers",
-                                            "--threads", "1"])
+    monkeypatch.setenv("PATH", str(tmp_path))   # no llama-bench there
+    args = bench.build_parser().parse_args(["x", "--peers", "llama.cpp", "llama-bench",
+                                            "transformers", "--threads", "1"])
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
         assert bench._make_peers(args, 64, notes, stack) == []
     assert any("llama.cpp skipped" in n and "llama-cpp-python" in n for n in notes)
+    assert any("llama-bench skipped" in n for n in notes)
     assert any("transformers skipped" in n for n in notes)
+
+
+FAKE_LLAMA_BENCH = """#!/usr/bin/env python3
+# A stand-in for llama.cpp's llama-bench: checks the arguments the runner passes and prints one
+# test in llama-bench's JSON shape, avg_ts = 1000 / (1 + n_depth / 1000) for decode.
+import json, sys
+a = sys.argv[1:]
+opt = {a[i]: a[i + 1] for i in range(0, len(a) - 1, 2)}
+assert opt["-o"] == "json" and opt["-r"] == "1" and opt["-m"].endswith(".gguf"), a
+p, n, d = int(opt["-p"]), int(opt["-n"]), int(opt.get("-d", 0))
+ts = 5000.0 if n == 0 else 1000.0 / (1 + d / 1000)
+print(json.dumps([{"build_commit": "abc123", "build_number": 7, "n_prompt": p, "n_gen": n,
+                   "n_depth": d, "n_threads": int(opt["-t"]), "avg_ts": ts,
+                   "samples_ts": [ts]}]))
+"""
+
+
+def test_llama_bench_peer_reads_its_timings(tmp_path: Path) -> None:
+    exe = tmp_path / "llama-bench"
+    exe.write_text(FAKE_LLAMA_BENCH)
+    exe.chmod(0o755)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    r = bench.LlamaBenchRunner("llama-bench Q4_K_M", str(exe), gguf, "Q4_K_M", 64, 2)
+    s = r.prefill(np.zeros(512, np.int32), 64)
+    assert s.tokens == 512 and s.tok_s == pytest.approx(5000.0)
+    r.extend(np.zeros(8, np.int32), 3000, 64)
+    s = r.decode(3000, np.zeros(8, np.int32))
+    assert s.tokens == 8 and s.tok_s == pytest.approx(250.0)
+    assert r.info()["version"] == "llama-bench abc123 (7)"
+    bad = tmp_path / "broken"
+    bad.write_text("#!/bin/sh\necho nope >&2\nexit 3\n")
+    bad.chmod(0o755)
+    with pytest.raises(RuntimeError, match="nope"):
+        bench.LlamaBenchRunner("x", str(bad), gguf, "Q4_K_M", 64, 2).prefill(np.zeros(4), 4)
 
 
 def test_bad_arguments_exit_with_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,11 +43,15 @@ def test_info(model_path):
 @pytest.mark.parametrize("args, message", [
     (["generate", "x", "--temperature", "-1"], "temperature"),
     (["generate", "x", "--top-p", "2"], "top_p"),
+    (["generate", "x", "--repeat-last-n", "-5"], "repeat_last_n"),
+    (["generate", "x", "--frequency-penalty", "3"], "frequency_penalty"),
+    (["generate", "x", "--presence-penalty", "nan"], "presence_penalty"),
+    (["chat", "--presence-penalty", "-2.5"], "presence_penalty"),
     (["generate", "x" * 5000, "-c", "64"], "context"),
     (["info", "/no/such/file.spark"], "No such file"),
 ])
 def test_errors_are_one_line_and_nonzero(model_path, args, message):
-    if args[0] == "generate":
+    if args[0] in ("generate", "chat"):
         args = args + ["-m", model_path]
     r = run(*args)
     assert r.returncode != 0
@@ -67,6 +71,13 @@ def _chat(model_path: str, *extra: str) -> pexpect.spawn:
     return child
 
 
+def _exit(child: pexpect.spawn) -> None:
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
 def test_chat_two_turns_reset_exit(model_path):
     child = _chat(model_path, "-n", "6")
     child.sendline("Who is Naomi?")
@@ -79,10 +90,7 @@ def test_chat_two_turns_reset_exit(model_path):
     child.sendline("/reset")
     child.expect("conversation cleared")
     child.expect("> ")
-    child.sendline("/exit")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    _exit(child)
 
 
 def test_chat_eof_exits_zero(model_path):
@@ -101,7 +109,33 @@ def test_chat_ctrl_c_stops_the_answer_and_keeps_the_session(model_path):
     child.sendintr()
     child.expect("stopped")
     child.expect("> ")
-    child.sendline("/exit")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    _exit(child)
+
+
+def test_generate_with_penalties(model_path):
+    common = ["generate", "Ruth said", "-m", model_path, "-n", "24", "--temperature", "0"]
+    plain = run(*common)
+    penalized = run(*common, "--repetition-penalty", "3", "--repeat-last-n", "-1",
+                    "--frequency-penalty", "1", "--presence-penalty", "1")
+    assert plain.returncode == 0 and penalized.returncode == 0, penalized.stderr
+    assert penalized.stdout.strip() and penalized.stdout != plain.stdout
+
+
+def test_chat_outgrowing_the_context_keeps_the_session(model_path):
+    child = _chat(model_path, "-n", "8", "-c", "64", "--system", "Be brief.")
+    dropped = False
+    for i in range(8):
+        child.sendline(f"Question {i}: who is Naomi, and where did Ruth glean?")
+        k = child.expect(["dropped the \\d+ oldest message", "decode:"])
+        if k == 0:
+            dropped = True
+            child.expect("decode:")   # the answer still comes
+        child.expect("> ")
+    assert dropped
+    child.sendline("Ruth " * 120)     # one message longer than the whole context
+    child.expect("not sent: .*context")
+    child.expect("> ")
+    child.sendline("And Boaz?")       # the session goes on
+    child.expect("decode:")
+    child.expect("> ")
+    _exit(child)

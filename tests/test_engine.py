@@ -216,6 +216,33 @@ def test_rewind_keeps_the_prefix(model_files):
         engine.rewind(13)
 
 
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "gemma3_gqa4", "spark_all", "sparse_attn",
+                                  "sparse_all_gemma2"])
+def test_sliding_window_ring_buffers_match_reference(kind, model_files):
+    """With max_chunk 3, a local layer keeps a ring of window + 2 rows (the context is more than
+    twice that): chunked prefill and decode past several wraps still equal the reference, the
+    cache is smaller than without rings, and a rewind the ring can no longer serve empties it."""
+    cfg = KINDS[kind]
+    path, weights = model_files(kind)
+    tokens = tokens_for(cfg, 40, seed=11)
+    expected = reference.forward(cfg, weights, tokens)
+    engine = _core.Engine(path, context_length=48, max_chunk=3, kv_dtype="f32")
+    assert engine.kv_ring_rows == cfg.sliding_window + 2
+    full = _core.Engine(path, context_length=48, max_chunk=3, kv_dtype="f32", swa_full=True)
+    assert full.kv_ring_rows == 0 and engine.kv_bytes < full.kv_bytes
+    assert _core.Engine(path, context_length=48, max_chunk=48).kv_ring_rows == 0  # 2R > 48
+    got = engine.prefill(tokens[:23], chunk=8, all_logits=True)  # chunks cut to 3
+    decoded = np.stack([engine.decode(int(t)) for t in tokens[23:]])
+    assert rel_err(np.concatenate([got, decoded]), expected) < REL_TOL
+    # The newest rows are still there: rewinding one step and running it again is exact.
+    assert engine.rewind(39) == 39
+    assert rel_err(engine.decode(int(tokens[39])), expected[39]) < REL_TOL
+    # Position 20 would see 20 - window + 1 .. 19, long overwritten: the cache starts over.
+    assert engine.rewind(20) == 0 and engine.pos == 0
+    assert rel_err(engine.prefill(tokens[:5], all_logits=True), expected[:5]) < REL_TOL
+    assert full.prefill(tokens[:30], chunk=3) is not None and full.rewind(20) == 20
+
+
 def test_spark_sparsity_is_measured():
     """FFN active fraction within 2 points of the target; attention attends <= ~attn_topk once
     the context exceeds it, and every visible token below it."""

@@ -94,3 +94,18 @@ def test_lower_precision_perplexity_stays_close(dtype, rel_tol):
     ppl = model.perplexity(text)
     print(f"\nperplexity {dtype}: {ppl:.4f} (HF f32 {ref['ppl']:.4f})")
     assert abs(ppl / ref["ppl"] - 1) < rel_tol
+
+
+@real.needs_gemma3
+def test_embedded_default_setting_is_within_one_percent_of_f32():
+    """load()'s default weights (models.DEFAULT_DTYPE, DEFAULT_EMBED_DTYPE) were chosen as the
+    fastest setting within 1 % of f32's perplexity (bench/lm_head.py): hold them to it against
+    Hugging Face's f32 perplexity."""
+    from spark_infer import models
+
+    ref = real.reference_data()["perplexity"]
+    text = (real.DATA / ref["text_file"]).read_text(encoding="utf-8")
+    path = real.engine_file(models.DEFAULT_DTYPE, models.DEFAULT_EMBED_DTYPE)
+    ppl = spark_infer.load(str(path), context_length=2048).perplexity(text)
+    print(f"\nperplexity {models.default_setting()}: {ppl:.4f} (HF f32 {ref['ppl']:.4f})")
+    assert abs(ppl / ref["ppl"] - 1) < 0.01

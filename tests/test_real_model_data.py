@@ -168,6 +168,12 @@ def test_cached_path_names(monkeypatch, tmp_path):
     assert p.parent == tmp_path
     assert ".int8." in p.name and f"v{FORMAT_VERSION}" in p.name and p.suffix == ".spark"
     assert models.cached_path("gemma3-270m", "bf16") != p
+    # the embedding dtype is in the name only where it differs from the matrices'
+    assert models.cached_path("gemma3-270m", "int8", "int8") == p
+    e8 = models.cached_path("gemma3-270m", "bf16", "int8")
+    assert ".bf16-embed_int8." in e8.name and e8 not in (p, models.cached_path("gemma3-270m"))
+    with pytest.raises(ValueError, match="embed_dtype"):
+        models.cached_path("gemma3-270m", "bf16", "f16")
     with pytest.raises(ValueError, match="unknown model"):
         models.resolve_model("gemma9-1t")
     with pytest.raises(ValueError, match="dtype"):
@@ -202,3 +208,10 @@ def test_resolve_model_converts_once(monkeypatch, tmp_path):
     # a missing cache file is rebuilt
     os.remove(p)
     assert models.resolve_model("gemma3-270m", dtype="int8", progress=False).is_file()
+
+
+def test_default_setting():
+    assert models.default_setting() == (models.DEFAULT_DTYPE, models.DEFAULT_EMBED_DTYPE)
+    assert models.default_setting("f32") == ("f32", "f32")          # as convert does
+    assert models.default_setting("int8", "bf16") == ("int8", "bf16")
+    assert models.default_setting(None, "f32") == (models.DEFAULT_DTYPE, "f32")

@@ -166,7 +166,7 @@ def test_embedded_sparse_model_stays_within_the_perplexity_bound(tmp_path, monke
     dense = real.engine_file("bf16")
     monkeypatch.setenv("SPARK_INFER_CACHE", str(tmp_path))
     os.symlink(dense, models.cached_path("gemma3-270m", "bf16"))
-    sparse = spark_infer.load("gemma3-270m-sparse", context_length=1024)
+    sparse = spark_infer.load("gemma3-270m-sparse", dtype="bf16", context_length=1024)
     fraction = models.MODELS["gemma3-270m-sparse"].sparsify.split(",")[0].split("=")[1]
     base = spark_infer.load(str(dense), context_length=1024)
     for name in ("kjv_ruth_1_2.txt", "austen_persuasion_1_2.txt"):

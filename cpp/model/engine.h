@@ -48,9 +48,9 @@ class Engine {
   // Throws FormatError (bad file), std::invalid_argument (bad argument, missing file, buffers
   // larger than the machine's memory). max_chunk above context_length is cut to it. Threads:
   // PhysicalCores() until set_threads.
-  // kv_type: the KV cache's element type, kBF16 (default) or kF32.
+  // kv_type: the KV cache's element type, kBF16 (default) or kF32. swa_full: no ring buffers.
   Engine(const std::string& path, size_t context_length, size_t max_chunk = 64,
-         WeightType kv_type = WeightType::kBF16);
+         WeightType kv_type = WeightType::kBF16, bool swa_full = false);
 
   const ModelConfig& config() const { return config_; }
   const std::map<std::string, std::string>& metadata() const { return file_.metadata(); }
@@ -68,10 +68,16 @@ class Engine {
   // Every call below that changes state throws EngineBusyError while another thread is inside
   // one of them: one caller at a time, never a wait.
   void Reset();
-  void Rewind(size_t pos);  // keep the cache for positions < pos
+  // Keeps the cache for positions < pos and returns pos; or, when a sliding-window layer's ring
+  // has since overwritten a position that continuing at pos would see, empties the cache and
+  // returns 0 (the caller prefills from the start). pos > pos() is std::invalid_argument.
+  size_t Rewind(size_t pos);
+  // Rows of the sliding-window layers' ring buffers (0: every layer keeps the whole context).
+  size_t kv_ring_rows() const { return ring_; }
 
   // Runs tokens at positions pos().. in chunks of `chunk` (<= max_chunk of the constructor is not
-  // required: larger chunks grow the buffers, up to n). logits: [n, vocab] if all_logits, else
+  // required: larger chunks grow the buffers, up to n; with ring buffers chunks are cut to the
+  // constructor's max_chunk, which the rings are sized for). logits: [n, vocab] if all_logits, else
   // [vocab] for the last token. Throws std::invalid_argument on a bad token, a context overflow
   // or buffers that would not fit in memory, before touching any state.
   void Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logits, bool all_logits);
@@ -94,6 +100,7 @@ class Engine {
   // Bytes of the buffers for chunks of T tokens and `parts` scratch parts, KV cache included;
   // std::invalid_argument if they overflow or exceed the machine's memory.
   size_t CheckedBufferBytes(size_t T, size_t parts) const;
+  std::vector<size_t> KvRings() const;  // per layer: ring_ for a sliding-window layer, else 0
   void Forward(const int32_t* tokens, size_t T, float* logits, bool all_logits);
   void RopeTables(size_t T);
   void Attention(size_t layer, size_t T);
@@ -119,6 +126,10 @@ class Engine {
   KVCache kv_;
   size_t ctx_;
   size_t pos_ = 0;
+  // Sliding-window layers keep a ring of ring_ = window + ring_chunk_ - 1 rows when twice that
+  // is less than the context (else ring_ = 0: no rings). Positions [ring_lo_, pos_) are intact
+  // in the rings (older rows were overwritten).
+  size_t ring_ = 0, ring_chunk_ = 0, ring_lo_ = 0;
   ThreadPool pool_;   // this engine's threads; the kernels get it passed down
   std::mutex busy_;   // held by the one caller inside a state-changing call
   float ffn_q_ = 0;                // Spark FFN: Q(1 - ffn_topk_fraction)

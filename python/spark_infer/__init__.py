@@ -8,7 +8,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from spark_infer.config import ModelConfig
-from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError
+from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError, ModelClosedError
 from spark_infer.model import GenerationStats, Model, load
 from spark_infer.sampling import SamplingParams
 
@@ -18,4 +18,4 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = ["load", "Model", "ModelConfig", "SamplingParams", "GenerationStats", "FormatError",
-           "ContextLengthError", "ModelBusyError", "__version__"]
+           "ContextLengthError", "ModelBusyError", "ModelClosedError", "__version__"]

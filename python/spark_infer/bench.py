@@ -40,10 +40,14 @@ Models: an engine file path; a config JSON path (random weights); a preset name 
 `spark-2b`, `gemma3-270m`, `gemma3-1b`, `spark-gemma3-270m`: random weights, except
 `gemma3-270m`, which is the real Gemma 3 270M when its package is installed; `random:NAME` forces
 random weights). Random files are written once into `<cache>/bench/` keyed by shape, dtype, seed
-and file-format version. `NAME@int8` overrides `--dtype` for one model.
-Peers (`--peers llama.cpp transformers`), on the same Gemma 3 270M GGUF, when installed:
-llama.cpp through llama-cpp-python (GGUF types `--gguf-types`, default Q4_K_M; Q8_0 and BF16 are
-requantized from the Q4_K_M file with llama.cpp's own quantizer) and Hugging Face transformers
+and file-format version. `NAME@int8` overrides `--dtype` for one model; `NAME@bf16/int8` also
+sets its embedding / LM-head dtype (default: the same as the matrices').
+Peers (`--peers llama.cpp llama-bench transformers`), on the same Gemma 3 270M GGUF, when
+installed: llama.cpp through llama-cpp-python (GGUF types `--gguf-types`, default Q4_K_M; Q8_0 and
+BF16 are requantized from the Q4_K_M file with llama.cpp's own quantizer); llama.cpp's own
+`llama-bench` (`--llama-bench PATH`, default the one on PATH: build it from a recent llama.cpp
+tree, outside this repository), one llama-bench run per sample, its own timing (prefill: `-p N
+-n 0`; decode at context L: `-d L -n steps`); and Hugging Face transformers
 (torch CPU, bf16, eager attention, chunks of `--chunk`). A peer that is not installed is
 skipped with a note. Peers' decode samples run `--steps` consecutive tokens from context L (no
 rewind: transformers' sliding-window cache cannot be cut back), restored to L between samples.
@@ -87,6 +91,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -438,6 +443,62 @@ class LlamaCppRunner:
         self.llm.close()
 
 
+class LlamaBenchRunner:
+    """llama.cpp's own `llama-bench` on one GGUF file: each sample is one run (`-r 1`, after its
+    warm-up run), timed by llama-bench itself, so process start and model loading are not
+    counted; decode at context L fills L tokens first (`-d L`, untimed)."""
+
+    kind = "llama.cpp"
+
+    def __init__(self, label: str, exe: str, gguf: Path, gguf_type: str, chunk: int,
+                 threads: int) -> None:
+        self.label, self.exe, self.path, self.dtype = label, exe, gguf, gguf_type
+        self.chunk, self.threads = chunk, threads
+        self.vocab = preset("gemma3-270m").vocab_size  # the only model peers run
+        self.cfg = None
+        self.load_s = 0.0
+        self.build = "?"
+
+    def info(self) -> dict[str, Any]:
+        return {"label": self.label, "kind": self.kind, "source": "real", "path": str(self.path),
+                "dtype": self.dtype, "spark": False, "config": None,
+                "weight_bytes": int(self.path.stat().st_size), "kv_bytes": None,
+                "load_s": self.load_s, "version": f"llama-bench {self.build}"}
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def _run(self, *args: str) -> float:
+        """tok/s of one llama-bench test."""
+        cmd = [self.exe, "-m", str(self.path), "-t", str(self.threads), "-b", str(self.chunk),
+               "-ub", str(self.chunk), "-r", "1", "-o", "json", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): "
+                               f"{out.stderr.strip()[-500:]}")
+        try:
+            (test,) = json.loads(out.stdout)
+            self.build = f"{test.get('build_commit', '?')} ({test.get('build_number', '?')})"
+            return float(test["avg_ts"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise RuntimeError(f"unexpected llama-bench output ({e}): {out.stdout[:300]!r}"
+                               ) from None
+
+    def prefill(self, tokens: np.ndarray, chunk: int) -> Sample:
+        n = len(tokens)
+        return Sample(n, n / self._run("-p", str(n), "-n", "0"))
+
+    def extend(self, tokens: np.ndarray, context: int, chunk: int) -> None:
+        pass  # each decode run fills its own context (-d)
+
+    def decode(self, context: int, steps: np.ndarray) -> Sample:
+        n = len(steps)
+        return Sample(n, n / self._run("-p", "0", "-n", str(n), "-d", str(context)))
+
+    def close(self) -> None:
+        pass
+
+
 class TransformersRunner:
     """Hugging Face transformers (torch CPU) on the same GGUF, bf16."""
 
@@ -530,19 +591,22 @@ def _cache_root(args: argparse.Namespace) -> Path:
 
 
 def _random_model_file(cfg: ModelConfig, name: str, dtype: str, seed: int, root: Path) -> Path:
-    """The cached random-weight engine file of (config, dtype, seed), written on first use."""
+    """The cached random-weight engine file of (config, dtype, seed), written on first use;
+    dtype "D/E" gives the embedding dtype E."""
     import hashlib
 
     from spark_infer.fileformat import FORMAT_VERSION
     from spark_infer.random_model import make_random_model
 
+    dtype, _, embed_dtype = dtype.partition("/")
     digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:10]
-    path = root / f"{name}.{digest}.{dtype}.seed{seed}.v{FORMAT_VERSION}.spark"
+    setting = f"{dtype}-embed_{embed_dtype}" if embed_dtype else dtype
+    path = root / f"{name}.{digest}.{setting}.seed{seed}.v{FORMAT_VERSION}.spark"
     if not path.is_file():
         root.mkdir(parents=True, exist_ok=True)
         log.info("writing random %s (%s) to %s ...", name, dtype, path)
         t0 = time.perf_counter()
-        make_random_model(path, cfg, dtype=dtype, seed=seed)
+        make_random_model(path, cfg, dtype=dtype, seed=seed, embed_dtype=embed_dtype or None)
         log.info("  written in %.1f s", time.perf_counter() - t0)
     return path
 
@@ -565,7 +629,9 @@ def resolve_spec(spec: str, dtype: str, args: argparse.Namespace, notes: list[st
         return p.name, p, "file"
     if name in models.MODELS and not force_random:
         try:
-            return f"{name} {dtype}", models.resolve_model(name, dtype), "real"
+            matrices, _, embed = dtype.partition("/")
+            return (f"{name} {dtype}", models.resolve_model(name, matrices,
+                                                            embed_dtype=embed or None), "real")
         except models.ModelNotAvailable as e:
             notes.append(f"{name}: the real model is not installed ({e}); using random weights")
     if name not in PRESETS:
@@ -581,21 +647,29 @@ _GGUF_FTYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "BF16": "LLAMA_FTYPE_MOSTLY_B
                 "F16": "LLAMA_FTYPE_MOSTLY_F16", "F32": "LLAMA_FTYPE_ALL_F32"}
 
 
-def _requantize(src: Path, gguf_type: str, root: Path) -> Path:
-    """A `gguf_type` copy of the Q4_K_M GGUF made with llama.cpp's quantizer (cached)."""
-    import ctypes
-
-    import llama_cpp
-
+def _requantize(src: Path, gguf_type: str, root: Path, quantize_exe: str | None = None) -> Path:
+    """A `gguf_type` copy of the Q4_K_M GGUF made with llama.cpp's quantizer (cached): the
+    `llama-quantize` executable when given, else llama-cpp-python's."""
     out = root / f"gemma3-270m.{gguf_type}.requant.gguf"
     if out.is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    if quantize_exe:
+        r = subprocess.run([quantize_exe, "--allow-requantize", str(src), str(tmp), gguf_type,
+                            "2"], capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise RuntimeError(f"llama-quantize to {gguf_type} failed: {r.stderr.strip()[-300:]}")
+        tmp.replace(out)
+        return out
+    import ctypes
+
+    import llama_cpp
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _GGUF_FTYPES[gguf_type])
     params.allow_requantize = True
     params.nthread = 2
-    tmp = out.with_suffix(".tmp")
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
                                         ctypes.byref(params))
     if rc != 0:
@@ -637,6 +711,22 @@ def _make_peers(args: argparse.Namespace, context: int, notes: list[str], stack:
                                                 args.chunk, threads))
                 except (RuntimeError, ValueError, OSError, AttributeError) as e:
                     notes.append(f"llama.cpp {gt} skipped: {e}")
+        elif peer == "llama-bench":
+            exe = args.llama_bench or shutil.which("llama-bench")
+            if not exe or not os.access(exe, os.X_OK):
+                notes.append("llama-bench skipped: no llama-bench executable on PATH (build it "
+                             "from a recent llama.cpp tree, or pass --llama-bench PATH)")
+                continue
+            quantize = Path(exe).with_name("llama-quantize")
+            for gt in args.gguf_types:
+                try:
+                    path = src if gt == "Q4_K_M" else _requantize(
+                        src, gt, _cache_root(args),
+                        str(quantize) if os.access(quantize, os.X_OK) else None)
+                    peers.append(LlamaBenchRunner(f"llama-bench {gt}", exe, path, gt,
+                                                  args.chunk, threads))
+                except (RuntimeError, ValueError, OSError, ImportError, AttributeError) as e:
+                    notes.append(f"llama-bench {gt} skipped: {e}")
         elif peer == "transformers":
             if (importlib.util.find_spec("transformers") is None
                     or importlib.util.find_spec("torch") is None):
@@ -648,7 +738,7 @@ def _make_peers(args: argparse.Namespace, context: int, notes: list[str], stack:
                 except (RuntimeError, ValueError, OSError, ImportError) as e:
                     notes.append(f"transformers {dt} skipped: {e}")
         else:
-            raise ValueError(f"unknown peer {peer!r} (llama.cpp, transformers)")
+            raise ValueError(f"unknown peer {peer!r} (llama.cpp, llama-bench, transformers)")
     return peers
 
 
@@ -1029,7 +1119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="discarded samples (default 1)")
     parser.add_argument("--modes", nargs="+", default=["prefill", "decode"],
                         choices=["prefill", "decode"])
-    parser.add_argument("--peers", nargs="*", default=[], choices=["llama.cpp", "transformers"],
+    parser.add_argument("--llama-bench", default=None, metavar="PATH",
+                        help="the llama-bench executable of the llama-bench peer (default: PATH)")
+    parser.add_argument("--peers", nargs="*", default=[],
+                        choices=["llama.cpp", "llama-bench", "transformers"],
                         help="also run these on the Gemma 3 270M GGUF, when installed")
     parser.add_argument("--gguf-types", nargs="+", default=["Q4_K_M"],
                         choices=["Q4_K_M", "Q8_0", "BF16", "F16", "F32"],

@@ -1,17 +1,22 @@
-"""The `spark-infer` command line: generate, chat, info, convert, perplexity, bench.
+"""The `spark-infer` command line: generate, chat, info, convert, perplexity, serve, bench.
 
 Every subcommand prints one clear message and exits non-zero on bad input (a missing file, a
 bad sampling value, a prompt longer than the context); nothing prints a traceback for those.
+`chat` is the exception for context overflow: it drops old turns or refuses the one message and
+keeps the session.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from spark_infer.fileformat import DTYPES
 
 __all__ = ["main"]
 
@@ -31,8 +36,12 @@ def _positive_int(text: str) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None,
                    help="engine file, or an embedded model name (default: gemma3-270m)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "int8", "f32"],
-                   help="weights of the embedded model (default: bf16)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="matrix weights of an embedded model (default: int8, the fastest "
+                        "within 1%% of f32's perplexity)")
+    p.add_argument("--embed-dtype", default=None, choices=DTYPES,
+                   help="embedding / LM-head weights of an embedded model (default: --dtype, "
+                        "or int8)")
     p.add_argument("-t", "--threads", type=_positive_int, default=None,
                    help="kernel threads (default: physical cores)")
     p.add_argument("-c", "--context-length", type=_positive_int, default=None,
@@ -46,21 +55,37 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64,
+                   help="tokens the penalties look back over (default: 64; 0: none; -1: all)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtract this times each token's count in the window (-2..2)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtract this from each token in the window (-2..2)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
 
+def _sampling_params(args: argparse.Namespace):
+    """The sampling flags as SamplingParams (ValueError for a bad value, before any work)."""
+    from spark_infer.sampling import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          repeat_last_n=args.repeat_last_n,
+                          frequency_penalty=args.frequency_penalty,
+                          presence_penalty=args.presence_penalty, seed=args.seed)
+
+
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop)
+    return dict(dataclasses.asdict(_sampling_params(args)), max_new_tokens=args.max_new_tokens,
+                stop=args.stop)
 
 
 def _load(args: argparse.Namespace):
     from spark_infer.model import load
 
     return load(args.model, threads=args.threads, context_length=args.context_length,
-                dtype=args.dtype)
+                dtype=args.dtype, embed_dtype=args.embed_dtype)
 
 
 def _print_speed(model) -> None:
@@ -89,7 +114,12 @@ CHAT_HELP = "commands: /reset clears the conversation, /exit quits (or EOF); Ctr
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
+    from spark_infer.errors import ContextLengthError
+
+    sampling = _sampling_kwargs(args)   # a bad flag fails here, not after the first message
     model = _load(args)
+    # Tokens kept free for each answer when old turns must go (at most half the context).
+    room = min(args.max_new_tokens, model.context_length // 2)
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -113,11 +143,20 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             model.reset()
             print("(conversation cleared)", file=sys.stderr)
             continue
+        try:
+            fitted = model.fit_chat(messages + [{"role": "user", "content": line}], room=room)
+        except ContextLengthError as e:
+            print(f"(not sent: {e}; the conversation is kept, /reset clears it)", file=sys.stderr)
+            continue
+        dropped = len(messages) + 1 - len(fitted)
+        if dropped:
+            print(f"(dropped the {dropped} oldest message{'s' if dropped != 1 else ''} to fit "
+                  f"the context of {model.context_length} tokens)", file=sys.stderr)
+        messages = fitted
         answer: list[str] = []
         pieces = None
         try:
-            messages.append({"role": "user", "content": line})
-            pieces = model.chat(messages, stream=True, **_sampling_kwargs(args))
+            pieces = model.chat(messages, stream=True, **sampling)
             for piece in pieces:
                 answer.append(piece)
                 sys.stdout.write(piece)
@@ -199,6 +238,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench.run(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from spark_infer.serve import server
+
+    return server.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spark-infer", description=(
         "CPU inference for Gemma models and their Spark Transformer variants."))
@@ -226,10 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="GGUF file, Hugging Face directory or engine file -> "
                                        "engine file (optionally sparsified)")
     p.add_argument("src", help="a .gguf file (gemma2/gemma3), a Hugging Face checkpoint "
-                               "directory, or a dense engine file")
+                               "directory, a spark_infer.train checkpoint directory, or a "
+                               "dense engine file")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8"])
-    p.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8"],
+    p.add_argument("--dtype", default="bf16", choices=DTYPES)
+    p.add_argument("--embed-dtype", default=None, choices=DTYPES,
                    help="token_embd / LM head dtype (default: --dtype)")
     p.add_argument("--sparsify", default=None, metavar="SPEC",
                    help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128 (also: "
@@ -249,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "earlier window scored are scored (default: window // 2)")
     _add_model_args(p)
     p.set_defaults(fn=_cmd_perplexity)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the [server] extra)")
+    _add_model_args(p)
+    from spark_infer.serve.server import add_arguments as add_serve_arguments
+    add_serve_arguments(p)
+    p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("bench", help="CPU wall time: prefill and decode, dense vs Spark")
     try:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from spark_infer.fileformat import FormatError
 
-__all__ = ["FormatError", "ContextLengthError", "ModelBusyError"]
+__all__ = ["FormatError", "ContextLengthError", "ModelBusyError", "ModelClosedError"]
 
 
 class ContextLengthError(ValueError):
-    """The prompt (plus what is already cached) does not fit in the model's context."""
+    """A prompt or conversation has more tokens than the model's context holds."""
 
 
 class ModelBusyError(RuntimeError):
-    """A second generation was started while one is still streaming on the same Model."""
+    """A call was made on a Model while another call (from any thread) or an open stream of
+    the same Model holds it."""
+
+
+class ModelClosedError(ValueError):
+    """The Model was closed (`close()` or the end of its `with` block); load it again."""

@@ -8,17 +8,19 @@ a prefix with the last one) costs only its new tokens.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import math
 import os
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from spark_infer import _core
 from spark_infer.config import ModelConfig
-from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError
+from spark_infer.errors import ContextLengthError, FormatError, ModelBusyError, ModelClosedError
 from spark_infer.sampling import Sampler, SamplingParams
 from spark_infer.tokenizer import Tokenizer
 
@@ -26,6 +28,9 @@ __all__ = ["load", "Model", "GenerationStats", "PerplexityResult", "DEFAULT_MODE
 
 DEFAULT_MODEL = "gemma3-270m"
 DEFAULT_CONTEXT = 4096
+# chat(): the token ids of this many latest answers are kept, so passing an answer back as
+# history re-uses the ids the model produced (and its KV cache) instead of re-tokenizing it.
+_ANSWER_CACHE = 16
 
 
 @dataclasses.dataclass
@@ -78,8 +83,9 @@ def _nll_sum(logits: np.ndarray, targets: Sequence[int]) -> float:
 
 
 def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = None,
-         context_length: int | None = None, dtype: str = "bf16", chunk_size: int = 64,
-         kv_dtype: str = "bf16") -> "Model":
+         context_length: int | None = None, dtype: str | None = None,
+         embed_dtype: str | None = None, chunk_size: int = 64,
+         kv_dtype: str = "bf16", swa_full: bool = False) -> "Model":
     """Load a model.
 
     Args:
@@ -88,10 +94,19 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
         an engine file (`spark-infer convert` makes one from GGUF or Hugging Face checkpoints).
       threads: kernel threads (default: the machine's physical cores).
       context_length: positions the KV cache holds (default 4096).
-      dtype: weight type of the embedded default: "bf16", "int8" or "f32".
+      dtype: weight type of an embedded model's matrices: "bf16", "int8" or "f32".
+      embed_dtype: weight type of its tied embedding / LM head (default: `dtype`). With neither
+        given, the embedded default setting (models.DEFAULT_DTYPE, models.DEFAULT_EMBED_DTYPE):
+        the fastest measured one whose perplexity stays within 1 % of f32's (README). An
+        engine file has its own dtypes: passing either with a path is a ValueError.
       chunk_size: tokens per prefill chunk (default 64; cut to the context length).
       kv_dtype: the KV cache's element type, "bf16" (default: half the bytes attention reads;
         logits move by ~1e-3 relative) or "f32".
+      swa_full: keep the whole context in sliding-window layers too. By default they keep a ring
+        of window + chunk_size - 1 positions where that is under half the context (Gemma 3 270M
+        at 4096: 1150 of 4096 rows in 15 of 18 layers), as llama.cpp does; then a prompt that
+        shares a prefix with the cache is re-run from the start when more than chunk_size
+        tokens were generated past that prefix.
 
     Raises:
       FileNotFoundError: no such file (and not an embedded model name).
@@ -107,8 +122,13 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
 
     name = DEFAULT_MODEL if model is None else os.fspath(model)
     if name in models.MODELS:
-        path = models.resolve_model(name, dtype=dtype)
+        dtype, embed_dtype = models.default_setting(dtype, embed_dtype)
+        path = models.resolve_model(name, dtype=dtype, embed_dtype=embed_dtype)
     else:
+        if dtype is not None or embed_dtype is not None:
+            raise ValueError("dtype and embed_dtype choose the weights of an embedded model; an "
+                             "engine file has its own (make another with `spark-infer convert "
+                             "--dtype ... --embed-dtype ...`)")
         path = name
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such model file: {path!r} (embedded models: "
@@ -117,7 +137,7 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
             raise ValueError(f"{path!r} is a checkpoint, not an engine file: convert it first "
                              f"with `spark-infer convert {path} -o model.spark`")
     return Model(path, threads=threads, context_length=context_length, chunk_size=chunk_size,
-                 kv_dtype=kv_dtype)
+                 kv_dtype=kv_dtype, swa_full=swa_full)
 
 
 def _is_gguf(path: str) -> bool:
@@ -130,7 +150,7 @@ class Model:
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None,
                  context_length: int | None = None, chunk_size: int = 64,
-                 kv_dtype: str = "bf16"):
+                 kv_dtype: str = "bf16", swa_full: bool = False):
         for name, value in (("threads", threads), ("context_length", context_length)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -141,7 +161,7 @@ class Model:
         self.path = os.fspath(path)
         try:
             self.engine = _core.Engine(self.path, context_length or DEFAULT_CONTEXT, chunk_size,
-                                       kv_dtype)
+                                       kv_dtype, swa_full=bool(swa_full))
         except _core.FormatError as e:
             raise FormatError(str(e)) from None
         if threads is not None:
@@ -153,8 +173,11 @@ class Model:
         self.chunk_size = chunk_size
         self.last_stats = GenerationStats()
         self._cached: list[int] = []       # token ids whose keys/values the engine holds
-        self._busy = False
-        self._answer_ids: dict[str, list[int]] = {}  # chat answers we produced -> their ids
+        # One call at a time: prefill/decode release the GIL, so a flag checked then set would
+        # let two threads in. Held from a stream's first next() until it ends or is closed.
+        self._lock = threading.Lock()
+        # The latest _ANSWER_CACHE chat answers (text exactly as shown -> the ids that make it).
+        self._answer_ids: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
 
     # ----------------------------------------------------------------------------- basics
 
@@ -168,12 +191,50 @@ class Model:
 
     @threads.setter
     def threads(self, n: int) -> None:
-        self.engine.threads = n
+        try:
+            self.engine.threads = n
+        except _core.EngineBusyError:
+            raise ModelBusyError("this Model is running in another thread; set threads "
+                                 "between calls") from None
 
     def __repr__(self) -> str:
         return (f"Model({self.path!r}, arch={self.config.arch}, d_model={self.config.d_model}, "
                 f"layers={self.config.n_layers}, weights={self.engine.weight_type}, "
                 f"context_length={self.context_length})")
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the engine (KV cache, buffers, the weights' mapping) now rather than at garbage
+        collection. Idempotent; any later use raises ModelClosedError (a ValueError)."""
+        if isinstance(self.engine, _ClosedEngine):
+            return
+        self._claim()   # ModelBusyError while a stream is open or another thread runs it
+        try:
+            self.engine = _ClosedEngine(self.path)
+            self._cached = []
+        finally:
+            self._lock.release()
+
+    # llama-cpp-python's calls, OpenAI-shaped dicts: see spark_infer.completion.
+    def create_completion(self, prompt: str | Sequence[int], **kwargs):  # type: ignore[no-untyped-def]
+        """llama-cpp-python's `create_completion`: see `spark_infer.completion.create_completion`."""
+        from spark_infer import completion
+
+        return completion.create_completion(self, prompt, **kwargs)
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, messages: Sequence[Mapping[str, object]], **kwargs):  # type: ignore[no-untyped-def]
+        """llama-cpp-python's `create_chat_completion`: see
+        `spark_infer.completion.create_chat_completion`."""
+        from spark_infer import completion
+
+        return completion.create_chat_completion(self, messages, **kwargs)
 
     def _tok(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -207,8 +268,27 @@ class Model:
             raise ValueError("the prompt is empty")
         return ids
 
+    def cached_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` the KV cache already holds (a prompt starting with
+        them prefills only the rest)."""
+        common = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            common += 1
+        return common
+
     def reset(self) -> None:
-        """Forget the KV cache (the next prompt is prefilled in full)."""
+        """Forget the KV cache (the next prompt is prefilled in full).
+
+        Raises ModelBusyError while a call or an open stream of this Model is running."""
+        self._claim()
+        try:
+            self._reset()
+        finally:
+            self._lock.release()
+
+    def _reset(self) -> None:
         self.engine.reset()
         self._cached = []
 
@@ -219,13 +299,9 @@ class Model:
         if len(ids) > self.context_length:
             raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
                                      f"{self.context_length} (load with a larger context_length)")
-        common = 0
-        for a, b in zip(self._cached, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # run at least one token: we need its logits
-        self.engine.rewind(common)
+        common = min(self.cached_prefix(ids), len(ids) - 1)  # run at least one token: we need its logits
+        # 0 when a sliding-window ring no longer holds what the prefix needs
+        common = self.engine.rewind(common)
         self._cached = self._cached[:common]
         t0 = time.perf_counter()
         logits = self.engine.prefill(np.asarray(ids[common:], dtype=np.int32), chunk=self.chunk_size)
@@ -244,13 +320,13 @@ class Model:
                                      f"{self.context_length}")
         self._claim()
         try:
-            self.reset()
+            self._reset()
             out = self.engine.prefill(np.asarray(ids, dtype=np.int32), chunk=self.chunk_size,
                                       all_logits=True)
             self._cached = list(ids)
             return out
         finally:
-            self._busy = False
+            self._lock.release()
 
     def perplexity(self, text: str | Sequence[int], *, window: int | None = None,
                    stride: int | None = None) -> float:
@@ -337,7 +413,7 @@ class Model:
                     if a != b:
                         break
                     common += 1
-                self.engine.rewind(common)
+                common = self.engine.rewind(common)
                 self._cached = self._cached[:common]
                 if first > common:
                     self.engine.prefill(np.asarray(seq[common:first], dtype=np.int32),
@@ -356,10 +432,10 @@ class Model:
                     break
                 prev_end, start = end, start + stride
         except BaseException:
-            self.reset()   # whatever ran, the cache and self._cached agree again
+            self._reset()   # whatever ran, the cache and self._cached agree again
             raise
         finally:
-            self._busy = False
+            self._lock.release()
         return PerplexityResult(perplexity=math.exp(nll / count), nll_sum=nll,
                                 scored_tokens=count, windows=windows, window=window,
                                 stride=stride, seconds=time.perf_counter() - t0)
@@ -367,15 +443,19 @@ class Model:
     # ----------------------------------------------------------------------------- generation
 
     def _claim(self) -> None:
-        if self._busy:
-            raise ModelBusyError("this Model is already generating (finish or close that "
-                                 "stream first); load a second Model for concurrent use")
-        self._busy = True
+        """Take the Model's lock or raise ModelBusyError (never wait: a stream left open in
+        this very thread would wait forever). The caller releases it in a finally."""
+        if not self._lock.acquire(blocking=False):
+            raise ModelBusyError("this Model is busy: another thread is running it, or one of "
+                                 "its streams is still open (finish or close it); load a second "
+                                 "Model for concurrent use")
 
     def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 256,
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
-                 min_p: float = 0.05, repetition_penalty: float = 1.0, seed: int | None = None,
-                 stop: Sequence[str] | None = None, stream: bool = False
+                 min_p: float = 0.05, repetition_penalty: float = 1.0, repeat_last_n: int = 64,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                 seed: int | None = None, stop: Sequence[str] | None = None,
+                 stream: bool = False, streamer: Callable[[str], bool | None] | None = None
                  ) -> str | Iterator[str]:
         """Continue `prompt` (text, or token ids).
 
@@ -383,14 +463,23 @@ class Model:
         splits a UTF-8 character and never shows text it takes back (a stop string, or what
         might be the start of one, is held until decided). Generation ends at the end-of-text
         or end-of-turn token, at a stop string (not included), or after max_new_tokens.
-        temperature=0 is greedy; a seed makes sampling reproducible. Sampling arguments: see
-        SamplingParams. After it, `last_stats` holds token counts and timings.
+        temperature=0 is greedy; a seed makes sampling reproducible. Sampling arguments and
+        their order (penalties, top_k, top_p, min_p, temperature last): see SamplingParams;
+        the penalties look at the prompt's tokens other than control tokens (<bos>, ...) and
+        the output. After it, `last_stats` holds token counts and timings.
+
+        `streamer(piece)` is called with each text piece as it is produced (the pieces
+        stream=True yields); when it returns False the generation stops there, no further
+        token is decoded, and the text so far is returned (`last_stats.finish_reason` is "").
 
         Raises ValueError (bad argument), ContextLengthError (prompt longer than the context),
-        ModelBusyError (another stream of this Model is still open).
+        ModelBusyError (another call or open stream of this Model is running; a stream takes
+        the Model at its first next() and lets go when it ends, is closed or is collected).
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty, seed=seed)
+                                repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                                frequency_penalty=frequency_penalty,
+                                presence_penalty=presence_penalty, seed=seed)
         stops = self._check_generation_args(max_new_tokens, stop)
         ids = self._prompt_ids(prompt)
         self._tok()
@@ -398,31 +487,75 @@ class Model:
             raise ContextLengthError(f"the prompt has {len(ids)} tokens but the context holds "
                                      f"{self.context_length} (load with a larger context_length)")
         pieces = self._stream(ids, max_new_tokens, params, stops)
+        if streamer is not None:
+            pieces = _until_false(pieces, streamer)
         return pieces if stream else "".join(pieces)
 
     def chat(self, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 512,
              temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-             repetition_penalty: float = 1.0, seed: int | None = None,
-             stop: Sequence[str] | None = None, stream: bool = False) -> str | Iterator[str]:
+             repetition_penalty: float = 1.0, repeat_last_n: int = 64,
+             frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+             seed: int | None = None, stop: Sequence[str] | None = None,
+             stream: bool = False) -> str | Iterator[str]:
         """Answer a conversation: a list of {"role": "system"|"user"|"assistant", "content": str}.
 
         Gemma's chat template is built from token ids (<start_of_turn>user ... <end_of_turn>);
         a system message is prepended to the first user turn, as Gemma's own template does.
         The KV cache is kept between calls: passing back the same history plus a new user
-        message prefills only the new tokens. Returns the answer (or a stream of pieces).
+        message prefills only the new tokens (the ids of the latest answers are remembered,
+        exactly those of the text returned). The penalties look at the messages' text, not at
+        the template's tokens. Returns the answer (or a stream of pieces).
+
+        Raises ContextLengthError when the conversation does not fit the context
+        (fit_chat() drops the oldest turns), and what generate() raises.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty, seed=seed)
+                                repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                                frequency_penalty=frequency_penalty,
+                                presence_penalty=presence_penalty, seed=seed)
         stops = self._check_generation_args(max_new_tokens, stop)
-        ids = self.chat_ids(messages)
+        ids, text_ids = self._chat_template(messages)
         if len(ids) > self.context_length:
             raise ContextLengthError(f"the conversation has {len(ids)} tokens but the context "
                                      f"holds {self.context_length}")
-        pieces = self._stream(ids, max_new_tokens, params, stops, remember_answer=True)
+        pieces = self._stream(ids, max_new_tokens, params, stops, remember_answer=True,
+                              text_ids=text_ids)
         return pieces if stream else "".join(pieces)
 
     def chat_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """The token ids of Gemma's chat template for `messages`, ending with the model's turn."""
+        return self._chat_template(messages)[0]
+
+    def fit_chat(self, messages: Sequence[Mapping[str, str]], *, room: int = 0
+                 ) -> list[Mapping[str, str]]:
+        """The latest part of `messages` that fits the context with `room` tokens left for the
+        answer: the oldest messages after a leading system message are dropped, so that what
+        is left starts with a user message. If even the last user message alone leaves less
+        than `room`, that much is returned anyway (the answer may end early, by length).
+
+        Raises ContextLengthError when the last user message (with the system message) does
+        not fit the context at all; ValueError for a malformed conversation.
+        """
+        if isinstance(room, bool) or not isinstance(room, int) or room < 0:
+            raise ValueError(f"room must be an integer >= 0, got {room!r}")
+        kept = list(messages)
+        start = 1 if kept and isinstance(kept[0], Mapping) and kept[0].get("role") == "system" else 0
+        while len(self.chat_ids(kept)) + room > self.context_length:
+            rest = kept[start + 1:]
+            # Cut to the next user message, so the conversation still opens with the user.
+            nxt = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
+            if nxt is None:
+                n = len(self.chat_ids(kept))
+                if n > self.context_length:
+                    raise ContextLengthError(f"the last message makes {n} tokens with the chat "
+                                             f"template but the context holds "
+                                             f"{self.context_length}")
+                break
+            kept = kept[:start] + rest[nxt:]
+        return kept
+
+    def _chat_template(self, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[int]]:
+        """(the template's ids, the ids of the messages' text alone, for the penalties)."""
         tok = self._tok()
         if tok.start_of_turn_id is None or tok.end_of_turn_id is None:
             raise ValueError(f"{self.path}: the tokenizer has no <start_of_turn>/<end_of_turn>")
@@ -430,7 +563,9 @@ class Model:
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         sot, eot = tok.start_of_turn_id, tok.end_of_turn_id
         newline = tok.encode("\n")
+        user, model = tok.encode("user\n"), tok.encode("model\n")
         ids = [tok.bos_id]
+        text_ids: list[int] = []
         system = None
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
@@ -444,16 +579,25 @@ class Model:
             elif role == "user":
                 if system is not None:
                     content, system = f"{system}\n\n{content}", None
-                ids += [sot] + tok.encode("user\n" + content) + [eot] + newline
+                turn = tok.encode("user\n" + content)
+                ids += [sot] + turn + [eot] + newline
+                # The text's own ids, where "user\n" did not merge into them.
+                text_ids += (turn[len(user):] if turn[:len(user)] == user
+                             else tok.encode(content))
             elif role in ("assistant", "model"):
-                body = self._answer_ids.get(content) or tok.encode(content)
-                ids += [sot] + tok.encode("model\n") + body + [eot] + newline
+                body = self._answer_ids.get(content)
+                if body is None:
+                    body = tok.encode(content)
+                else:
+                    self._answer_ids.move_to_end(content)
+                ids += [sot] + model + body + [eot] + newline
+                text_ids += body
             else:
                 raise ValueError(f"messages[{i}]: role must be 'system', 'user' or 'assistant', "
                                  f"got {role!r}")
         if system is not None:
             raise ValueError("a system message needs a user message after it")
-        return ids + [sot] + tok.encode("model\n")
+        return ids + [sot] + model, text_ids
 
     def _check_generation_args(self, max_new_tokens: int, stop: Sequence[str] | None) -> list[str]:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -469,30 +613,48 @@ class Model:
         return stops
 
     def _stream(self, ids: list[int], max_new_tokens: int, params: SamplingParams,
-                stops: list[str], remember_answer: bool = False) -> Iterator[str]:
-        self._claim()
+                stops: list[str], remember_answer: bool = False,
+                on_token: Callable[[int, np.ndarray], bool | None] | None = None,
+                text_ids: Sequence[int] | None = None) -> Iterator[str]:
+        """Text pieces of one generation. `on_token(token, logits)` sees every sampled token
+        (not the end token) with the logits it was drawn from, before it is decoded; a False
+        return ends the generation there (finish_reason ""): the serving path's cancel check.
+        `text_ids`: the prompt's ids the penalties may look at (default: all but control ids;
+        a chat passes its messages' text without the template's ids)."""
         tok = self._tok()
         end_ids = {tok.eos_id, tok.end_of_turn_id} - {None}
         sampler = Sampler(params)
         decoder = tok.stream()
         answer: list[int] = []
+        # For each prefix answer[:k] that decodes to whole characters: k -> its text's length.
+        # The remembered ids are the shortest prefix whose text is exactly the text shown.
+        boundary = {0: 0}
+        decoded = 0
         pending = ""       # decoded text not yet shown: might still become a stop string
         text_out: list[str] = []
         finish = ""
-        try:
+        self._claim()
+        try:   # from here on, every way out (end, error, close(), garbage collection) unlocks
             logits = self._run_prompt(ids)
             stats = self.last_stats
-            history = list(ids)
+            history = (list(text_ids) if text_ids is not None
+                       else [i for i in ids if not tok.is_control(i)])
             t0 = time.perf_counter()
             while True:
                 token = sampler(logits, history)
                 if token in end_ids:
                     finish = "stop"
                     break
+                if on_token is not None and on_token(token, logits) is False:
+                    break
                 answer.append(token)
                 history.append(token)
                 stats.generated_tokens += 1
-                pending += decoder.push(token)
+                piece = decoder.push(token)
+                pending += piece
+                decoded += len(piece)
+                if not decoder.pending:
+                    boundary.setdefault(decoded, len(answer))
                 cut = _find_stop(pending, stops)
                 if cut is not None:
                     pending = pending[:cut]
@@ -514,7 +676,10 @@ class Model:
                 self._cached.append(token)
             stats.decode_seconds = time.perf_counter() - t0
             if finish != "stop" or _find_stop(pending, stops) is None:
-                pending += decoder.flush()
+                tail = decoder.flush()
+                pending += tail
+                decoded += len(tail)
+                boundary.setdefault(decoded, len(answer))
             cut = _find_stop(pending, stops)
             if cut is not None:
                 pending, finish = pending[:cut], "stop"
@@ -522,10 +687,44 @@ class Model:
                 text_out.append(pending)
                 yield pending
         finally:
-            self._busy = False
+            self._lock.release()
             self.last_stats.finish_reason = finish
-            if remember_answer and answer:
-                self._answer_ids["".join(text_out)] = answer
+            if remember_answer:
+                self._remember(text_out, answer, boundary)
+
+    def _remember(self, text_out: list[str], answer: list[int], boundary: dict[int, int]) -> None:
+        """Keep the ids of the text shown (none held back, no stop string), if it ends on a
+        token boundary; otherwise the next chat() re-tokenizes that text."""
+        text = "".join(text_out)
+        k = boundary.get(len(text))
+        if not text or k is None:
+            return
+        self._answer_ids[text] = answer[:k]
+        self._answer_ids.move_to_end(text)
+        while len(self._answer_ids) > _ANSWER_CACHE:
+            self._answer_ids.popitem(last=False)
+
+
+class _ClosedEngine:
+    """Stands in for the engine of a closed Model: every use is a clear error."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def __getattr__(self, name: str) -> object:
+        raise ModelClosedError(f"this Model ({self._path}) is closed")
+
+
+def _until_false(pieces: Iterator[str], streamer: Callable[[str], bool | None]) -> Iterator[str]:
+    """Pass pieces on, calling streamer(piece); stop (closing the generation) at a False."""
+    try:
+        for piece in pieces:
+            keep = streamer(piece)
+            yield piece
+            if keep is False:
+                return
+    finally:
+        pieces.close()  # type: ignore[attr-defined]
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

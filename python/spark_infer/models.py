@@ -6,9 +6,10 @@
 a temporary file, converted, and the temporary file removed.
 
 Cache directory: ``$SPARK_INFER_CACHE``, else ``$XDG_CACHE_HOME/spark-infer``, else
-``~/.cache/spark-infer``.  Cache file names carry the dtype, the engine-file format version and
-the converter revision, e.g. ``gemma3-270m-q4_k_m.bf16.v1c1.spark``, so a format change never
-picks up a stale file.
+``~/.cache/spark-infer``.  Cache file names carry the dtype (and the embedding / LM-head dtype
+where it differs), the engine-file format version and the converter revision, e.g.
+``gemma3-270m-q4_k_m.bf16.v1c1.spark`` or ``gemma3-270m-q4_k_m.bf16-embed_int8.v1c1.spark``, so a
+format change never picks up a stale file.
 
 ``gemma3-270m-sparse`` is the same model sparsified on first use (``convert --sparsify``,
 calibrated on the text shipped in ``spark_infer/data``), from the dense file of the same dtype.
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["MODELS", "ModelNotAvailable", "cache_dir", "cached_path", "gguf_path",
-           "resolve_model", "CONVERTER_REVISION"]
+           "resolve_model", "default_setting", "DEFAULT_DTYPE", "DEFAULT_EMBED_DTYPE",
+           "CONVERTER_REVISION"]
 
 # Bump when the converter's output for the same source changes (invalidates cached files).
 CONVERTER_REVISION = 1
@@ -61,6 +63,24 @@ MODELS = {
 }
 
 
+# The embedded models' default weight setting: the fastest measured whose perplexity stays
+# within 1 % of f32's on both shipped texts (bench/results/lm-head-gemma3-270m.json: int8
+# +0.91 % / +0.29 %, 1.7-1.9x bf16's decode; bf16 with an int8 LM head +0.51 % / +0.41 %,
+# 1.4-1.7x). tests/test_real_model.py holds it to 1 % of Hugging Face's f32 perplexity.
+DEFAULT_DTYPE = "int8"
+DEFAULT_EMBED_DTYPE = "int8"
+
+
+def default_setting(dtype: str | None = None, embed_dtype: str | None = None
+                    ) -> tuple[str, str]:
+    """(dtype, embed_dtype) for an embedded model: neither given -> the default setting; only
+    dtype -> the embedding in the same dtype (as `convert` does); only embed_dtype -> the
+    default matrices with that embedding."""
+    if dtype is None:
+        return DEFAULT_DTYPE, DEFAULT_EMBED_DTYPE if embed_dtype is None else embed_dtype
+    return dtype, dtype if embed_dtype is None else embed_dtype
+
+
 def cache_dir() -> Path:
     """The per-user cache directory (not created)."""
     env = os.environ.get("SPARK_INFER_CACHE")
@@ -79,14 +99,17 @@ def _model(name: str) -> EmbeddedModel:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
 
 
-def cached_path(name: str = "gemma3-270m", dtype: str = "bf16") -> Path:
-    """Where ``resolve_model(name, dtype)`` keeps its engine file."""
+def cached_path(name: str = "gemma3-270m", dtype: str = "bf16",
+                embed_dtype: str | None = None) -> Path:
+    """Where ``resolve_model(name, dtype, embed_dtype=...)`` keeps its engine file."""
     from .fileformat import DTYPES, FORMAT_VERSION
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    for kind, value in (("dtype", dtype), ("embed_dtype", embed_dtype)):
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"{kind} must be one of {DTYPES}, got {value!r}")
     m = _model(name)
-    return cache_dir() / f"{m.stem}.{dtype}.v{FORMAT_VERSION}c{CONVERTER_REVISION}.spark"
+    setting = dtype if embed_dtype in (None, dtype) else f"{dtype}-embed_{embed_dtype}"
+    return cache_dir() / f"{m.stem}.{setting}.v{FORMAT_VERSION}c{CONVERTER_REVISION}.spark"
 
 
 def _package(m: EmbeddedModel):
@@ -153,14 +176,16 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def resolve_model(name: str = "gemma3-270m", dtype: str = "bf16", progress: bool = True) -> Path:
-    """Path to the engine file of embedded model ``name`` at ``dtype`` ('f32' | 'bf16' |
-    'int8'), converting it into the cache on first use.
+def resolve_model(name: str = "gemma3-270m", dtype: str = "bf16", progress: bool = True,
+                  embed_dtype: str | None = None) -> Path:
+    """Path to the engine file of embedded model ``name`` with matrices in ``dtype`` and the
+    tied embedding / LM head in ``embed_dtype`` (default: ``dtype``), each one of
+    ``fileformat.DTYPES``, converting it into the cache on first use.
 
     Raises ModelNotAvailable (telling the user what to ``pip install``) when the model's
     packages are missing, ValueError for an unknown name or dtype.
     """
-    target = cached_path(name, dtype)
+    target = cached_path(name, dtype, embed_dtype)
     if target.is_file():
         return target
     m = _model(name)
@@ -174,9 +199,10 @@ def resolve_model(name: str = "gemma3-270m", dtype: str = "bf16", progress: bool
         if m.base is not None:
             from .data import calibration_text_path
 
-            convert(resolve_model(m.base, dtype, progress), target, dtype=dtype,
-                    progress=progress, sparsify=m.sparsify, calibrate=calibration_text_path())
+            convert(resolve_model(m.base, dtype, progress, embed_dtype), target, dtype=dtype,
+                    embed_dtype=embed_dtype, progress=progress, sparsify=m.sparsify,
+                    calibrate=calibration_text_path())
             return target
         with gguf_path(name, target.parent) as src:
-            convert(src, target, dtype=dtype, progress=progress)
+            convert(src, target, dtype=dtype, embed_dtype=embed_dtype, progress=progress)
     return target

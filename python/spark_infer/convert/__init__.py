@@ -1,6 +1,7 @@
 """Checkpoint converters: GGUF (``gemma2`` / ``gemma3``), Hugging Face safetensors
 directories (``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``, the text part of
-``Gemma3ForConditionalGeneration``) and dense engine files -> engine file
+``Gemma3ForConditionalGeneration``), the trainer's checkpoint directories (``checkpoint.py``)
+and dense engine files -> engine file
 (``docs/engine-file.md``), optionally sparsified on the way (``sparsify.py``).
 
 ``convert(src, out, dtype)`` streams one tensor at a time (dequantized to float32, then written
@@ -26,10 +27,13 @@ __all__ = ["ConversionError", "convert", "load_source", "load_weights", "source_
 
 
 def source_kind(src: str | os.PathLike) -> str:
-    """``"gguf"``, ``"hf"`` or ``"engine"`` (raises ConversionError for anything else)."""
+    """``"gguf"``, ``"hf"``, ``"checkpoint"`` (the trainer's) or ``"engine"`` (raises
+    ConversionError for anything else)."""
+    from .checkpoint import is_spark_checkpoint
+
     p = Path(src)
     if p.is_dir():
-        return "hf"
+        return "checkpoint" if is_spark_checkpoint(p) else "hf"
     if not p.exists():
         raise ConversionError(f"{p}: no such file or directory")
     try:
@@ -103,6 +107,11 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
             f.close()
     elif kind == "engine":
         yield _engine_source(src)
+    elif kind == "checkpoint":
+        from .checkpoint import SparkCheckpoint
+
+        with SparkCheckpoint(src) as ck:
+            yield _Source(ck.cfg, ck.tokenizer_proto, ck.get, ck.close, ck.names)
     else:
         from .hf import HFCheckpoint
 
