@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         s = _restricted_logits(model, w[:, :-1], vocab)
         lt, ls = F.log_softmax(t, -1), F.log_softmax(s, -1)
         kl = (lt.exp() * (lt - ls)).sum(-1).mean()
-        target = torch.searchsorted(vocab, w[:, 1:])
+        target = torch.searchsorted(vocab, w[:, 1:].contiguous())
         ce = F.nll_loss(ls.reshape(-1, ls.shape[-1]), target.reshape(-1))
         return kl, ce
 
