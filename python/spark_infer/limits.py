@@ -7,7 +7,9 @@ Hugging Face safetensors, GGUF), so a hostile file costs an error, not gigabytes
 - A JSON header holds at most `MAX_JSON_VALUES` values (the default model's has 1,785, a
   62-layer sparsified int8 model 11,063) and nests at most `MAX_DEPTH` deep; so do GGUF arrays.
 - A count read from a file (items of an array, tensors, key/values) is checked against the
-  bytes left in the file, at the least size one item can take, before anything is sized by it.
+  bytes left in the file, at the least size one item can take, before anything is sized by it;
+  a checkpoint's layer count against its tensors (each layer has several), before per-layer
+  lists are built.
 
 The C++ reader (cpp/model/safetensors.h, cpp/util/json.h) has the same numbers; a test holds
 them equal. Each function raises `error` (the caller's ConversionError or FormatError) with a
@@ -20,7 +22,7 @@ import json
 from typing import Any
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_JSON_VALUES", "MAX_DEPTH", "check_header_size",
-           "parse_json_header", "check_count", "check_depth"]
+           "parse_json_header", "check_count", "check_depth", "check_layers"]
 
 MAX_HEADER_BYTES = 32 << 20
 MAX_JSON_VALUES = 1 << 18
@@ -65,3 +67,11 @@ def check_depth(depth: int, what: str, error: type[Exception]) -> None:
     """Refuse nesting deeper than MAX_DEPTH (arrays of arrays)."""
     if depth > MAX_DEPTH:
         raise error(f"{what}: arrays nested deeper than {MAX_DEPTH}")
+
+
+def check_layers(n_layers: int, n_tensors: int, what: str, error: type[Exception]) -> None:
+    """Refuse a layer count that the checkpoint's `n_tensors` tensors cannot hold (every layer
+    has at least one tensor of its own), before anything is built per layer."""
+    if n_layers > n_tensors:
+        raise error(f"{what}: {n_layers} layers, but the checkpoint has only {n_tensors} "
+                    "tensors (truncated or corrupt)")
