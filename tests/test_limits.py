@@ -31,7 +31,10 @@ def safetensors_bytes(header: bytes, data: bytes = b"") -> bytes:
 TOO_MANY = b"[" + b"0," * limits.MAX_JSON_VALUES + b"0]"
 HEADERS = {
     "too_many_values": (TOO_MANY, f"more than {limits.MAX_JSON_VALUES} JSON values"),
-    "deep": (b"[" * 100_000 + b"]" * 100_000, "nests deeper"),
+    "deep": (b"[" * 100_000 + b"]" * 100_000, "nests deeper than 64"),
+    "deep_by_one": (b"[" * 66 + b"]" * 66, "nests deeper than 64"),   # the innermost at 65
+    "deep_by_one_object": (b'{"a":' * 65 + b"0" + b"}" * 65, "nests deeper than 64"),
+    "deep_enough": (b"[" * 65 + b"]" * 65, "not a JSON object"),        # the innermost at 64
     "not_json": (b"{not json", "not JSON"),
     "bad_utf8": (b'{"\xff": 1}', "not JSON"),
 }

@@ -47,11 +47,31 @@ def parse_json_header(raw: bytes, where: str, error: type[Exception]) -> Any:
         raise error(f"{where}: header has more than {MAX_JSON_VALUES} JSON values (up to "
                     f"{bound}): not a file this reader accepts")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except RecursionError:
-        raise error(f"{where}: header JSON nests deeper than the reader allows") from None
+        value = None
+        depth = MAX_DEPTH + 1
     except ValueError as e:   # JSONDecodeError and UnicodeDecodeError
         raise error(f"{where}: header is not JSON: {e}") from None
+    else:
+        depth = _depth(value)
+    if depth > MAX_DEPTH:
+        raise error(f"{where}: header JSON nests deeper than {MAX_DEPTH}")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Deepest value's depth (the document is at 0), as the C++ parser counts it; stops
+    counting past MAX_DEPTH."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            break
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        stack.extend((c, d + 1) for c in children)
+    return deepest
 
 
 def check_count(count: int, item_bytes: int, remaining: int, what: str,
