@@ -3,7 +3,7 @@
 Random small models of every kind the engine supports; the engine's logits must equal the
 reference's at every position, for chunked prefill and for each decode step. f32 weights: the
 engine computes in f32, the reference in float64, over a few hundred dependent ops, so ~1e-6
-relative is expected; we allow 1e-4. bf16/int8 weights: the reference runs on
+relative is expected; we allow 1e-4. bf16/int8/q4 weights: the reference runs on
 the same dequantized values, so the same bound holds.
 """
 
@@ -27,6 +27,11 @@ REL_TOL = 1e-4
 # Rounding itself moves them by 2e-3 to 0.6 (bf16 against an f32 cache) in these models; the
 # tests at REL_TOL run with an f32 cache.
 REL_TOL_BF16_KV = 1e-3
+# q4 decode rounds x to int16 per block of 32 (ops/matvec-inl.h, Q4X: a step of at most 2^-15
+# of the block's largest |x|) before each matvec; over a model's dependent matvecs that moves
+# the logits by up to ~3e-4 of their range here (seen: 2.6e-4); chunk matmuls stay f32 (~4e-7),
+# but a last chunk of one token and the sparsified FFNs' per-token kernels run the decode path.
+REL_TOL_Q4 = 1e-3
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -73,6 +78,11 @@ KINDS = {
                               ffn_sparse_fraction=0.5, ffn_gate_rank=8, ffn_select_weighted=True,
                               attn_sparse_topk=3, attn_sparse_dim=5, attn_sparse_recent=1,
                               n_kv_heads=1),
+    # q4 needs rows of multiples of 32 weights: Spark K1/K2 and the low-rank gate at r = R = 32.
+    "spark_all_q4": tiny(ffn_predictor_dim=32, ffn_topk_fraction=0.2, attn_predictor_dim=8,
+                         attn_topk=6, sliding_window=9),
+    "sparse_ffn_low_rank_q4": tiny(ffn_sparse_fraction=0.4, ffn_gate_rank=32,
+                                   ffn_select_by="abs_gelu"),
 }
 
 
@@ -139,6 +149,24 @@ def test_quantized_weights_match_reference_on_dequantized(kind, dtype, model_fil
     got = _core.Engine(path, context_length=16, kv_dtype="f32").prefill(tokens, chunk=5,
                                                                         all_logits=True)
     assert rel_err(got, expected) < REL_TOL
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3_gqa4", "spark_all_q4", "sparse_ffn_low_rank_q4",
+                                  "sparse_ffn_abs_act", "sparse_attn"])
+def test_q4_weights_match_reference_on_dequantized_on_every_target(kind, target, model_files):
+    """q4 matrices (token_embd too) through every kernel that reads weights (matvec, chunk
+    matmul, masked matvec, sparse vec-mat, the neuron-grouped chunk kernels, the embedding row)
+    against the reference on the dequantized weights: prefill in chunks and every decode step."""
+    cfg = KINDS[kind]
+    path, weights = model_files(kind, "q4")
+    assert _core.Engine(path, context_length=4).weight_type == "q4"
+    tokens = tokens_for(cfg, 16, seed=2)
+    expected = reference.forward(cfg, weights, tokens)
+    engine = _core.Engine(path, context_length=16, kv_dtype="f32")
+    assert rel_err(engine.prefill(tokens, chunk=5, all_logits=True), expected) < REL_TOL_Q4, target
+    engine.reset()
+    decoded = np.stack([engine.decode(int(t)) for t in tokens])
+    assert rel_err(decoded, expected) < REL_TOL_Q4, target
 
 
 @pytest.mark.parametrize("kind", ["sparse_ffn_calibrated", "sparse_all_gemma2", "sparse_attn",

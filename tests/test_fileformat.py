@@ -17,8 +17,9 @@ from safetensors.numpy import save_file
 
 from spark_infer.config import ModelConfig, preset
 from spark_infer.fileformat import (
-    FormatError, RowBlocks, bf16_to_f32, dequantize_int8, f32_to_bf16, quantize_int8,
-    read_engine_file, tensor_specs, write_engine_file)
+    FormatError, RowBlocks, bf16_to_f32, dequantize_int8, dequantize_q4, f32_to_bf16,
+    quantize_int8, quantize_q4, read_engine_file, read_engine_header, tensor_specs,
+    write_engine_file)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,6 +155,95 @@ def test_int8_quantization_error_bound():
     # Half a step plus f32 rounding of w / scale and of scale * q.
     bound = scale[:, None].astype(np.float64) * (0.5 + 1e-5)
     assert np.all(err <= bound)
+
+
+# ------------------------------------------------------------------------------ q4
+
+def test_q4_layout_is_q4_1_and_rounds_to_nearest():
+    from gguf.quants import GGMLQuantizationType, dequantize
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((33, 96)) * rng.uniform(0.01, 10, (33, 1))).astype(np.float32)
+    w[5] = 0.0                            # a zero row: d = 0, every code 0
+    w[6, 32:64] = -1.5                    # a constant block
+    w[7, :32] = rng.uniform(3.0, 4.0, 32)  # a block with a positive minimum
+    b = quantize_q4(w)
+    assert b.dtype == np.uint8 and b.shape == (33, 3 * 20)
+    deq = dequantize_q4(b)
+    # gguf's Q4_1 reads the same bytes the same way (an independent decoder of the layout).
+    np.testing.assert_array_equal(
+        dequantize(b.reshape(-1), GGMLQuantizationType.Q4_1).reshape(w.shape), deq)
+    blocks = b.reshape(33, 3, 20)
+    d = blocks[..., 0:2].copy().view("<f2")[..., 0].astype(np.float64)
+    m = blocks[..., 2:4].copy().view("<f2")[..., 0].astype(np.float64)
+    g = w.reshape(33, 3, 32).astype(np.float64)
+    assert np.all(deq[5] == 0) and np.all(deq[6, 32:64] == np.float16(-1.5))
+    # Codes: the nearest of the 16 levels d q + m of the stored d, m (up to f32 rounding).
+    levels = d[..., None, None] * np.arange(16) + m[..., None, None]      # [33, 3, 1, 16]
+    best = np.abs(g[..., None] - levels).min(axis=3)
+    err = np.abs(deq.reshape(33, 3, 32).astype(np.float64) - g)
+    assert np.all(err <= best + 1e-6 * (np.abs(g) + 1))
+    # Parameters: no worse than min/max (d = range / 15, m = min) per block, up to f16 rounding.
+    lo, span = g.min(axis=2), g.max(axis=2) - g.min(axis=2)
+    mm = lo[..., None] + span[..., None] / 15 * np.clip(
+        np.rint((g - lo[..., None]) / np.where(span > 0, span / 15, 1)[..., None]), 0, 15)
+    sse, sse_minmax = (err ** 2).sum(axis=2), ((mm - g) ** 2).sum(axis=2)
+    assert np.all(sse <= sse_minmax * (1 + 2e-3) + 1e-3 * (span / 15) ** 2 * 32)
+    assert sse.sum() < 0.95 * sse_minmax.sum()
+
+
+def test_q4_refits_blocks_already_on_a_4_bit_grid():
+    # Values d q + m with codes spanning fewer than 16 levels (as in a Q4_K sub-block): found
+    # again up to the f16 rounding of d and m.
+    rng = np.random.default_rng(4)
+    d = rng.uniform(0.001, 0.05, (64, 1)).astype(np.float32)
+    m = rng.uniform(-0.5, 0.5, (64, 1)).astype(np.float32)
+    q = np.stack([rng.integers(lo, lo + span + 1, 32) for lo, span in
+                  zip(rng.integers(0, 4, 64), rng.integers(5, 12, 64))])
+    q[:, 0] = q.min(axis=1)
+    x = d * q + m
+    err = np.abs(dequantize_q4(quantize_q4(x)) - x)
+    assert np.all(err <= 2.0**-11 * (np.abs(d) * 15 + np.abs(m)) * 2)
+
+
+def test_q4_refuses_what_it_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_q4(np.zeros((2, 48), np.float32))
+    with pytest.raises(ValueError, match="f16 range"):
+        quantize_q4(np.full((1, 32), 1e5, np.float32))
+    cfg = tiny_cfg()                     # d_model 24: rows of 24 weights
+    path = tmp_path / "m.spark"
+    with pytest.raises(ValueError, match="multiple of 32"):
+        write_engine_file(path, cfg, random_tensors(cfg), dtype="q4")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("embed_dtype", ["q4", "bf16"])
+def test_q4_round_trip(tmp_path, embed_dtype):
+    cfg = tiny_cfg(vocab_size=40, d_model=64, head_dim=16, d_ff=96, ffn_predictor_dim=32,
+                   attn_predictor_dim=4, attn_topk=3)
+    tensors = random_tensors(cfg)
+    path = tmp_path / "m.spark"
+    write_engine_file(path, cfg, tensors, dtype="q4", embed_dtype=embed_dtype)
+    n, header = read_header(path)
+    for spec in tensor_specs(cfg):
+        e = header[spec.name]
+        if spec.is_matrix and (spec.name != "token_embd" or embed_dtype == "q4"):
+            assert e["dtype"] == "U8" and e["shape"] == [spec.shape[0], spec.shape[1] // 32 * 20]
+            assert spec.name + ".scale" not in header
+    assert read_engine_header(path)["parameters"] == sum(
+        int(np.prod(s.shape)) for s in tensor_specs(cfg))
+    _, _, raw = read_engine_file(path)
+    _, _, deq = read_engine_file(path, dequantize=True)
+    for spec in tensor_specs(cfg):
+        w = tensors[spec.name]
+        if not spec.is_matrix:
+            np.testing.assert_array_equal(deq[spec.name], w)
+        elif spec.name == "token_embd" and embed_dtype == "bf16":
+            np.testing.assert_array_equal(raw[spec.name], f32_to_bf16(w))
+        else:
+            np.testing.assert_array_equal(raw[spec.name], quantize_q4(w))
+            np.testing.assert_array_equal(deq[spec.name], dequantize_q4(quantize_q4(w)))
 
 
 # ------------------------------------------------------------------------------ round trips
@@ -347,7 +437,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="dtype must be one of"):
         write_engine_file(tmp_path / "m", cfg, t, dtype="f16")
     with pytest.raises(ValueError, match="embed_dtype must be one of"):
-        write_engine_file(tmp_path / "m", cfg, t, dtype="f32", embed_dtype="q4")
+        write_engine_file(tmp_path / "m", cfg, t, dtype="f32", embed_dtype="q3")
     with pytest.raises(ValueError, match="given twice"):
         write_engine_file(tmp_path / "m", cfg, [("output_norm", t["output_norm"])] * 2)
     assert os.listdir(tmp_path) == []

@@ -43,6 +43,7 @@ IN_CANARY: dict[Any, int] = {
     np.dtype(np.uint16): 0x7FC1,  # bf16 NaN
     np.dtype(np.int8): 127,  # int8 has no NaN: the largest value
     np.dtype(np.int32): 0x7FFFFFFF,  # an index far out of range
+    np.dtype(np.uint8): 0xFF,  # q4: read as block parameters, 0xFFFF is an f16 NaN
 }
 DTYPES = ["f32", "bf16", "int8"]
 
@@ -187,6 +188,155 @@ MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(COLS)] + [
     (1003, 67),  # several thread parts
     (13824, 3),
 ]
+
+
+# ------------------------------------------------------------------------------- q4
+# q4 (ops/weights.h, docs/engine-file.md): uint8 [rows, cols / 32 * 20], per block of 32 weights
+# along a row f16 d, f16 m, then 16 code bytes, byte j = q_j | q_(j+16) << 4; w = d * q + m.
+# The blocks are packed here from random codes and parameters, independently of the converter.
+# The kernels may compute d (q . x) + m sum(x) per block, whose f32 rounding is bounded by the
+# terms |d q x| and |m x| rather than |w x| (they can cancel): the tolerance uses
+# |w|~ = |d q| + |m| per weight and 2 cols terms. Decode (matvec, masked matvec) rounds x to
+# int16 per block with a power-of-two step s = 2^e, e = frexp(max|x_block| / 32767)[1] (ops/
+# matvec-inl.h, Q4X): |x - s round(x / s)| <= s / 2 adds sum |d q| s / 2.
+
+
+def make_q4(rows: int, cols: int, rng: np.random.Generator, integer: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(blocks uint8 [rows, cols / 32 * 20], w float64 [rows, cols], |d q| + |m|, |d q|).
+
+    integer=True: d = 0.5, m = -4 (so w in [-4, 3.5], multiples of 1/2): with integer x every
+    partial sum of either way of computing a dot is exact."""
+    assert cols % 32 == 0
+    g = cols // 32
+    q = rng.integers(0, 16, size=(rows, g, 32))
+    if integer:
+        d = np.full((rows, g), 0.5, np.float16)
+        m = np.full((rows, g), -4.0, np.float16)
+    else:
+        d = rng.uniform(0.01, 0.3, (rows, g)).astype(np.float16)
+        m = rng.uniform(-2.0, 1.0, (rows, g)).astype(np.float16)
+    blocks = np.empty((rows, g, 20), np.uint8)
+    blocks[..., 0:2] = d.astype("<f2").view(np.uint8).reshape(rows, g, 2)
+    blocks[..., 2:4] = m.astype("<f2").view(np.uint8).reshape(rows, g, 2)
+    blocks[..., 4:] = q[..., :16] | (q[..., 16:] << 4)
+    d64, m64 = d.astype(np.float64)[..., None], m.astype(np.float64)[..., None]
+    w64 = (d64 * q + m64).reshape(rows, cols)
+    a64 = (np.abs(d64 * q) + np.abs(m64)).reshape(rows, cols)
+    return blocks.reshape(rows, g * 20), w64, a64, np.abs(d64 * q).reshape(rows, cols)
+
+
+def q4_tol(n_terms: int, abs_sum: np.ndarray) -> np.ndarray:
+    return (2 * n_terms + 4) * U * abs_sum
+
+
+def q4_x_step(x: np.ndarray) -> np.ndarray:
+    """Per element of x [cols]: half the int16 step of its block (the decode kernels' Q4X)."""
+    amax = np.abs(x.astype(np.float64)).reshape(-1, 32).max(axis=1) / 32767
+    step = np.where(amax > 0, 2.0 ** np.frexp(amax)[1], 0.0)
+    return np.repeat(step / 2, 32)
+
+
+Q4_COLS = [0, 32, 64, 96, 160, 1056, 13824]
+Q4_MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(Q4_COLS)] + [
+    (9, 32), (63, 96), (1003, 64), (0, 32)]
+
+
+@pytest.mark.parametrize("shape", Q4_MATVEC_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_q4_matvec(target: str, shape: tuple[int, int], rng: np.random.Generator) -> None:
+    rows, cols = shape
+    for integer in (False, True):
+        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
+        x = make_x(cols, rng, integer)
+        pw, px, out = Placed.input(w), Placed.input(x), Placed.output(rows)
+        _core.matvec(pw.a, px.a, out.a)
+        check_io(out, pw, px)
+        x64 = x.astype(np.float64)
+        if integer:
+            np.testing.assert_array_equal(out.a, (w64 @ x64).astype(np.float32))
+        else:
+            assert_within(out.a, w64 @ x64,
+                          q4_tol(cols, a64 @ np.abs(x64)) + dq64 @ q4_x_step(x))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 32), (2, 5, 64), (3, 9, 96), (5, 6, 160), (64, 33, 64),
+                                   (7, 1003, 32), (3, 4, 13824), (0, 4, 32)],
+                         ids=lambda s: "T{}_{}x{}".format(*s))
+def test_q4_matmul(target: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
+    T, rows, cols = shape
+    for integer in (False, True):
+        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
+        x = make_x((T, cols), rng, integer)
+        pw, px, out = Placed.input(w), Placed.input(x), Placed.output((T, rows))
+        _core.matmul(pw.a, px.a, out.a)
+        check_io(out, pw, px)
+        x64 = x.astype(np.float64)
+        if integer:
+            np.testing.assert_array_equal(out.a, (x64 @ w64.T).astype(np.float32))
+        else:
+            tol = q4_tol(cols, np.abs(x64) @ a64.T)
+            if T == 1:  # one token is a decode: x rounded to int16 (see above)
+                tol += (dq64 @ q4_x_step(x[0]))[None, :]
+            assert_within(out.a, x64 @ w64.T, tol)
+
+
+Q4_SPARSE_SHAPES = [(1, 32, 1), (7, 32, 0), (9, 64, 5), (64, 96, 8), (100, 160, 37),
+                    (50, 1056, 13), (16, 13824, 3), (13824, 32, 1106)]
+
+
+@pytest.mark.parametrize("shape", Q4_SPARSE_SHAPES, ids=lambda s: "{}x{}_n{}".format(*s))
+def test_q4_masked_matvec_and_sparse_vecmat(target: str, shape: tuple[int, int, int],
+                                            rng: np.random.Generator) -> None:
+    rows, cols, n = shape
+    for integer in (False, True):
+        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
+        x, u = make_x(cols, rng, integer), make_x(n, rng, integer)
+        idx = make_idx(rows, n, rng)
+        pw, px, pu, pi = Placed.input(w), Placed.input(x), Placed.input(u), Placed.input(idx)
+        out_m, out_s = Placed.output(n), Placed.output(cols)
+        _core.masked_matvec(pw.a, px.a, pi.a, out_m.a)
+        _core.sparse_vecmat(pw.a, pu.a, pi.a, out_s.a)
+        check_io(out_m, pw, px, pi)
+        check_io(out_s, pw, pu, pi)
+        x64, u64 = x.astype(np.float64), u.astype(np.float64)
+        if integer:
+            np.testing.assert_array_equal(out_m.a, (w64[idx] @ x64).astype(np.float32))
+            np.testing.assert_array_equal(out_s.a, (u64 @ w64[idx]).astype(np.float32))
+        else:
+            assert_within(out_m.a, w64[idx] @ x64,
+                          q4_tol(cols, a64[idx] @ np.abs(x64)) + dq64[idx] @ q4_x_step(x))
+            assert_within(out_s.a, u64 @ w64[idx], q4_tol(n, np.abs(u64) @ a64[idx]))
+
+
+def test_q4_sparse_kernels_never_read_unlisted_rows(target: str, rng: np.random.Generator) -> None:
+    rows, cols, n = 1000, 96, 80
+    w = make_q4(rows, cols, rng)[0]
+    idx = make_idx(rows, n, rng)
+    x, u = make_x(cols, rng, False), make_x(n, rng, False)
+    w2 = w.copy()
+    unlisted = np.setdiff1d(np.arange(rows), idx)
+    # f16 NaN parameters (SSE4's emulated f16 widening reads them as -131008), codes 15.
+    w2[unlisted] = 0xFF
+    for fn, vec, out_len in ((_core.masked_matvec, x, n), (_core.sparse_vecmat, u, cols)):
+        clean, poisoned = np.empty(out_len, np.float32), np.empty(out_len, np.float32)
+        fn(w, vec, idx, clean)
+        fn(w2, vec, idx, poisoned)
+        assert np.isfinite(poisoned).all()
+        np.testing.assert_array_equal(poisoned.view(np.uint32), clean.view(np.uint32))
+    # The poison is live: a kernel that reads those rows gets other values.
+    full, full2 = np.empty(rows, np.float32), np.empty(rows, np.float32)
+    _core.matvec(w, x, full)
+    _core.matvec(w2, x, full2)
+    assert not np.any(full2[unlisted] == full[unlisted])
+
+
+def test_q4_bad_weights() -> None:
+    x = np.ones(32, np.float32)
+    with pytest.raises(ValueError, match="20-byte blocks"):
+        _core.matvec(np.zeros((4, 30), np.uint8), x, np.empty(4, np.float32))
+    with pytest.raises(ValueError, match="scale is only for int8"):
+        _core.matvec(np.zeros((4, 20), np.uint8), x, np.empty(4, np.float32),
+                     scale=np.ones(4, np.float32))
 
 
 # ----------------------------------------------------------------------------- dense
@@ -639,13 +789,16 @@ def test_softmax(target: str, n: int, rng: np.random.Generator) -> None:
 # ------------------------------------------------------------- threads, GIL, zero-copy
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + ["q4"])
 def test_thread_count_does_not_change_results(
     dtype: str, threads: Callable[[int], None], rng: np.random.Generator
 ) -> None:
     # Kernels split outputs (rows, index ranges, column tiles) between threads, never a sum: the
     # bits must not depend on the thread count. Shapes give every kernel several parts.
-    w, scale, _ = make_weights(dtype, 2000, 2304, rng)
+    if dtype == "q4":
+        w, scale = make_q4(2000, 2304, rng)[0], None
+    else:
+        w, scale, _ = make_weights(dtype, 2000, 2304, rng)
     x = make_x(2304, rng, False)
     xt = make_x((5, 2304), rng, False)
     idx = make_idx(2000, 400, rng)

@@ -7,18 +7,32 @@ import numpy as np
 import pytest
 
 from spark_infer import _core
-from spark_infer.fileformat import bf16_to_f32, f32_to_bf16, quantize_int8, dequantize_int8
+from spark_infer.fileformat import bf16_to_f32, f32_to_bf16, quantize_int8, dequantize_int8, \
+    quantize_q4
 
 
 def weights(rng, rows, cols, dtype):
+    """(w as the kernel takes it, scale or None, values float64, |values| float64 for the error
+    bound). q4 is dequantized by gguf's Q4_1 (the same block layout), not by our code; its bound
+    uses |d q| + |m| per weight (the kernels may sum d (q . x) and m sum(x) apart)."""
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     if dtype == "f32":
-        return w, None, w.astype(np.float64)
+        return w, None, w.astype(np.float64), np.abs(w.astype(np.float64))
     if dtype == "bf16":
         b = f32_to_bf16(w)
-        return b, None, bf16_to_f32(b).astype(np.float64)
+        v = bf16_to_f32(b).astype(np.float64)
+        return b, None, v, np.abs(v)
+    if dtype == "q4":
+        from gguf.quants import GGMLQuantizationType, dequantize
+
+        b = quantize_q4(w)
+        v = dequantize(b.reshape(-1), GGMLQuantizationType.Q4_1).reshape(rows, cols)
+        g = b.reshape(rows, -1, 20)
+        m = np.abs(g[..., 2:4].copy().view("<f2")[..., 0].astype(np.float64))
+        return b, None, v.astype(np.float64), np.abs(v) + 2 * np.repeat(m, 32, axis=1)
     q, s = quantize_int8(w)
-    return q, s, dequantize_int8(q, s).astype(np.float64)
+    v = dequantize_int8(q, s).astype(np.float64)
+    return q, s, v, np.abs(v)
 
 
 def csr(rng, rows, T, density):
@@ -29,11 +43,18 @@ def csr(rng, rows, T, density):
     return offsets, tokens.astype(np.int32), active
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16", "int8"])
-@pytest.mark.parametrize("rows, cols, T", [(1, 1, 1), (7, 63, 5), (130, 1000, 17), (64, 13, 64)])
+CASES_MASKED = [(d, r, c, t) for d in ("f32", "bf16", "int8")
+                for r, c, t in [(1, 1, 1), (7, 63, 5), (130, 1000, 17), (64, 13, 64)]] + [
+    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (7, 64, 5), (130, 1056, 17), (64, 96, 64)]]
+CASES_SPARSE = [(d, r, c, t) for d in ("f32", "bf16", "int8")
+                for r, c, t in [(1, 1, 1), (9, 63, 4), (200, 1000, 17), (64, 2304, 8)]] + [
+    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (9, 96, 4), (200, 1056, 17), (64, 2304, 8)]]
+
+
+@pytest.mark.parametrize("dtype, rows, cols, T", CASES_MASKED)
 def test_csr_masked_matmul(target, dtype, rows, cols, T):
     rng = np.random.default_rng(rows * 1000 + cols)
-    w, scale, wd = weights(rng, rows, cols, dtype)
+    w, scale, wd, wa = weights(rng, rows, cols, dtype)
     x = rng.standard_normal((T, cols)).astype(np.float32)
     offsets, tokens, _ = csr(rng, rows, T, 0.3)
     out = np.full(len(tokens) + 1, np.nan, np.float32)
@@ -41,29 +62,28 @@ def test_csr_masked_matmul(target, dtype, rows, cols, T):
     row_of = np.repeat(np.arange(rows), np.diff(offsets))
     expected = np.einsum("kc,kc->k", wd[row_of], x[tokens].astype(np.float64))
     # f32 accumulation over `cols` terms: error <= cols * 2^-24 * sum |w x| (generous x4)
-    bound = 4 * cols * 2.0**-24 * np.einsum("kc,kc->k", np.abs(wd[row_of]), np.abs(x[tokens]))
+    bound = 4 * cols * 2.0**-24 * np.einsum("kc,kc->k", wa[row_of], np.abs(x[tokens]))
     assert np.all(np.abs(out[:len(tokens)] - expected) <= bound + 1e-30)
     assert np.isnan(out[-1])  # nothing written past the end
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16", "int8"])
-@pytest.mark.parametrize("rows, cols, T", [(1, 1, 1), (9, 63, 4), (200, 1000, 17), (64, 2304, 8)])
+@pytest.mark.parametrize("dtype, rows, cols, T", CASES_SPARSE)
 def test_csr_sparse_matmul(target, dtype, rows, cols, T):
     rng = np.random.default_rng(rows + cols)
-    w, scale, wd = weights(rng, rows, cols, dtype)
+    w, scale, wd, wa = weights(rng, rows, cols, dtype)
     offsets, tokens, active = csr(rng, rows, T, 0.2)
     u = rng.standard_normal(len(tokens)).astype(np.float32)
     # Rows no token uses must never be read: poison them.
     unused = np.diff(offsets) == 0
-    if dtype == "f32":
+    if dtype in ("f32", "q4"):
         w = w.copy()
-        w[unused] = np.nan
+        w[unused] = np.nan if dtype == "f32" else 0xFF  # q4: f16 NaN block parameters
     out = np.full((T, cols), np.nan, np.float32)
     _core.csr_sparse_matmul(w, u, offsets, tokens, out, scale=scale)
     row_of = np.repeat(np.arange(rows), np.diff(offsets))
     expected = np.zeros((T, cols))
     np.add.at(expected, tokens, u[:, None].astype(np.float64) * wd[row_of])
-    bound = 4 * rows * 2.0**-24 * (np.abs(u)[:, None] * np.abs(wd[row_of])).sum(0).max() + 1e-30
+    bound = 4 * rows * 2.0**-24 * (np.abs(u)[:, None] * wa[row_of]).sum(0).max() + 1e-30
     assert np.all(np.isfinite(out))
     assert np.abs(out - expected).max() <= bound
 

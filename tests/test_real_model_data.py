@@ -177,7 +177,7 @@ def test_cached_path_names(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         models.resolve_model("gemma9-1t")
     with pytest.raises(ValueError, match="dtype"):
-        models.resolve_model("gemma3-270m", dtype="q4")
+        models.resolve_model("gemma3-270m", dtype="q3")
 
 
 def test_missing_package_message(monkeypatch, tmp_path):

@@ -52,7 +52,8 @@ T* Checked(const py::array& a, const char* name, std::vector<py::ssize_t> dims,
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// A weight matrix [rows, cols]: float32, uint16 (bf16 bits) or int8 with scale float32 [rows].
+// A weight matrix [rows, cols]: float32, uint16 (bf16 bits), int8 with scale float32 [rows], or
+// uint8 [rows, cols / 32 * 20]: q4 blocks (ops/weights.h), cols = 32 per 20 bytes.
 inline MatRef CheckedWeights(const py::array& w, const std::optional<py::array>& scale) {
   MatRef m;
   if (w.ndim() != 2) throw py::value_error("w: expected a 2-D weight matrix, got shape " + ShapeString(w));
@@ -69,8 +70,14 @@ inline MatRef CheckedWeights(const py::array& w, const std::optional<py::array>&
     m.type = WeightType::kI8;
     m.data = Checked<int8_t>(w, "w", {R, C});
     if (!scale) throw py::value_error("w: int8 weights need scale (float32, one per row)");
+  } else if (w.dtype().is(py::dtype::of<uint8_t>())) {
+    if (C % static_cast<py::ssize_t>(kQ4BlockBytes) != 0)
+      throw py::value_error("w: q4 rows are 20-byte blocks, got rows of " + std::to_string(C) + " bytes");
+    m.type = WeightType::kQ4;
+    m.cols = static_cast<size_t>(C) / kQ4BlockBytes * kQ4Group;
+    m.data = Checked<uint8_t>(w, "w", {R, C});
   } else {
-    throw py::type_error("w: expected float32, uint16 (bf16 bits) or int8 weights, got " +
+    throw py::type_error("w: expected float32, uint16 (bf16 bits), int8 or uint8 (q4 blocks) weights, got " +
                          std::string(py::str(w.dtype())));
   }
   if (scale) {

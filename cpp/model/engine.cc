@@ -97,6 +97,11 @@ void EmbeddingRow(const MatRef& m, size_t r, float scale, float* out) {
       for (size_t c = 0; c < m.cols; ++c)
         out[c] = static_cast<float>(reinterpret_cast<const int8_t*>(row)[c]) * m.scale[r] * scale;
       break;
+    case WeightType::kQ4: {
+      const Q4Ptr p{row, 0};
+      for (size_t c = 0; c < m.cols; ++c) out[c] = p[c] * scale;
+      break;
+    }
   }
 }
 

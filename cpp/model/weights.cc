@@ -33,7 +33,12 @@ class Loader {
   }
 
   MatRef Matrix(const std::string& name, size_t rows, size_t cols) {
-    const TensorInfo& t = Checked(name, {rows, cols});
+    // q4 is stored as U8 [rows, cols / 32 * 20] (its blocks), every other type as [rows, cols].
+    const bool q4 = f_.Get(name).dtype == "U8";
+    if (q4 && cols % kQ4Group != 0)
+      throw FormatError(f_.path() + ": tensor '" + name + "' is q4 (U8), but its rows of " +
+                        std::to_string(cols) + " weights are not a multiple of 32");
+    const TensorInfo& t = Checked(name, {rows, q4 ? RowBytes(WeightType::kQ4, cols) : cols});
     MatRef m;
     m.data = t.data;
     m.rows = rows;
@@ -45,9 +50,11 @@ class Loader {
     } else if (t.dtype == "I8") {
       m.type = WeightType::kI8;
       m.scale = Vector(name + ".scale", rows);
+    } else if (q4) {
+      m.type = WeightType::kQ4;
     } else {
       throw FormatError(f_.path() + ": tensor '" + name + "' has dtype " + t.dtype +
-                        "; matrices must be F32, BF16 or I8");
+                        "; matrices must be F32, BF16, I8 or U8 (q4)");
     }
     return m;
   }

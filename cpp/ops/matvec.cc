@@ -13,17 +13,9 @@ namespace HWY_NAMESPACE {
 // Dispatch on the weight type; out: [T, out_stride].
 HWY_NOINLINE void MatMulRows(const MatRef& w, const float* HWY_RESTRICT x, size_t T,
                              float* HWY_RESTRICT out, size_t out_stride, size_t r0, size_t r1) {
-  switch (w.type) {
-    case WeightType::kF32:
-      return MatMulRowsT(static_cast<const float*>(w.data), nullptr, w.cols, x, T, out,
-                         out_stride, r0, r1);
-    case WeightType::kBF16:
-      return MatMulRowsT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, x, T,
-                         out, out_stride, r0, r1);
-    case WeightType::kI8:
-      return MatMulRowsT(static_cast<const int8_t*>(w.data), w.scale, w.cols, x, T, out,
-                         out_stride, r0, r1);
-  }
+  VisitWeights(w, [&](auto p, const float* scale) {
+    MatMulRowsT(p, scale, w.cols, x, T, out, out_stride, r0, r1);
+  });
 }
 
 }  // namespace HWY_NAMESPACE
@@ -44,7 +36,7 @@ namespace {
 // weights) that a part is worth a thread wake-up.
 size_t RowGranule(const MatRef& w) {
   // max(1, ..): cols == 0 is valid (every output is 0) and must not divide by zero.
-  const size_t row_bytes = w.cols * WeightTypeBytes(w.type) + (w.cols == 0);
+  const size_t row_bytes = w.RowBytes() + (w.cols == 0);
   size_t g = (64 * 1024 + row_bytes - 1) / row_bytes;
   return (g + 3) / 4 * 4;
 }

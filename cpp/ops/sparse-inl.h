@@ -1,5 +1,5 @@
 // sparse-inl.h (per target): vector-masked matvec and column-tiled sparse vec-mat.
-// W: [rows, cols] row-major (neuron-major for Spark), f32 / bf16 / int8 (times scale[row]).
+// W: [rows, cols] row-major (neuron-major for Spark), f32 / bf16 / int8 (times scale[row]) / q4.
 
 #if defined(SPARK_OPS_SPARSE_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SPARK_OPS_SPARSE_INL_H_
@@ -30,27 +30,28 @@ namespace hn = hwy::HWY_NAMESPACE;
 // row's first line (1 thread, K2 [13824, 1280], 8 %, weights cold, median ms): bf16 0.37 ->
 // 0.30, int8 0.30 -> 0.16; sparse V [13824, 2304]: bf16 0.61 -> 0.49, int8 0.42 -> 0.26.
 // Prefetching two tiles ahead, or the next tile in one burst, was no better or worse.
-template <class W>
-HWY_INLINE void MaskedMatVecT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+template <class P>
+HWY_INLINE void MaskedMatVecT(P w, const float* HWY_RESTRICT scale,
                               size_t cols, const float* HWY_RESTRICT x,
                               const int32_t* HWY_RESTRICT idx, size_t j0, size_t j1,
                               float* HWY_RESTRICT out) {
   // Row pointers of the tile at j (rows repeated past j1); false if the tile is empty.
-  auto tile_rows = [&](size_t j, const W** rows) {
+  auto tile_rows = [&](size_t j, P* rows) {
     if (j >= j1) return false;
     const size_t m = j1 - j < kDecodeRows ? j1 - j : kDecodeRows;
     for (size_t k = 0; k < kDecodeRows; ++k)
       rows[k] = w + static_cast<size_t>(idx[j + (k < m ? k : m - 1)]) * cols;
     return true;
   };
-  const W* rows[kDecodeRows];
-  const W* next[kDecodeRows];
+  P rows[kDecodeRows];
+  P next[kDecodeRows];
+  const auto xin = DecodeInput(w, x, cols);
   bool have_next = tile_rows(j0, next);
   for (size_t j = j0; have_next; j += kDecodeRows) {
     for (size_t k = 0; k < kDecodeRows; ++k) rows[k] = next[k];
     have_next = tile_rows(j + kDecodeRows, next);
     float s[kDecodeRows];
-    DotRows4(rows, cols, x, s, have_next ? next : nullptr, 0);
+    DotRows4(rows, cols, xin, s, have_next ? next : static_cast<const P*>(nullptr), 0);
     const size_t m = j1 - j < kDecodeRows ? j1 - j : kDecodeRows;
     for (size_t k = 0; k < m; ++k) out[j + k] = scale ? s[k] * scale[idx[j + k]] : s[k];
   }
@@ -61,8 +62,8 @@ HWY_INLINE void MaskedMatVecT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
 // tile of out stays in L1 while each row segment streams through, and the next group's
 // segments are prefetched meanwhile (the rows are scattered: see MaskedMatVecT). The sum over
 // j runs in index order for every column, whatever c0 and c1 are.
-template <class W>
-HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+template <class P>
+HWY_INLINE void SparseVecMatT(P w, const float* HWY_RESTRICT scale,
                               size_t cols, const float* HWY_RESTRICT u,
                               const int32_t* HWY_RESTRICT idx, size_t n, float* HWY_RESTRICT out,
                               size_t c0, size_t c1) {
@@ -75,13 +76,13 @@ HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
   auto row = [&](size_t j) { return w + static_cast<size_t>(idx[j]) * cols; };
   size_t j = 0;
   for (; j + 4 <= n; j += 4) {
-    const W* rows[4];
+    P rows[4];
     float a[4];
     for (size_t r = 0; r < 4; ++r) {
       rows[r] = row(j + r);
       a[r] = coef(j + r);
     }
-    const W* next_rows[kDecodeRows];
+    P next_rows[kDecodeRows];
     const bool have_next = j + 4 + kDecodeRows <= n;
     if (have_next) {
       for (size_t r = 0; r < kDecodeRows; ++r) next_rows[r] = row(j + 4 + r) + c0;
@@ -90,7 +91,7 @@ HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
     const auto a2 = hn::Set(df, a[2]), a3 = hn::Set(df, a[3]);
     size_t c = c0;
     for (; c + NF <= c1; c += NF) {
-      PrefetchStep(have_next ? next_rows : nullptr, c - c0, NF);
+      PrefetchStep(have_next ? next_rows : static_cast<const P*>(nullptr), c - c0, NF);
       auto o = hn::LoadU(df, out + c);
       o = hn::MulAdd(a0, LoadF32(df, rows[0] + c), o);
       o = hn::MulAdd(a1, LoadF32(df, rows[1] + c), o);
@@ -109,7 +110,7 @@ HWY_INLINE void SparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT
     }
   }
   for (; j < n; ++j) {
-    const W* r = row(j);
+    const P r = row(j);
     const float a = coef(j);
     const auto va = hn::Set(df, a);
     size_t c = c0;

@@ -13,33 +13,17 @@ namespace HWY_NAMESPACE {
 HWY_NOINLINE void MaskedMatVecRows(const MatRef& w, const float* HWY_RESTRICT x,
                                     const int32_t* HWY_RESTRICT idx, size_t j0, size_t j1,
                                     float* HWY_RESTRICT out) {
-  switch (w.type) {
-    case WeightType::kF32:
-      return MaskedMatVecT(static_cast<const float*>(w.data), nullptr, w.cols, x, idx, j0, j1,
-                           out);
-    case WeightType::kBF16:
-      return MaskedMatVecT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, x, idx,
-                           j0, j1, out);
-    case WeightType::kI8:
-      return MaskedMatVecT(static_cast<const int8_t*>(w.data), w.scale, w.cols, x, idx, j0, j1,
-                           out);
-  }
+  VisitWeights(w, [&](auto p, const float* scale) {
+    MaskedMatVecT(p, scale, w.cols, x, idx, j0, j1, out);
+  });
 }
 
 HWY_NOINLINE void SparseVecMatCols(const MatRef& w, const float* HWY_RESTRICT u,
                                    const int32_t* HWY_RESTRICT idx, size_t n,
                                    float* HWY_RESTRICT out, size_t c0, size_t c1) {
-  switch (w.type) {
-    case WeightType::kF32:
-      return SparseVecMatT(static_cast<const float*>(w.data), nullptr, w.cols, u, idx, n, out,
-                           c0, c1);
-    case WeightType::kBF16:
-      return SparseVecMatT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, u, idx,
-                           n, out, c0, c1);
-    case WeightType::kI8:
-      return SparseVecMatT(static_cast<const int8_t*>(w.data), w.scale, w.cols, u, idx, n, out,
-                           c0, c1);
-  }
+  VisitWeights(w, [&](auto p, const float* scale) {
+    SparseVecMatT(p, scale, w.cols, u, idx, n, out, c0, c1);
+  });
 }
 
 }  // namespace HWY_NAMESPACE

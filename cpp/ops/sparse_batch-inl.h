@@ -26,8 +26,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 constexpr size_t kChunkColBlock = 256;
 
 // out[j] += row[0, len) . xs[j][0, len) for kT token vectors; the row is loaded once.
-template <size_t kT, class W>
-HWY_INLINE void RowDotTokensAcc(const W* HWY_RESTRICT row, size_t len, const float* const* xs,
+template <size_t kT, class P>
+HWY_INLINE void RowDotTokensAcc(P row, size_t len, const float* const* xs,
                                 float* HWY_RESTRICT out) {
   const hn::ScalableTag<float> df;
   const size_t NF = hn::Lanes(df);
@@ -45,8 +45,8 @@ HWY_INLINE void RowDotTokensAcc(const W* HWY_RESTRICT row, size_t len, const flo
   }
 }
 
-template <class W>
-HWY_INLINE void CsrMaskedRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+template <class P>
+HWY_INLINE void CsrMaskedRowsT(P w, const float* HWY_RESTRICT scale,
                                size_t cols, const float* HWY_RESTRICT x,
                                const int32_t* HWY_RESTRICT offsets,
                                const int32_t* HWY_RESTRICT tokens, size_t r0, size_t r1,
@@ -56,7 +56,7 @@ HWY_INLINE void CsrMaskedRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRIC
   for (size_t cb = 0; cb < cols; cb += kChunkColBlock) {
     const size_t len = cols - cb < kChunkColBlock ? cols - cb : kChunkColBlock;
     for (size_t r = r0; r < r1; ++r) {
-      const W* row = w + r * cols + cb;
+      const P row = w + r * cols + cb;
       size_t k = static_cast<size_t>(offsets[r]);
       const size_t end = static_cast<size_t>(offsets[r + 1]);
       const float* xs[4];
@@ -79,8 +79,8 @@ HWY_INLINE void CsrMaskedRowsT(const W* HWY_RESTRICT w, const float* HWY_RESTRIC
 
 // Columns [c0, c1) of out [T, cols]: zeroed, then, block by block, every neuron's row segment
 // is loaded once per vector and added into each of its tokens' outputs.
-template <class W>
-HWY_INLINE void CsrSparseColsT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+template <class P>
+HWY_INLINE void CsrSparseColsT(P w, const float* HWY_RESTRICT scale,
                                size_t rows, size_t cols, const float* HWY_RESTRICT u,
                                const int32_t* HWY_RESTRICT offsets,
                                const int32_t* HWY_RESTRICT tokens, size_t T,
@@ -94,7 +94,7 @@ HWY_INLINE void CsrSparseColsT(const W* HWY_RESTRICT w, const float* HWY_RESTRIC
     for (size_t r = 0; r < rows; ++r) {
       const size_t k0 = static_cast<size_t>(offsets[r]), k1 = static_cast<size_t>(offsets[r + 1]);
       if (k0 == k1) continue;
-      const W* row = w + r * cols;
+      const P row = w + r * cols;
       const float s = scale ? scale[r] : 1.0f;
       size_t c = b0;
       // Four vectors of the row stay in registers while every token of the neuron takes them.
@@ -125,8 +125,8 @@ HWY_INLINE void CsrSparseColsT(const W* HWY_RESTRICT w, const float* HWY_RESTRIC
   }
 }
 
-template <class W>
-HWY_INLINE void MultiSparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RESTRICT scale,
+template <class P>
+HWY_INLINE void MultiSparseVecMatT(P w, const float* HWY_RESTRICT scale,
                                    size_t cols, const float* HWY_RESTRICT u,
                                    const int32_t* HWY_RESTRICT idx, size_t n, size_t G,
                                    float* HWY_RESTRICT out, size_t c0, size_t c1) {
@@ -136,7 +136,7 @@ HWY_INLINE void MultiSparseVecMatT(const W* HWY_RESTRICT w, const float* HWY_RES
     for (size_t c = c0; c < c1; ++c) out[g * cols + c] = 0.0f;
   for (size_t j = 0; j < n; ++j) {
     const size_t r = static_cast<size_t>(idx[j]);
-    const W* row = w + r * cols;
+    const P row = w + r * cols;
     const float s = scale ? scale[r] : 1.0f;
     size_t c = c0;
     for (; c + NF <= c1; c += NF) {

@@ -12,48 +12,24 @@ namespace HWY_NAMESPACE {
 
 HWY_NOINLINE void CsrMaskedRows(const MatRef& w, const float* x, const int32_t* offsets,
                                 const int32_t* tokens, size_t r0, size_t r1, float* out) {
-  switch (w.type) {
-    case WeightType::kF32:
-      return CsrMaskedRowsT(static_cast<const float*>(w.data), nullptr, w.cols, x, offsets,
-                            tokens, r0, r1, out);
-    case WeightType::kBF16:
-      return CsrMaskedRowsT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, x,
-                            offsets, tokens, r0, r1, out);
-    case WeightType::kI8:
-      return CsrMaskedRowsT(static_cast<const int8_t*>(w.data), w.scale, w.cols, x, offsets,
-                            tokens, r0, r1, out);
-  }
+  VisitWeights(w, [&](auto p, const float* scale) {
+    CsrMaskedRowsT(p, scale, w.cols, x, offsets, tokens, r0, r1, out);
+  });
 }
 
 HWY_NOINLINE void CsrSparseCols(const MatRef& w, const float* u, const int32_t* offsets,
                                 const int32_t* tokens, size_t T, float* out, size_t c0,
                                 size_t c1) {
-  switch (w.type) {
-    case WeightType::kF32:
-      return CsrSparseColsT(static_cast<const float*>(w.data), nullptr, w.rows, w.cols, u,
-                            offsets, tokens, T, out, c0, c1);
-    case WeightType::kBF16:
-      return CsrSparseColsT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.rows, w.cols,
-                            u, offsets, tokens, T, out, c0, c1);
-    case WeightType::kI8:
-      return CsrSparseColsT(static_cast<const int8_t*>(w.data), w.scale, w.rows, w.cols, u,
-                            offsets, tokens, T, out, c0, c1);
-  }
+  VisitWeights(w, [&](auto p, const float* scale) {
+    CsrSparseColsT(p, scale, w.rows, w.cols, u, offsets, tokens, T, out, c0, c1);
+  });
 }
 
 HWY_NOINLINE void MultiSparseCols(const MatRef& w, const float* u, const int32_t* idx, size_t n,
                                   size_t G, float* out, size_t c0, size_t c1) {
-  switch (w.type) {
-    case WeightType::kF32:
-      return MultiSparseVecMatT(static_cast<const float*>(w.data), nullptr, w.cols, u, idx, n, G,
-                                out, c0, c1);
-    case WeightType::kBF16:
-      return MultiSparseVecMatT(static_cast<const hwy::bfloat16_t*>(w.data), nullptr, w.cols, u,
-                                idx, n, G, out, c0, c1);
-    case WeightType::kI8:
-      return MultiSparseVecMatT(static_cast<const int8_t*>(w.data), w.scale, w.cols, u, idx, n, G,
-                                out, c0, c1);
-  }
+  VisitWeights(w, [&](auto p, const float* scale) {
+    MultiSparseVecMatT(p, scale, w.cols, u, idx, n, G, out, c0, c1);
+  });
 }
 
 }  // namespace HWY_NAMESPACE

@@ -4,23 +4,73 @@
 //   kF32  float
 //   kBF16 hwy::bfloat16_t (upper 16 bits of an f32)
 //   kI8   int8_t with one f32 scale per row: w[r, c] = scale[r] * q[r, c]
+//   kQ4   4-bit, asymmetric, in blocks of 32 weights along a row (GGML's Q4_1 block): each
+//         block is 20 bytes, f16 d, f16 m (little-endian), then 16 bytes of codes; byte j
+//         holds weight j in its low nibble and weight j + 16 in its high nibble; w = d * q + m.
+//         cols % 32 == 0, so row r is blocks [r * cols / 32, (r + 1) * cols / 32).
 // Rows stay contiguous in every type, so a kernel that skips rows never touches their bytes.
 #ifndef SPARK_OPS_WEIGHTS_H_
 #define SPARK_OPS_WEIGHTS_H_
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 namespace spark {
 
-enum class WeightType : int { kF32 = 0, kBF16 = 1, kI8 = 2 };
+enum class WeightType : int { kF32 = 0, kBF16 = 1, kI8 = 2, kQ4 = 3 };
 
+// kQ4 block geometry.
+constexpr size_t kQ4Group = 32;       // weights per block
+constexpr size_t kQ4BlockBytes = 20;  // f16 d, f16 m, 16 code bytes
+
+// Bytes of one element; kQ4 has no whole-byte element (see RowBytes).
 inline size_t WeightTypeBytes(WeightType t) {
   return t == WeightType::kF32 ? 4 : t == WeightType::kBF16 ? 2 : 1;
 }
-inline const char* WeightTypeName(WeightType t) {
-  return t == WeightType::kF32 ? "f32" : t == WeightType::kBF16 ? "bf16" : "int8";
+// Bytes of a row of `cols` weights (kQ4: cols must be a multiple of kQ4Group).
+inline size_t RowBytes(WeightType t, size_t cols) {
+  return t == WeightType::kQ4 ? cols / kQ4Group * kQ4BlockBytes : cols * WeightTypeBytes(t);
 }
+inline const char* WeightTypeName(WeightType t) {
+  return t == WeightType::kF32 ? "f32" : t == WeightType::kBF16 ? "bf16" : t == WeightType::kI8 ? "int8" : "q4";
+}
+
+// f32 value of IEEE half bits. Subnormal halves are converted by an exact integer multiply
+// rather than through a subnormal f32, which a flush-to-zero/denormals-are-zero mode would lose.
+inline float F32FromF16Bits(uint16_t h) {
+  const uint32_t exp = (h >> 10) & 31, man = h & 0x3FF;
+  float f;
+  if (exp == 0) {
+    f = static_cast<float>(man) * 0x1p-24f;
+  } else {
+    const uint32_t bits = (exp == 31 ? 0x7F800000u : (exp + 112) << 23) | (man << 13);  // Inf/NaN
+    memcpy(&f, &bits, 4);
+  }
+  return (h & 0x8000) ? -f : f;
+}
+
+// A position in a kQ4 matrix: `base` points at its first block, `e` is the element index in
+// the row-major [rows, cols] order (cols % 32 == 0, so element e lies in block e / 32). Behaves
+// like a `const W*` in the kernels: p + k, p[k].
+struct Q4Ptr {
+  const uint8_t* base = nullptr;
+  size_t e = 0;
+
+  Q4Ptr operator+(size_t k) const { return Q4Ptr{base, e + k}; }
+  const uint8_t* Block() const { return base + (e / kQ4Group) * kQ4BlockBytes; }
+  float operator[](size_t k) const {
+    const size_t i = e + k;
+    const uint8_t* b = base + (i / kQ4Group) * kQ4BlockBytes;
+    const size_t j = i % kQ4Group;
+    const uint8_t byte = b[4 + (j & 15)];
+    const float q = static_cast<float>(j < 16 ? (byte & 15) : (byte >> 4));
+    uint16_t d, m;
+    memcpy(&d, b, 2);
+    memcpy(&m, b + 2, 2);
+    return F32FromF16Bits(d) * q + F32FromF16Bits(m);
+  }
+};
 
 struct MatRef {
   const void* data = nullptr;
@@ -29,10 +79,9 @@ struct MatRef {
   size_t rows = 0;
   size_t cols = 0;
 
-  const uint8_t* Row(size_t r) const {
-    return static_cast<const uint8_t*>(data) + r * cols * WeightTypeBytes(type);
-  }
-  size_t Bytes() const { return rows * cols * WeightTypeBytes(type) + (scale ? rows * 4 : 0); }
+  size_t RowBytes() const { return spark::RowBytes(type, cols); }
+  const uint8_t* Row(size_t r) const { return static_cast<const uint8_t*>(data) + r * RowBytes(); }
+  size_t Bytes() const { return rows * RowBytes() + (scale ? rows * 4 : 0); }
 };
 
 }  // namespace spark

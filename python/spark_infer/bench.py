@@ -899,9 +899,9 @@ def measure(runners: list[Any], args: argparse.Namespace, probe: BandwidthProbe
     return results
 
 
-# Our weight type -> the peers' types compared with it (Q4_K_M has no counterpart here: it
-# goes with int8, the nearest in bytes per weight).
-_PEER_MATCH = {"bf16": ("BF16", "bf16"), "int8": ("Q8_0", "Q4_K_M"), "f32": ("F32", "f32")}
+# Our weight type -> the peers' types compared with it.
+_PEER_MATCH = {"bf16": ("BF16", "bf16"), "int8": ("Q8_0",), "q4": ("Q4_K_M",),
+               "f32": ("F32", "f32")}
 
 
 def _default_pairs(runners: list[Any]) -> list[tuple[str, str]]:
@@ -1104,7 +1104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the dtype of one model)")
     parser.add_argument("--vs", nargs=2, metavar=("A", "B"),
                         help="benchmark A and B in alternation and report tok/s(A)/tok/s(B)")
-    parser.add_argument("--dtype", nargs="+", default=["bf16"], choices=["bf16", "int8", "f32"],
+    parser.add_argument("--dtype", nargs="+", default=["bf16"], choices=["bf16", "int8", "q4", "f32"],
                         help="weight type(s) of generated/converted models (default bf16)")
     parser.add_argument("--threads", nargs="+", type=int, default=None,
                         help="thread counts (default: the physical cores)")

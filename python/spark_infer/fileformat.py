@@ -3,12 +3,13 @@
 Contract:
 - `tensor_specs(cfg)` is the one table of tensors a config implies (name, shape, is_matrix);
   the writer, the reader and the tests all use it.
-- Norm vectors are F32. Matrices are F32, BF16 (round to nearest even) or I8 with a `<name>.scale`
-  F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`. One dtype for all matrices except
-  `token_embd`, which may differ.
+- Norm vectors are F32. Matrices are F32, BF16 (round to nearest even), I8 with a `<name>.scale`
+  F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`, or q4: U8 [rows, cols / 32 * 20], blocks
+  of 32 weights along each row in GGML's Q4_1 layout (`quantize_q4`). One dtype for all matrices
+  except `token_embd`, which may differ.
 - Layout written here (the safetensors format allows no holes between tensors): the header is
   padded with spaces so the data starts at a multiple of 64 bytes; tensors follow contiguously,
-  F32 first, then BF16, then I8 (each group in table order), so every tensor starts at a multiple
+  F32 first, then BF16, then I8 and U8 (each group in table order), so every tensor starts at a multiple
   of its element size. Readers should check alignment rather than assume it.
 - The writer streams: it writes the header (computable from the config alone), pre-sizes the file
   and writes each tensor at its offset as the source hands it over, converting in row chunks of
@@ -33,15 +34,18 @@ from .config import ModelConfig
 
 __all__ = [
     "FormatError", "TensorSpec", "RowBlocks", "tensor_specs", "f32_to_bf16", "bf16_to_f32",
-    "quantize_int8", "dequantize_int8", "write_engine_file", "read_engine_file",
+    "quantize_int8", "dequantize_int8", "quantize_q4", "dequantize_q4", "Q4_GROUP",
+    "Q4_BLOCK_BYTES", "write_engine_file", "read_engine_file",
     "FORMAT_NAME", "FORMAT_VERSION", "DTYPES",
 ]
 
 FORMAT_NAME = "spark-infer"
 FORMAT_VERSION = "1"
-DTYPES = ("f32", "bf16", "int8")
-_ST_DTYPE = {"f32": "F32", "bf16": "BF16", "int8": "I8"}
-_ITEMSIZE = {"F32": 4, "BF16": 2, "I8": 1}
+DTYPES = ("f32", "bf16", "int8", "q4")
+_ST_DTYPE = {"f32": "F32", "bf16": "BF16", "int8": "I8", "q4": "U8"}
+_ITEMSIZE = {"F32": 4, "BF16": 2, "I8": 1, "U8": 1}
+Q4_GROUP = 32         # q4: weights per block, along a row
+Q4_BLOCK_BYTES = 20   # f16 d, f16 m, 16 bytes of codes
 _HEADER_ALIGN = 64
 # 1 Mi elements (4 MiB of f32) per chunk: temporaries stay in cache (measured ~1.5x faster bf16
 # conversion than 4 Mi chunks), and numpy calls stay long enough to hide their overhead.
@@ -168,12 +172,96 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.asarray(q, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
 
 
+def _q4_fit(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d, m) float32 per block of g [n, 32]: the least-squares step and offset, best of a few
+    code assignments. A candidate assigns c = clip(round((w - min) * k / (max - min)), 0, 15)
+    for a span k, fits d, m to those codes by least squares, and scores the fit by its residual
+    sum(w^2) - d sum(c w) - m sum(w) (exact for a least-squares fit). Integer spans 1..15 refit
+    exactly a block that a 4-bit format (Q4_K) quantized before; spans just past 15 trade a
+    clipped extreme for a finer step. The first candidate is min/max (d = range / 15, m = min)."""
+    lo, hi = g.min(axis=1), g.max(axis=1)
+    rng = hi - lo
+    inv = np.divide(np.float32(1.0), rng, out=np.zeros_like(rng), where=rng > 0)
+    centered = g - lo[:, None]
+    sx, sxx, n = g.sum(axis=1), np.einsum("ij,ij->i", g, g), np.float32(g.shape[1])
+    best_d, best_m = rng / np.float32(15.0), lo.copy()
+    r = np.clip(np.rint(centered * (np.float32(15.0) * inv)[:, None]), 0.0, 15.0)
+    r = r * best_d[:, None] + best_m[:, None] - g
+    best = np.einsum("ij,ij->i", r, r)
+    for span in (*range(1, 15), 15.25, 15.5, 15.75, 16.0, 16.5):
+        c = np.clip(np.rint(centered * (np.float32(span) * inv)[:, None]), 0.0, 15.0)
+        s_c, s_cc, s_cx = c.sum(axis=1), np.einsum("ij,ij->i", c, c), np.einsum("ij,ij->i", c, g)
+        det = n * s_cc - s_c * s_c
+        ok = det > 0
+        det = np.where(ok, det, np.float32(1.0))
+        d = (n * s_cx - s_c * sx) / det
+        m = (s_cc * sx - s_c * s_cx) / det
+        better = ok & (d > 0) & (sxx - d * s_cx - m * sx < best)
+        best = np.where(better, sxx - d * s_cx - m * sx, best)
+        best_d, best_m = np.where(better, d, best_d), np.where(better, m, best_m)
+    return best_d.astype(np.float32), best_m.astype(np.float32)
+
+
+def quantize_q4(w: np.ndarray) -> np.ndarray:
+    """4-bit, asymmetric, per block of 32 weights along each row: uint8 [rows, cols / 32 * 20].
+
+    Block b of row r (weights w[r, 32b : 32b + 32]) is 20 bytes: f16 d, f16 m (little-endian),
+    then 16 code bytes, byte j = q_j | q_(j+16) << 4 (GGML's Q4_1 block); w ~ d q + m. d and m
+    are a least-squares fit (`_q4_fit`), stored as f16; with the stored values the codes are
+    q = clip(round_half_even((w - m) / d), 0, 15) (0 when d == 0): round to nearest, the level
+    nearest each weight. cols must be a multiple of 32; |w| must fit f16 (65504).
+    """
+    w32 = np.asarray(w, dtype=np.float32)
+    if w32.ndim != 2:
+        raise ValueError(f"quantize_q4 wants a 2-D matrix, got shape {w32.shape}")
+    rows, cols = w32.shape
+    if cols % Q4_GROUP:
+        raise ValueError(f"q4 needs rows of a multiple of {Q4_GROUP} weights, got {cols}")
+    if w32.size and np.max(np.abs(w32)) > 65504.0:
+        raise ValueError("q4 cannot hold weights beyond the f16 range (|w| > 65504)")
+    g = w32.reshape(-1, Q4_GROUP)
+    d_fit, m_fit = _q4_fit(g)
+    d16, m16 = d_fit.astype(np.float16), m_fit.astype(np.float16)
+    d, m = d16.astype(np.float32), m16.astype(np.float32)
+    q = np.zeros(g.shape, dtype=np.float32)
+    np.divide(g - m[:, None], d[:, None], out=q, where=d[:, None] > 0)
+    np.rint(q, out=q)
+    np.clip(q, 0.0, 15.0, out=q)
+    codes = q.astype(np.uint8)
+    out = np.empty((g.shape[0], Q4_BLOCK_BYTES), dtype=np.uint8)
+    out[:, 0:2] = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:4] = m16.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 4:] = codes[:, :16] | (codes[:, 16:] << 4)
+    return out.reshape(rows, -1)
+
+
+def dequantize_q4(blocks: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] of q4 blocks uint8 [rows, cols / 32 * 20]: w = d * q + m."""
+    b = np.asarray(blocks, dtype=np.uint8)
+    if b.ndim != 2 or b.shape[1] % Q4_BLOCK_BYTES:
+        raise ValueError(f"q4 blocks are uint8 [rows, k * {Q4_BLOCK_BYTES}], got {b.shape}")
+    rows = b.shape[0]
+    g = np.ascontiguousarray(b).reshape(rows, -1, Q4_BLOCK_BYTES)
+    d = g[..., 0:2].copy().view("<f2")[..., 0].astype(np.float32)
+    m = g[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32)
+    c = g[..., 4:]
+    q = np.concatenate([c & 15, c >> 4], axis=2).astype(np.float32)
+    return (d[..., None] * q + m[..., None]).reshape(rows, -1)
+
+
+def _stored_shape(shape: tuple[int, ...], st_dtype: str) -> tuple[int, ...]:
+    """The safetensors shape of a matrix of logical `shape`: q4 (U8) stores its blocks."""
+    if st_dtype == "U8":
+        return (shape[0], shape[1] // Q4_GROUP * Q4_BLOCK_BYTES)
+    return shape
+
+
 # ------------------------------------------------------------------------------ layout
 
 class _Entry(NamedTuple):
     name: str
     shape: tuple[int, ...]
-    st_dtype: str          # safetensors dtype: F32 | BF16 | I8
+    st_dtype: str          # safetensors dtype: F32 | BF16 | I8 | U8 (q4 blocks)
     begin: int             # offset within the data section
     end: int
 
@@ -186,7 +274,10 @@ def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str) -> dict[str, _Entry]
             wanted.append((spec.name, spec.shape, "F32"))
             continue
         code = _ST_DTYPE[embed_dtype if spec.name == "token_embd" else dtype]
-        wanted.append((spec.name, spec.shape, code))
+        if code == "U8" and spec.shape[1] % Q4_GROUP:
+            raise ValueError(f"q4 needs rows of a multiple of {Q4_GROUP} weights: tensor "
+                             f"{spec.name!r} has shape {spec.shape}")
+        wanted.append((spec.name, _stored_shape(spec.shape, code), code))
         if code == "I8":
             wanted.append((spec.name + ".scale", (spec.shape[0],), "F32"))
     # Stable sort by decreasing element size: each tensor starts aligned to its element size.
@@ -274,11 +365,14 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
                   value: Any) -> None:
     entry = entries[name]
     shape = _value_shape(name, value)
-    if shape != entry.shape:
-        raise ValueError(f"tensor {name!r} has shape {shape}, expected {entry.shape}")
+    want = entry.shape
+    if entry.st_dtype == "U8":   # q4 stores blocks: the logical shape has 32 per 20 bytes
+        want = (entry.shape[0], entry.shape[1] // Q4_BLOCK_BYTES * Q4_GROUP)
+    if shape != want:
+        raise ValueError(f"tensor {name!r} has shape {shape}, expected {want}")
     row_elems = int(np.prod(entry.shape[1:], dtype=np.int64))   # 1 for a vector
     row = 0
-    for block in _row_blocks(name, value, entry.shape):
+    for block in _row_blocks(name, value, shape):
         if not np.all(np.isfinite(block)):
             raise ValueError(f"tensor {name!r} has NaN or infinite values")
         n_rows = block.shape[0]
@@ -286,6 +380,8 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
             out = np.ascontiguousarray(block, dtype="<f4")
         elif entry.st_dtype == "BF16":
             out = f32_to_bf16(block)
+        elif entry.st_dtype == "U8":
+            out = quantize_q4(block)
         else:
             out, scale = quantize_int8(block.reshape(n_rows, -1))
             scale_entry = entries[name + ".scale"]
@@ -352,7 +448,8 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
       - a mapping name -> array or RowBlocks (all names and shapes checked before writing), or
       - a callable (name, shape) -> array or RowBlocks, called once per tensor in table order, or
       - an iterable of (name, array or RowBlocks) pairs, in any order.
-    dtype: matrix dtype, "f32" | "bf16" | "int8"; embed_dtype: token_embd's (default: dtype).
+    dtype: matrix dtype, "f32" | "bf16" | "int8" | "q4" (rows must be multiples of 32 weights);
+    embed_dtype: token_embd's (default: dtype).
     extra_metadata: more `__metadata__` entries (str -> str), e.g. "sparsify" (what a
     sparsifying conversion did); the format's own keys cannot be overridden.
     Raises ValueError naming the tensor for a missing, unexpected, misshapen or non-finite one;
@@ -402,8 +499,10 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
     """Read an engine file: (config, tokenizer proto bytes or None, tensors).
 
     Tensors are the table's names (plus `<name>.scale` for I8 matrices unless dequantized).
-    dequantize=False: F32 as float32, BF16 as uint16 bit patterns, I8 as int8.
-    dequantize=True: every table tensor as float32 (bf16 widened exactly, int8 times scale).
+    dequantize=False: F32 as float32, BF16 as uint16 bit patterns, I8 as int8, q4 as its uint8
+    blocks [rows, cols / 32 * 20].
+    dequantize=True: every table tensor as float32 (bf16 widened exactly, int8 times scale, q4
+    by `dequantize_q4`).
     Raises FormatError (naming the tensor or field) for a file that breaks the contract.
     """
     import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16", which safetensors asks for)
@@ -438,15 +537,19 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
             sl = f.get_slice(spec.name)
             st_dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
             expected.add(spec.name)
-            if shape != spec.shape:
-                raise FormatError(f"tensor {spec.name!r} has shape {shape}, expected {spec.shape}")
+            if spec.is_matrix and st_dtype == "U8" and spec.shape[1] % Q4_GROUP:
+                raise FormatError(f"tensor {spec.name!r} is q4 (U8), but its rows of "
+                                  f"{spec.shape[1]} weights are not a multiple of {Q4_GROUP}")
+            want = _stored_shape(spec.shape, st_dtype) if spec.is_matrix else spec.shape
+            if shape != want:
+                raise FormatError(f"tensor {spec.name!r} has shape {shape}, expected {want}")
             if not spec.is_matrix:
                 if st_dtype != "F32":
                     raise FormatError(f"tensor {spec.name!r} must be F32, got {st_dtype}")
                 continue
-            if st_dtype not in ("F32", "BF16", "I8"):
+            if st_dtype not in ("F32", "BF16", "I8", "U8"):
                 raise FormatError(f"tensor {spec.name!r} has dtype {st_dtype}; matrices are F32, "
-                                  f"BF16 or I8")
+                                  f"BF16, I8 or U8 (q4)")
             if spec.name != "token_embd":
                 matrix_dtypes.add(st_dtype)
                 if len(matrix_dtypes) > 1:
@@ -479,6 +582,8 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
                 out[spec.name] = bf16_to_f32(a)
             elif a.dtype == np.int8:
                 out[spec.name] = dequantize_int8(a, f.get_tensor(spec.name + ".scale"))
+            elif a.dtype == np.uint8:
+                out[spec.name] = dequantize_q4(a)
             else:
                 out[spec.name] = a.astype(np.float32, copy=False)
     return cfg, tokenizer, out
@@ -534,7 +639,9 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
                 or not all(type(d) is int and d >= 0 for d in entry["shape"])):
             raise FormatError(f"{path}: tensor {name!r}: malformed header entry")
         dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + 1
-        if not name.endswith(".scale"):
+        if entry["dtype"] == "U8":   # q4 blocks: 32 weights per 20 bytes
+            params += entry["shape"][0] * (entry["shape"][1] // Q4_BLOCK_BYTES * Q4_GROUP)
+        elif not name.endswith(".scale"):
             params += math.prod(entry["shape"])
     return {"path": path, "file_bytes": size, "format": meta["format"],
             "format_version": meta["format_version"], "config": cfg.to_dict(),

@@ -5,7 +5,7 @@ and dense engine files -> engine file
 (``docs/engine-file.md``), optionally sparsified on the way (``sparsify.py``).
 
 ``convert(src, out, dtype)`` streams one tensor at a time (dequantized to float32, then written
-as f32 / bf16 / int8 by ``fileformat.write_engine_file``), so peak memory is about one float32
+as f32 / bf16 / int8 / q4 by ``fileformat.write_engine_file``), so peak memory is about one float32
 tensor (the 262k x 640 embedding of Gemma 3 270M: 0.7 GB).  Every failure raises
 :class:`ConversionError` naming the tensor, field or file, and leaves no output file behind.
 """
@@ -128,8 +128,8 @@ def _engine_source(src: str | os.PathLike) -> _Source:
     import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" for safetensors)
     from safetensors import safe_open
 
-    from ..fileformat import FormatError, bf16_to_f32, dequantize_int8, read_engine_file, \
-        tensor_specs
+    from ..fileformat import FormatError, bf16_to_f32, dequantize_int8, dequantize_q4, \
+        read_engine_file, tensor_specs
 
     try:
         cfg, proto, _ = read_engine_file(src)    # validates every tensor's name, dtype, shape
@@ -144,6 +144,8 @@ def _engine_source(src: str | os.PathLike) -> _Source:
             return bf16_to_f32(a.view(np.uint16))
         if a.dtype == np.int8:
             return dequantize_int8(a, f.get_tensor(name + ".scale"))
+        if a.dtype == np.uint8:
+            return dequantize_q4(a)
         return a.astype(np.float32)
 
     return _Source(cfg, proto, get, lambda: handle.__exit__(None, None, None),
@@ -164,7 +166,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     """Convert a GGUF file, an HF checkpoint directory or an engine file into an engine file at
     ``out``.
 
-    dtype: matrix dtype ``"f32"``, ``"bf16"`` or ``"int8"`` (norms are always f32);
+    dtype: matrix dtype ``"f32"``, ``"bf16"``, ``"int8"`` or ``"q4"`` (norms are always f32);
     embed_dtype: ``token_embd``'s dtype (default: ``dtype``).
     sparsify: e.g. ``"ffn=0.5"`` or ``"ffn=0.5,attn=128"`` (see SparsifySpec.parse): a dense
       model becomes a sparsified one (training-free; docs/engine-file.md).
