@@ -266,3 +266,18 @@ def test_bytes_per_token_of_sparsified_models(tmp_path: Path) -> None:
         assert got["kv"] == pytest.approx(kv)
         f32 = bench.decode_bytes_per_token(cfg, bench.tensor_bytes(path), ctx, frac, att, "f32")
         assert f32["kv"] == pytest.approx(2 * kv)
+
+
+def test_files_of_one_name_get_their_folder_in_the_label(tmp_path: Path) -> None:
+    """runs/a/model.spark and runs/b/model.spark are two models, labelled by folder."""
+    for name, cfg in (("a", SPARK), ("b", DENSE)):
+        (tmp_path / name).mkdir()
+        make_random_model(tmp_path / name / "model.spark", cfg, dtype="bf16", seed=1)
+    out = tmp_path / "out.json"
+    assert bench.main([str(tmp_path / "a" / "model.spark"), str(tmp_path / "b" / "model.spark"),
+                       "--context", "12", "--modes", "decode", "--steps", "2", "--repeats", "1",
+                       "--warmup", "0", "--threads", "1", "--bandwidth-bytes", str(1 << 22),
+                       "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [m["label"] for m in report["models"]] == ["a/model.spark", "b/model.spark"]
+    assert sorted(r["model"] for r in report["results"]) == ["a/model.spark", "b/model.spark"]

@@ -242,3 +242,42 @@ def test_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "spark_infer.train", "--preset", "nope",
                           "--steps", "2", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown training preset 'nope'" in bad.stderr
+
+
+# ------------------------------------------------------------------------------ uptraining
+
+@pytest.mark.parametrize("hd,r_a", [(16, 8), (256, 128), (24, 6)])
+def test_uptraining_head_permutation_keeps_rope_exact_in_the_predictor(hd, r_a):
+    """Dense RoPE of a head, then the permutation, equals Spark RoPE ([0, r_a) and [r_a, hd)
+    separately) of the permuted head on [0, r_a): the predictor scores are the dense scores'
+    part over those pairs."""
+    from spark_infer.train.uptrain import head_permutation
+
+    perm = head_permutation(hd, r_a)
+    assert sorted(perm) == list(range(hd))
+    x = np.random.default_rng(0).standard_normal((40, 2, hd))
+    pos = np.arange(40, dtype=np.float64) * 3.0
+    dense = reference.rope(x, pos, 1e4, 0, hd)
+    xp = x[:, :, perm]
+    spark = reference.rope(reference.rope(xp, pos, 1e4, 0, r_a), pos, 1e4, r_a, hd - r_a)
+    np.testing.assert_allclose(spark[:, :, :r_a], dense[:, :, perm[:r_a]], rtol=0, atol=1e-12)
+    # The rest is rotated at other frequencies (the approximation the distillation fixes).
+    assert not np.allclose(spark[:, :, r_a:], dense[:, :, perm[r_a:]])
+
+
+def test_spark_from_dense_maps_gate_up_down(tmp_path):
+    from spark_infer.train.uptrain import spark_from_dense
+
+    dense = random_model(KINDS["gemma3_dense"])
+    w = weights_of(dense)
+    cfg, out = spark_from_dense(dense.cfg, w.__getitem__, r=24, r_a=8, attn_topk=6)
+    assert cfg.ffn_predictor_dim == 24 and cfg.attn_predictor_dim == 8
+    np.testing.assert_array_equal(out["blk.1.ffn_k1"], w["blk.1.ffn_gate"][:, :24])
+    np.testing.assert_array_equal(out["blk.1.ffn_k2"], w["blk.1.ffn_up"][:, 24:])
+    np.testing.assert_array_equal(out["blk.1.ffn_v"], w["blk.1.ffn_down"].T)
+    student = SparkLM(cfg, seed=None)
+    student.load_state_dict({k: torch.from_numpy(v) for k, v in out.items()})
+    path = export_engine(student, tmp_path / "s.spark")
+    assert read_engine_file(path)[0] == cfg
+    with pytest.raises(ValueError, match="even divisor"):
+        spark_from_dense(dense.cfg, w.__getitem__, r=24, r_a=6)

@@ -1180,6 +1180,13 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         for dtype in args.dtype:
             item = resolve_spec(spec, dtype, args, notes)
+            if item[2] == "file":
+                # Two files of one name (runs/a/model.spark, runs/b/model.spark) would share a
+                # label and the second be dropped as the first: files are labelled by folder
+                # and name when their names collide.
+                same = [x for x in specs if os.path.basename(x) == item[1].name]
+                if len({os.path.realpath(x) for x in same}) > 1:
+                    item = (f"{item[1].parent.name}/{item[1].name}", *item[1:])
             if item[0] not in [x[0] for x in resolved]:
                 resolved.append(item)
     pairs: list[tuple[str, str]] = []

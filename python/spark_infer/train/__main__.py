@@ -10,10 +10,16 @@ import argparse
 import dataclasses
 import sys
 
-from .trainer import KINDS, PRESETS, preset, train
-
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("error: the trainer needs PyTorch: pip install 'spark-infer[train]'",
+              file=sys.stderr)
+        return 2
+    from .trainer import KINDS, PRESETS, preset, train
+
     ap = argparse.ArgumentParser(prog="python -m spark_infer.train",
                                  description="Train a Spark or dense Gemma 3 model from scratch.")
     bases = sorted({name.rsplit("-", 1)[0] for name in PRESETS})

@@ -66,10 +66,11 @@ def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     return x if cap == 0 else cap * torch.tanh(x / cap)
 
 
+@functools.lru_cache(maxsize=64)
 def _rope_tables(T: int, base: float, size: int, scale: float, dtype: torch.dtype
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [T, size/2] for positions 0..T-1 divided by `scale`, computed in float64 (as
-    the reference does) and cast."""
+    the reference does) and cast; cached (the same few shapes every step)."""
     inv_freq = base ** (-2.0 * torch.arange(size // 2, dtype=torch.float64) / size)
     angle = (torch.arange(T, dtype=torch.float64) / scale)[:, None] * inv_freq[None, :]
     return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
@@ -210,6 +211,12 @@ class SparkLM(nn.Module):
         return {False: causal, True: local}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(tokens)
+        logits = _rms_norm(h, self.output_norm, self.cfg.norm_eps) @ self.token_embd.T
+        return _softcap(logits, self.cfg.final_softcap)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the last layer, [B, T, D] (before output_norm)."""
         cfg = self.cfg
         if tokens.dim() == 1:
             tokens = tokens[None]
@@ -225,8 +232,7 @@ class SparkLM(nn.Module):
             if key not in tables:
                 tables[key] = [_rope_tables(T, key[0], m, key[1], dtype) for m in parts]
             h = block(h, masks[cfg.is_local(i)], tables[key])
-        logits = _rms_norm(h, self.output_norm, cfg.norm_eps) @ self.token_embd.T
-        return _softcap(logits, cfg.final_softcap)
+        return h
 
     def ffn_active_fraction(self) -> list[float]:
         """Per layer, the realised Spark FFN active fraction of the last forward (1.0 dense)."""
