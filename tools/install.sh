@@ -17,7 +17,6 @@ if ! command -v bible >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bible-kjv >/dev/null
 fi
-# The CPU wheel (torch==2.13.0+cpu) from PyTorch's index when reachable, else PyPI's.
 # torch 2.13.0 (CPU) for the optional trainer's tests: pip takes it from the wheel on this
 # machine's disk; nothing may be fetched from outside PyPI/Debian.
 python3 -m pip install -q 'torch==2.13.0'
