@@ -400,6 +400,10 @@ def test_header_limits_and_alignment(model_files, tmp_path):
     _write(bad, b"[" + b"0," * (budget - 2) + b"0]", b"")      # exactly the budget: parsed
     with pytest.raises(_core.FormatError, match="not a JSON object"):
         _core.Engine(bad, context_length=8)
+    for depth, words in ((65, "not a JSON object"), (66, "nesting deeper than 64")):
+        _write(bad, b"[" * depth + b"]" * depth, b"")            # the same as limits.py's
+        with pytest.raises(_core.FormatError, match=words):
+            _core.Engine(bad, context_length=8)
     cap = _core.MAX_HEADER_BYTES
     assert cap == 32 << 20
     _write(bad, b"{}" + b" " * (cap - 1), b"")

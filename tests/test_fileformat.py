@@ -206,6 +206,18 @@ def test_q4_refits_blocks_already_on_a_4_bit_grid():
     assert np.all(err <= 2.0**-11 * (np.abs(d) * 15 + np.abs(m)) * 2)
 
 
+def test_q4_importance_weighs_the_fit():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 64)).astype(np.float32)
+    np.testing.assert_array_equal(quantize_q4(w, np.full(64, 3.0)), quantize_q4(w))
+    imp = rng.uniform(0, 1, 64) ** 4          # a few columns matter much more than the rest
+    cost = lambda b: float((((dequantize_q4(b) - w) ** 2) * imp).sum())  # noqa: E731
+    assert cost(quantize_q4(w, imp)) < cost(quantize_q4(w))
+    for bad in (np.ones(63), np.full(64, np.nan), -np.ones(64)):
+        with pytest.raises(ValueError, match="importance"):
+            quantize_q4(w, bad)
+
+
 def test_q4_refuses_what_it_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="multiple of 32"):
         quantize_q4(np.zeros((2, 48), np.float32))

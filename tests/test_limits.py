@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spark_infer import _core, limits
-from spark_infer.convert import ConversionError
+from spark_infer.convert import ConversionError, load_source
 from spark_infer.convert.gguf import GGUFFile
 from spark_infer.convert.hf import SafetensorsFile
 from spark_infer.fileformat import FormatError, read_engine_file, read_engine_header
@@ -31,7 +31,10 @@ def safetensors_bytes(header: bytes, data: bytes = b"") -> bytes:
 TOO_MANY = b"[" + b"0," * limits.MAX_JSON_VALUES + b"0]"
 HEADERS = {
     "too_many_values": (TOO_MANY, f"more than {limits.MAX_JSON_VALUES} JSON values"),
-    "deep": (b"[" * 100_000 + b"]" * 100_000, "nests deeper"),
+    "deep": (b"[" * 100_000 + b"]" * 100_000, "nests deeper than 64"),
+    "deep_by_one": (b"[" * 66 + b"]" * 66, "nests deeper than 64"),   # the innermost at 65
+    "deep_by_one_object": (b'{"a":' * 65 + b"0" + b"}" * 65, "nests deeper than 64"),
+    "deep_enough": (b"[" * 65 + b"]" * 65, "not a JSON object"),        # the innermost at 64
     "not_json": (b"{not json", "not JSON"),
     "bad_utf8": (b'{"\xff": 1}', "not JSON"),
 }
@@ -155,3 +158,36 @@ def test_gguf_header_counts(tmp_path):
     path.write_bytes(gguf_bytes(b"\0" * 100, n_kv=0, n_tensors=2**40))
     with pytest.raises(ConversionError, match="tensor infos: 1099511627776 items"):
         GGUFFile(Path(path))
+
+
+# ------------------------------------------------------------------- layer counts (fuzzing)
+
+def test_gguf_layer_count_bounded_by_the_tensors(tmp_path):
+    """block_count = 2^32 - 1 used to build per-layer lists of 4 billion entries (tens of GB)
+    before any tensor was checked; it must be refused from the tensor count at once."""
+    import synth_checkpoints as sc
+    from test_convert import _gguf_fields, _gguf_meta
+
+    fields = _gguf_fields("gemma2", 2)
+    meta = _gguf_meta(fields, "gemma2")
+    meta["block_count"] = 2**32 - 1
+    path = tmp_path / "m.gguf"
+    sc.write_gguf(path, "gemma2", meta, sc.engine_weights(fields), tokenizer=False)
+    with pytest.raises(ConversionError, match="block_count: 4294967295 layers, but the "
+                                              "checkpoint has only 24 tensors"):
+        with load_source(path):
+            pass
+
+
+def test_hf_layer_count_bounded_by_the_tensors(tmp_path):
+    import synth_checkpoints as sc
+
+    c = sc.gemma2_config()
+    sc.write_hf_checkpoint(tmp_path, c, sc.random_weights(sc.gemma_shapes(c, "gemma2")))
+    for value, words in ((10**12, "num_hidden_layers: 1000000000000 layers, but the checkpoint "
+                                  "has only 24 tensors"),
+                         ([2], "value of the wrong kind")):
+        (tmp_path / "config.json").write_text(json.dumps({**c, "num_hidden_layers": value}))
+        with pytest.raises(ConversionError, match=words):
+            with load_source(tmp_path):
+                pass

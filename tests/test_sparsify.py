@@ -126,7 +126,7 @@ def test_bad_specs(spec, match):
 def test_bad_sources_and_options(tiny, tmp_path):
     path, _ = tiny
     out = tmp_path / "x.spark"
-    with pytest.raises(ConversionError, match="--calibrate needs --sparsify"):
+    with pytest.raises(ConversionError, match="--calibrate needs --sparsify or a q4 dtype"):
         convert(path, out, progress=False, calibrate=TEXT)
     with pytest.raises(ConversionError, match="calibration text"):
         convert(path, out, progress=False, sparsify="ffn=0.5", calibrate=tmp_path / "none.txt")
@@ -181,3 +181,36 @@ def test_embedded_sparse_model_stays_within_the_perplexity_bound(tmp_path, monke
     agree = np.mean(np.argmax(sparse.logits(ids), 1) == np.argmax(base.logits(ids), 1))
     assert agree > 0.85, agree
     assert sparse.generate("The capital of France is", max_new_tokens=8, temperature=0).strip()
+
+
+def test_q4_fit_is_weighted_by_the_calibration_inputs(tiny, tmp_path):
+    """A dense model converted to q4: each matrix is fitted weighted by the mean square of its
+    inputs on the calibration text (recorded in the metadata). Layer 0's attention inputs are
+    recomputed here from the equations; the weighted fit must cost less, weighted by them, than
+    the unweighted one on every matrix."""
+    from spark_infer.convert.importance import activation_importance
+    from spark_infer.fileformat import dequantize_q4, quantize_q4
+    from spark_infer.reference import rms_norm
+
+    path, cfg = tiny
+    out = convert(path, tmp_path / "q.spark", dtype="q4", progress=False, calibrate=TEXT)
+    info = read_engine_header(out)
+    from spark_infer.fileformat import tensor_specs
+
+    assert info["dtypes"]["U8"] == sum(s.is_matrix for s in tensor_specs(cfg))
+    with open(out, "rb") as f:
+        meta = json.loads(f.read(int.from_bytes(f.read(8), "little")))["__metadata__"]
+    rec = json.loads(meta["quantize"])
+    assert rec["calibration"]["text"] == os.path.basename(TEXT)
+    _, _, w = read_engine_file(path, dequantize=True)
+    ids = text_ids(path)[:rec["calibration"]["tokens"]]
+    imp = activation_importance(cfg, w.__getitem__, list(ids))
+    x0 = rms_norm(w["token_embd"][ids] * np.sqrt(cfg.d_model), w["blk.0.attn_norm"], cfg.norm_eps)
+    np.testing.assert_allclose(imp["blk.0.attn_q"], np.mean(np.square(x0), axis=0), rtol=1e-4)
+    _, _, raw = read_engine_file(out)
+    for name, a in w.items():
+        if a.ndim != 2:
+            continue
+        np.testing.assert_array_equal(raw[name], quantize_q4(a, imp[name]))
+        cost = lambda b: float(((dequantize_q4(b) - a) ** 2 * imp[name]).sum())  # noqa: E731
+        assert cost(raw[name]) <= cost(quantize_q4(a)) * 1.001, name

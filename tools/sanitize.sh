@@ -36,7 +36,7 @@ LD_PRELOAD="$asan" "$venv/bin/python" -m pytest -q -p no:cacheprovider --capture
 
 if "$venv/bin/python" -c "import atheris" 2>/dev/null || "$venv/bin/pip" install -q atheris; then
   rm -rf build/sanitize/seeds
-  "$venv/bin/python" tools/fuzz/make_corpus.py build/sanitize/seeds
+  LD_PRELOAD="$asan" "$venv/bin/python" tools/fuzz/make_corpus.py build/sanitize/seeds
   for t in engine edits gguf hf; do
     dirs=(build/sanitize/seeds/$t)
     [ -d build/fuzz/corpus/$t ] && dirs+=(build/fuzz/corpus/$t)

@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "rank=R low-rank gate predictor, wina, attn_dim=D, recent=N)")
     p.add_argument("--calibrate", default=None, metavar="TEXT",
                    help="UTF-8 text file to calibrate the per-layer FFN quantiles on, so the "
-                        "realised fraction matches ffn=F")
+                        "realised fraction matches ffn=F; with a q4 dtype, the text whose "
+                        "inputs weigh the q4 fit (default: the shipped calibration text)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_convert)
 

@@ -172,44 +172,51 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.asarray(q, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
 
 
-def _q4_fit(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d, m) float32 per block of g [n, 32]: the least-squares step and offset, best of a few
-    code assignments. A candidate assigns c = clip(round((w - min) * k / (max - min)), 0, 15)
-    for a span k, fits d, m to those codes by least squares, and scores the fit by its residual
-    sum(w^2) - d sum(c w) - m sum(w) (exact for a least-squares fit). Integer spans 1..15 refit
-    exactly a block that a 4-bit format (Q4_K) quantized before; spans just past 15 trade a
-    clipped extreme for a finer step. The first candidate is min/max (d = range / 15, m = min)."""
+def _q4_fit(g: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d, m) float32 per block of g [n, 32]: the step and offset minimizing the weighted
+    squared error sum wt (d c + m - w)^2 (wt [n, 32] > 0), best of a few code assignments. A
+    candidate assigns c = clip(round((w - min) * k / (max - min)), 0, 15) for a span k, fits d, m
+    to those codes by weighted least squares, and scores the fit by its residual
+    sum wt w^2 - d sum wt c w - m sum wt w (exact for a least-squares fit). Integer spans 1..15
+    refit exactly a block that a 4-bit format (Q4_K) quantized before; spans just past 15 trade
+    a clipped extreme for a finer step. The first candidate is min/max (d = range / 15, m = min)."""
     lo, hi = g.min(axis=1), g.max(axis=1)
     rng = hi - lo
     inv = np.divide(np.float32(1.0), rng, out=np.zeros_like(rng), where=rng > 0)
     centered = g - lo[:, None]
-    sx, sxx, n = g.sum(axis=1), np.einsum("ij,ij->i", g, g), np.float32(g.shape[1])
+    wg = wt * g
+    s_w, s_x, s_xx = wt.sum(axis=1), wg.sum(axis=1), np.einsum("ij,ij->i", wg, g)
     best_d, best_m = rng / np.float32(15.0), lo.copy()
     r = np.clip(np.rint(centered * (np.float32(15.0) * inv)[:, None]), 0.0, 15.0)
     r = r * best_d[:, None] + best_m[:, None] - g
-    best = np.einsum("ij,ij->i", r, r)
+    best = np.einsum("ij,ij->i", wt * r, r)
     for span in (*range(1, 15), 15.25, 15.5, 15.75, 16.0, 16.5):
         c = np.clip(np.rint(centered * (np.float32(span) * inv)[:, None]), 0.0, 15.0)
-        s_c, s_cc, s_cx = c.sum(axis=1), np.einsum("ij,ij->i", c, c), np.einsum("ij,ij->i", c, g)
-        det = n * s_cc - s_c * s_c
+        wc = wt * c
+        s_c, s_cc, s_cx = wc.sum(axis=1), np.einsum("ij,ij->i", wc, c), np.einsum("ij,ij->i", wc, g)
+        det = s_w * s_cc - s_c * s_c
         ok = det > 0
         det = np.where(ok, det, np.float32(1.0))
-        d = (n * s_cx - s_c * sx) / det
-        m = (s_cc * sx - s_c * s_cx) / det
-        better = ok & (d > 0) & (sxx - d * s_cx - m * sx < best)
-        best = np.where(better, sxx - d * s_cx - m * sx, best)
+        d = (s_w * s_cx - s_c * s_x) / det
+        m = (s_cc * s_x - s_c * s_cx) / det
+        e = s_xx - d * s_cx - m * s_x
+        better = ok & (d > 0) & (e < best)
+        best = np.where(better, e, best)
         best_d, best_m = np.where(better, d, best_d), np.where(better, m, best_m)
     return best_d.astype(np.float32), best_m.astype(np.float32)
 
 
-def quantize_q4(w: np.ndarray) -> np.ndarray:
+def quantize_q4(w: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
     """4-bit, asymmetric, per block of 32 weights along each row: uint8 [rows, cols / 32 * 20].
 
     Block b of row r (weights w[r, 32b : 32b + 32]) is 20 bytes: f16 d, f16 m (little-endian),
     then 16 code bytes, byte j = q_j | q_(j+16) << 4 (GGML's Q4_1 block); w ~ d q + m. d and m
     are a least-squares fit (`_q4_fit`), stored as f16; with the stored values the codes are
     q = clip(round_half_even((w - m) / d), 0, 15) (0 when d == 0): round to nearest, the level
-    nearest each weight. cols must be a multiple of 32; |w| must fit f16 (65504).
+    nearest each weight. importance: optional [cols] >= 0, how much an error in each column
+    costs (e.g. the mean square of the inputs that column multiplies); the fit then weighs
+    column c by importance[c] / mean(importance) + 1e-3 (the floor keeps every weight in play).
+    cols must be a multiple of 32; |w| must fit f16 (65504).
     """
     w32 = np.asarray(w, dtype=np.float32)
     if w32.ndim != 2:
@@ -220,7 +227,16 @@ def quantize_q4(w: np.ndarray) -> np.ndarray:
     if w32.size and np.max(np.abs(w32)) > 65504.0:
         raise ValueError("q4 cannot hold weights beyond the f16 range (|w| > 65504)")
     g = w32.reshape(-1, Q4_GROUP)
-    d_fit, m_fit = _q4_fit(g)
+    if importance is None:
+        wt = np.ones_like(g)
+    else:
+        imp = np.asarray(importance, dtype=np.float64)
+        if imp.shape != (cols,) or not np.all(np.isfinite(imp)) or np.any(imp < 0):
+            raise ValueError(f"q4 importance must be {cols} finite values >= 0")
+        imp = imp / max(float(imp.mean()), 1e-30) + 1e-3
+        wt = np.broadcast_to(imp.astype(np.float32).reshape(1, -1, Q4_GROUP),
+                             (rows, cols // Q4_GROUP, Q4_GROUP)).reshape(-1, Q4_GROUP)
+    d_fit, m_fit = _q4_fit(g, wt)
     d16, m16 = d_fit.astype(np.float16), m_fit.astype(np.float16)
     d, m = d16.astype(np.float32), m16.astype(np.float32)
     q = np.zeros(g.shape, dtype=np.float32)
@@ -362,7 +378,7 @@ def _row_blocks(name: str, value: Any, shape: tuple[int, ...]) -> Iterator[np.nd
 
 
 def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name: str,
-                  value: Any) -> None:
+                  value: Any, importance: np.ndarray | None = None) -> None:
     entry = entries[name]
     shape = _value_shape(name, value)
     want = entry.shape
@@ -381,7 +397,7 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
         elif entry.st_dtype == "BF16":
             out = f32_to_bf16(block)
         elif entry.st_dtype == "U8":
-            out = quantize_q4(block)
+            out = quantize_q4(block, importance)
         else:
             out, scale = quantize_int8(block.reshape(n_rows, -1))
             scale_entry = entries[name + ".scale"]
@@ -441,7 +457,8 @@ def _iter_lazy_source(source: Any, specs: list[TensorSpec]) -> Iterator[tuple[st
 def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: TensorSource,
                       dtype: str = "bf16", tokenizer_proto: bytes | None = None,
                       embed_dtype: str | None = None,
-                      extra_metadata: Mapping[str, str] | None = None) -> None:
+                      extra_metadata: Mapping[str, str] | None = None,
+                      q4_importance: Mapping[str, np.ndarray] | None = None) -> None:
     """Write an engine file at `path` (atomically: a temporary file renamed at the end).
 
     tensors: every tensor of `tensor_specs(cfg)` as float values (float32 preferred), given as
@@ -452,6 +469,8 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
     embed_dtype: token_embd's (default: dtype).
     extra_metadata: more `__metadata__` entries (str -> str), e.g. "sparsify" (what a
     sparsifying conversion did); the format's own keys cannot be overridden.
+    q4_importance: optional per-matrix column importance [cols] for the q4 fit (`quantize_q4`),
+    by tensor name; matrices without an entry are fitted unweighted.
     Raises ValueError naming the tensor for a missing, unexpected, misshapen or non-finite one;
     no file is left at `path` (nor a temporary) when anything fails.
     """
@@ -481,7 +500,8 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
             f.write(header)
             f.truncate(data_start + data_size)
             for name, value in source_iter:
-                _write_tensor(f, data_start, entries, name, value)
+                _write_tensor(f, data_start, entries, name, value,
+                              (q4_importance or {}).get(name))
         os.chmod(tmp, 0o644)   # mkstemp makes 0600; an engine file is not a secret
         os.replace(tmp, path)
     except BaseException:

@@ -3,7 +3,8 @@
 
     python tools/fuzz/make_corpus.py OUT      # writes OUT/engine, OUT/edits, OUT/gguf, OUT/hf
 
-engine: random models (tools/make_random_model.py's generator) of every model kind and dtype,
+engine: random models (tools/make_random_model.py's generator) of every model kind and dtype
+  (q4 on a dense one),
   one with a real SentencePiece tokenizer, plus tests/test_engine.py's hostile variants;
 edits: random bytes (fuzz_edits.py reads them as choices of edits to valid engine files);
 gguf: tests/synth_checkpoints.py GGUFs (quantized types, with and without a tokenizer), plus
@@ -53,6 +54,8 @@ ENGINE_KINDS = {
                    attn_sparse_topk=2, attn_sparse_dim=2, attn_sparse_recent=1),
 }
 
+ENGINE_Q4 = dict(d_model=32, n_heads=4, head_dim=8, d_ff=32)
+
 
 def engine_models(tmp: Path) -> list[str]:
     """Valid random engine files of every model kind and dtype, written under `tmp`."""
@@ -65,6 +68,10 @@ def engine_models(tmp: Path) -> list[str]:
             path = tmp / f"{kind}-{dtype}.spark"
             make_random_model(path, ModelConfig(**{**ENGINE_BASE, **over}), dtype=dtype, seed=1)
             paths.append(str(path))
+    # q4 blocks hold 32 weights along a row: every matrix needs a multiple of 32 columns.
+    path = tmp / "gemma3-q4.spark"
+    make_random_model(path, ModelConfig(**{**ENGINE_BASE, **ENGINE_Q4}), dtype="q4", seed=1)
+    paths.append(str(path))
     return paths
 
 

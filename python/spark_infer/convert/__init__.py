@@ -12,6 +12,7 @@ tensor (the 262k x 640 embedding of Gemma 3 270M: 0.7 GB).  Every failure raises
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,7 +174,9 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     calibrate: a UTF-8 text file; with it the FFN's per-layer quantiles are calibrated so the
       realised fraction on that text is F. Attention rotations and the low-rank predictor always
       need text: without ``calibrate`` they use the text shipped in ``spark_infer/data``, and
-      the FFN uses the Gaussian quantile Q(1 - F) on every layer.
+      the FFN uses the Gaussian quantile Q(1 - F) on every layer. q4 matrices of a dense model
+      (not sparsified here) are fitted weighted by their inputs' mean squares on the same text
+      (``convert.importance``); a checkpoint without a tokenizer is fitted unweighted.
     Returns ``Path(out)``. Raises ConversionError; on failure nothing is left at ``out`` (an
     existing file there is kept unchanged).
     """
@@ -187,13 +190,23 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = SparsifySpec.parse(sparsify) if isinstance(sparsify, str) else sparsify
-    if calibrate is not None and spec is None:
-        raise ConversionError("--calibrate needs --sparsify")
+    q4 = "q4" in (dtype, embed_dtype)
+    if calibrate is not None and spec is None and not q4:
+        raise ConversionError("--calibrate needs --sparsify or a q4 dtype")
     with load_source(src) as s:
-        cfg, get, metadata = s.cfg, s.get, None
+        cfg, get, metadata, importance = s.cfg, s.get, None, None
         if spec is not None:
             sp = _sparsify_source(s, spec, calibrate)
             cfg, get, metadata = sp.cfg, sp.get, sp.metadata()
+        elif q4 and s.tokenizer_proto is not None and not (
+                cfg.is_spark_ffn or cfg.is_spark_attn or cfg.is_sparse_ffn or cfg.is_sparse_attn):
+            from .importance import activation_importance
+
+            ids, name = _calibration_ids(s, calibrate)
+            importance = activation_importance(cfg, get, ids)
+            metadata = {"quantize": json.dumps({
+                "q4_fit": "least squares weighted by the inputs' mean squares",
+                "calibration": {"text": name, "tokens": len(ids)}})}
         bar = None
         if progress:
             from tqdm import tqdm
@@ -209,7 +222,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
 
         try:
             write_engine_file(out, cfg, source, dtype=dtype, tokenizer_proto=s.tokenizer_proto,
-                              embed_dtype=embed_dtype, extra_metadata=metadata)
+                              embed_dtype=embed_dtype, extra_metadata=metadata,
+                              q4_importance=importance)
         except ConversionError:
             raise
         except ValueError as e:
@@ -225,14 +239,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
 MAX_CALIBRATION_TOKENS = 2048
 
 
-def _sparsify_source(s: _Source, spec, calibrate):
+def _calibration_ids(s: _Source, calibrate) -> tuple[list[int], str]:
+    """Token ids (with <bos>, at most MAX_CALIBRATION_TOKENS) of the calibration text, and its
+    file name: `calibrate`, or the text shipped in spark_infer/data."""
     from ..data import calibration_text_path
     from ..tokenizer import Tokenizer
-    from .sparsify import sparsify
 
-    if s.tokenizer_proto is None:
-        raise ConversionError("sparsifying needs the model's tokenizer (for the calibration "
-                              "text), and this checkpoint has none")
     path = Path(calibrate) if calibrate is not None else calibration_text_path()
     try:
         text = path.read_text(encoding="utf-8")
@@ -242,5 +254,15 @@ def _sparsify_source(s: _Source, spec, calibrate):
     if len(ids) < 16:
         raise ConversionError(f"calibration text {path} has only {len(ids)} tokens; give a "
                               f"text of at least a few hundred")
-    return sparsify(s.cfg, s.get, spec, ids, calibration_name=path.name,
+    return ids, path.name
+
+
+def _sparsify_source(s: _Source, spec, calibrate):
+    from .sparsify import sparsify
+
+    if s.tokenizer_proto is None:
+        raise ConversionError("sparsifying needs the model's tokenizer (for the calibration "
+                              "text), and this checkpoint has none")
+    ids, name = _calibration_ids(s, calibrate)
+    return sparsify(s.cfg, s.get, spec, ids, calibration_name=name,
                     calibrate_ffn=calibrate is not None)

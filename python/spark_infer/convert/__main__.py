@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sparsify", default=None, metavar="SPEC",
                     help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128")
     ap.add_argument("--calibrate", default=None, metavar="TEXT",
-                    help="text file for the per-layer FFN quantiles")
+                    help="text file for the per-layer FFN quantiles, or weighing the q4 fit")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()

@@ -422,6 +422,8 @@ def gguf_config_fields(meta: dict, path: str = "<gguf>", tensors: dict | None = 
 
     d_model = g("embedding_length", required=True)
     n_layers = g("block_count", required=True)
+    if tensors is not None:
+        limits.check_layers(n_layers, len(tensors), f"{path}: {arch}.block_count", ConversionError)
     d_ff = g("feed_forward_length", required=True)
     n_heads = g("attention.head_count", required=True)
     n_kv = g("attention.head_count_kv", default=n_heads)

@@ -217,8 +217,10 @@ def _rope(arch: str, c: dict, path: str) -> tuple[float, float, float]:
     return base_g, base_l, scale
 
 
-def hf_config_fields(cfg: dict, path: str = "<hf>", tokenizer=None) -> dict:
-    """Engine config fields (for ``ModelConfig(**fields)``) from an HF ``config.json`` dict."""
+def hf_config_fields(cfg: dict, path: str = "<hf>", tokenizer=None,
+                     n_tensors: int | None = None) -> dict:
+    """Engine config fields (for ``ModelConfig(**fields)``) from an HF ``config.json`` dict;
+    ``n_tensors``, the checkpoint's tensor count, bounds the layer count."""
     arch, c = _text_config(cfg, path)
 
     def req(k):
@@ -227,6 +229,8 @@ def hf_config_fields(cfg: dict, path: str = "<hf>", tokenizer=None) -> dict:
         return c[k]
 
     d_model, n_layers = int(req("hidden_size")), int(req("num_hidden_layers"))
+    if n_tensors is not None:
+        limits.check_layers(n_layers, n_tensors, f"{path}: num_hidden_layers", ConversionError)
     d_ff, n_heads = int(req("intermediate_size")), int(req("num_attention_heads"))
     vocab = int(req("vocab_size"))
     n_kv = int(c.get("num_key_value_heads") or n_heads)
@@ -336,7 +340,6 @@ class HFCheckpoint:
                 tok = Tokenizer(self.tokenizer_proto)
             except TokenizerError as e:
                 raise ConversionError(f"{p / 'tokenizer.model'}: {e}") from None
-        self.fields = hf_config_fields(cfg, str(cfg_path), tok)
 
         index = p / "model.safetensors.index.json"
         if index.is_file():
@@ -369,6 +372,11 @@ class HFCheckpoint:
                 elif hn in _LM_HEADS:
                     lm_head = (sn, hn)
 
+        try:   # after the shards: their tensor count bounds the layer count
+            self.fields = hf_config_fields(cfg, str(cfg_path), tok, n_tensors=len(where))
+        except (TypeError, OverflowError) as e:   # e.g. a list or Infinity where a number goes
+            raise ConversionError(f"{cfg_path}: a field has a value of the wrong kind: {e}") \
+                from None
         shapes = expected_shapes(self.fields)
         for en, shape in shapes.items():
             if en not in where:

@@ -122,7 +122,8 @@ def _rope(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
 
 def _attention(cfg: ModelConfig, layer: int, get, x: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Dense attention of one layer on x [T, D] (normed): (out [T, D], post-RoPE keys [T, G, hd])."""
+    """Dense attention of one layer on x [T, D] (normed): (the heads' outputs [T, H * hd], before
+    the output projection attn_output; post-RoPE keys [T, G, hd])."""
     p = f"blk.{layer}."
     T, H, G, hd = x.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     q = (x @ get(p + "attn_q").T).reshape(T, H, hd)
@@ -144,7 +145,7 @@ def _attention(cfg: ModelConfig, layer: int, get, x: np.ndarray
         s = np.where(visible, s, -np.inf)
         s = np.exp(s - s.max(axis=1, keepdims=True))
         out[:, h] = (s / s.sum(axis=1, keepdims=True)) @ v[:, h // group]
-    return out.reshape(T, H * hd) @ get(p + "attn_output").T, k
+    return out.reshape(T, H * hd), k
 
 
 def _low_rank_gate(w_gate: np.ndarray, x: np.ndarray, rank: int, seed: int
@@ -213,7 +214,8 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
     h = get("token_embd")[ids].astype(np.float32) * np.float32(math.sqrt(cfg.d_model))
     for layer in range(L):
         p = f"blk.{layer}."
-        a, keys = _attention(cfg, layer, get, _rms(h, get(p + "attn_norm"), cfg.norm_eps))
+        heads, keys = _attention(cfg, layer, get, _rms(h, get(p + "attn_norm"), cfg.norm_eps))
+        a = heads @ get(p + "attn_output").T
         if attn_on:
             rots = []
             for g in range(cfg.n_kv_heads):
