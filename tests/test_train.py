@@ -281,3 +281,23 @@ def test_spark_from_dense_maps_gate_up_down(tmp_path):
     assert read_engine_file(path)[0] == cfg
     with pytest.raises(ValueError, match="even divisor"):
         spark_from_dense(dense.cfg, w.__getitem__, r=24, r_a=6)
+
+
+def test_mapping_ablation_scores_the_dense_model_as_the_reference():
+    from spark_infer.train.uptrain import mapping_ablation, spark_from_dense
+
+    dense = random_model(KINDS["gemma3_dense"])
+    w = weights_of(dense)
+    scfg, sw = spark_from_dense(dense.cfg, w.__getitem__, r=24, r_a=8, attn_topk=6)
+    windows = np.random.default_rng(2).integers(0, dense.cfg.vocab_size, (2, 17))
+    got = mapping_ablation(dense.cfg, w, scfg, sw, windows)
+    assert set(got) == {"dense", "spark_ffn_only", "spark_attn_only", "spark_both"}
+    nll = []
+    for row in windows:
+        logits = reference.forward(dense.cfg, w, row[:-1])
+        top = logits.max(axis=1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+        nll += list(-logp[np.arange(16), row[1:]])
+    assert got["dense"] == pytest.approx(np.mean(nll), rel=1e-5)
+    assert all(np.isfinite(v) for v in got.values())
+    assert len({round(v, 6) for v in got.values()}) == 4      # each variant is a different model

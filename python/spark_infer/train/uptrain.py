@@ -42,7 +42,7 @@ import numpy as np
 
 from ..config import ModelConfig
 
-__all__ = ["head_permutation", "spark_from_dense", "main"]
+__all__ = ["head_permutation", "spark_from_dense", "mapping_ablation", "main"]
 
 
 def head_permutation(head_dim: int, r_a: int) -> np.ndarray:
@@ -86,6 +86,40 @@ def spark_from_dense(cfg: ModelConfig, get: Callable[[str], np.ndarray], r: int,
     return scfg, out
 
 
+def mapping_ablation(cfg: ModelConfig, weights: dict, scfg: ModelConfig, sweights: dict,
+                     windows: np.ndarray) -> dict[str, float]:
+    """Cross-entropy (nats, full vocabulary) on `windows` [N, L+1] of the dense model, of the
+    mapped model with only the FFN in Spark form, only attention, and both: what the mapping
+    alone costs before any training."""
+    import torch
+    import torch.nn.functional as F
+
+    from .modules import SparkLM
+
+    ffn = ("ffn_gate", "ffn_up", "ffn_down", "ffn_k1", "ffn_k2", "ffn_v")
+    variants = {
+        "dense": (cfg, weights),
+        "spark_ffn_only": (cfg.replace(ffn_predictor_dim=scfg.ffn_predictor_dim,
+                                       ffn_topk_fraction=scfg.ffn_topk_fraction),
+                           {**weights, **{k: v for k, v in sweights.items()
+                                          if k.rsplit(".", 1)[-1] in ffn}}),
+        "spark_attn_only": (cfg.replace(attn_predictor_dim=scfg.attn_predictor_dim,
+                                        attn_topk=scfg.attn_topk),
+                            {**weights, **{k: v for k, v in sweights.items() if ".attn" in k}}),
+        "spark_both": (scfg, sweights),
+    }
+    x = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+    out = {}
+    for name, (c, w) in variants.items():
+        m = SparkLM(c, seed=None)
+        m.load_state_dict({k: torch.from_numpy(w[k]) for k in m.state_dict()})
+        with torch.no_grad():
+            logits = m(x[:, :-1])
+        out[name] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                    x[:, 1:].reshape(-1)).item()
+    return out
+
+
 # ------------------------------------------------------------------------------ the run
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attn-topk", type=int, default=256)
     ap.add_argument("--export", choices=["none", "f32", "bf16", "int8"], default="none",
                     help="also write OUT/model.spark (default: none)")
+    ap.add_argument("--ablation", type=int, default=0, metavar="N",
+                    help="first score the mapping alone (dense / FFN only / attention only / "
+                         "both) on N held-out windows")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -121,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg, weights, proto = load_weights(src)
     scfg, sweights = spark_from_dense(cfg, weights.__getitem__, r=cfg.d_model // 2,
                                       r_a=cfg.head_dim // 2, attn_topk=a.attn_topk)
+    corpus = load_text(a.data)
+    ids = np.array(Tokenizer(proto).encode(corpus.text, add_bos=True), dtype=np.int64)
+    train_w, val_w = split_tokens(ids, a.seq_len)
+    ablation = None
+    if a.ablation:
+        ablation = mapping_ablation(cfg, weights, scfg, sweights, val_w[:a.ablation])
+        print(f"mapping alone, cross-entropy: {ablation}", flush=True)
+    val_w = val_w[:a.val_windows]
     teacher, student = SparkLM(cfg, seed=None), SparkLM(scfg, seed=None)
     with torch.no_grad():
         for m, w in ((teacher, weights), (student, sweights)):
@@ -130,11 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     teacher.requires_grad_(False)
     student.token_embd.requires_grad_(False)
 
-    corpus = load_text(a.data)
-    tok = Tokenizer(proto)
-    ids = np.array(tok.encode(corpus.text, add_bos=True), dtype=np.int64)
-    train_w, val_w = split_tokens(ids, a.seq_len)
-    val_w = val_w[:a.val_windows]
     vocab = torch.from_numpy(np.unique(ids))          # the pieces the text uses
 
     def kl_and_ce(model: SparkLM, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         s = _restricted_logits(model, w[:, :-1], vocab)
         lt, ls = F.log_softmax(t, -1), F.log_softmax(s, -1)
         kl = (lt.exp() * (lt - ls)).sum(-1).mean()
-        target = torch.searchsorted(vocab, w[:, 1:])
+        target = torch.searchsorted(vocab, w[:, 1:].contiguous())
         ce = F.nll_loss(ls.reshape(-1, ls.shape[-1]), target.reshape(-1))
         return kl, ce
 
@@ -189,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
               "loss": "KL(teacher || student) over the text's vocabulary "
                       f"({len(vocab)} pieces)", "data": corpus.name, "curve": curve,
               "val_before": before, "val_after": after, "val_windows": len(val_w),
+              "mapping_ablation": ablation and {"windows": a.ablation, "cross_entropy": ablation},
               "train_seconds": round(time.perf_counter() - t_train, 1),
               "total_seconds": round(time.perf_counter() - t0, 1),
               "threads": torch.get_num_threads()}
