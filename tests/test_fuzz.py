@@ -43,5 +43,7 @@ def test_bounded_fuzz_run(target, seeds, tmp_path):
     log = run.stdout + run.stderr
     assert run.returncode == 0, f"fuzz target {target} found a failure:\n{log[-4000:]}"
     assert not os.listdir(artifacts)
+    # Coverage feedback reached the target (without it libFuzzer mutates blindly).
+    assert re.search(r"INITED cov: [1-9]", log), log[-2000:]
     executed = int(re.search(r"stat::number_of_executed_units: (\d+)", log).group(1))
     assert executed >= min(RUNS, len(os.listdir(seeds / target)))
