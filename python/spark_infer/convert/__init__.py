@@ -82,7 +82,8 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
     kind = source_kind(src)
     if kind == "gguf":
         from . import gguf as g
-        from ..tokenizer import TokenizerError, proto_from_gguf_metadata
+        from ..tokenizer import TokenizerError
+        from .gguf_tokenizer import proto_from_gguf_metadata
 
         f, fields, mapping = g.load_gguf(src)
         try:
