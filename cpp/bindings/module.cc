@@ -4,6 +4,7 @@
 namespace spark {
 void RegisterOps(pybind11::module_& m);
 void RegisterEngine(pybind11::module_& m);
+void RegisterEngineFile(pybind11::module_& m);
 void RegisterBench(pybind11::module_& m);
 }  // namespace spark
 
@@ -11,5 +12,6 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "spark-infer C++ core: Highway SIMD kernels and the transformer engine";
   spark::RegisterOps(m);
   spark::RegisterEngine(m);
+  spark::RegisterEngineFile(m);
   spark::RegisterBench(m);
 }

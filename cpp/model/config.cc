@@ -26,13 +26,42 @@ void Require(bool ok, const std::string& msg) {
   if (!ok) throw FormatError("config: " + msg);
 }
 
+// Every field of the schema (python/spark_infer/config.py, one row each in docs/engine-file.md);
+// any other name is refused, so a misspelt field is an error, not a silent default.
+const char* const kFields[] = {
+    "arch", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+    "query_scale", "layer_types", "norm_eps", "attn_softcap", "final_softcap", "qk_norm",
+    "sliding_window", "rope_base_global", "rope_base_local", "rope_scale_global",
+    "ffn_predictor_dim", "ffn_topk_fraction", "attn_predictor_dim", "attn_topk",
+    "ffn_sparse_fraction", "ffn_sparse_quantiles", "ffn_gate_rank", "ffn_select_weighted",
+    "ffn_select_by", "attn_sparse_topk", "attn_sparse_dim", "attn_sparse_recent", "bos_id",
+    "eos_id", "pad_id", "start_of_turn_id", "end_of_turn_id"};
+// Fields without a default (the rest default as in config.py).
+const char* const kRequired[] = {"arch",     "vocab_size", "d_model", "n_layers",    "n_heads",
+                                 "n_kv_heads", "head_dim",  "d_ff",    "query_scale", "layer_types"};
+
+// A special token id: default `def`, in [0, vocab_size).
+void TokenId(const Json& j, const char* key, int64_t def, size_t vocab) {
+  const int64_t v = j.Has(key) ? j.At(key).Int(std::string("config.") + key) : def;
+  Require(v >= 0 && static_cast<uint64_t>(v) < vocab,
+          std::string(key) + " must be a token id in [0, vocab_size=" + std::to_string(vocab) + "), got " +
+              std::to_string(v));
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::FromJson(const std::string& text) {
   const Json j = Json::Parse(text.data(), text.size());
   if (!j.IsObject()) throw FormatError("config: not a JSON object");
+  for (const auto& [key, value] : j.Object("config")) {
+    bool known = false;
+    for (const char* f : kFields) known = known || key == f;
+    Require(known, "unknown config field(s): " + key);
+  }
+  for (const char* f : kRequired) Require(j.Has(f), std::string("missing config field(s): ") + f);
   ModelConfig c;
-  c.arch = j.Has("arch") ? j.At("arch").String("config.arch") : "";
+  c.arch = j.At("arch").String("config.arch");
+  Require(c.arch == "gemma2" || c.arch == "gemma3", "arch must be \"gemma2\" or \"gemma3\", got \"" + c.arch + "\"");
   c.vocab_size = Dim(j, "vocab_size");
   c.d_model = Dim(j, "d_model");
   c.n_layers = Dim(j, "n_layers");
@@ -41,12 +70,12 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   c.head_dim = Dim(j, "head_dim");
   c.d_ff = Dim(j, "d_ff");
   c.norm_eps = static_cast<float>(Real(j, "norm_eps", 1e-6));
-  c.query_scale = static_cast<float>(Real(j, "query_scale", 1.0 / std::sqrt(double(c.head_dim))));
+  c.query_scale = static_cast<float>(j.At("query_scale").Number("config.query_scale"));
   c.attn_softcap = static_cast<float>(Real(j, "attn_softcap", 0.0));
   c.final_softcap = static_cast<float>(Real(j, "final_softcap", 0.0));
   c.qk_norm = j.Has("qk_norm") && j.At("qk_norm").Bool("config.qk_norm");
-  c.sliding_window = j.Has("sliding_window") && j.At("sliding_window").type() != Json::Type::kNull
-                         ? Dim(j, "sliding_window", true) : 0;
+  // 0 only when no layer is local (checked below); absent: config.py's default.
+  c.sliding_window = j.Has("sliding_window") ? Dim(j, "sliding_window", true) : 4096;
   c.rope_base_global = Real(j, "rope_base_global", 10000.0);
   c.rope_base_local = Real(j, "rope_base_local", c.rope_base_global);
   c.rope_scale_global = Real(j, "rope_scale_global", 1.0);
@@ -71,32 +100,36 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   c.attn_sparse_dim = j.Has("attn_sparse_dim") ? Dim(j, "attn_sparse_dim", true) : 0;
   c.attn_sparse_recent = j.Has("attn_sparse_recent") ? Dim(j, "attn_sparse_recent", true) : 0;
 
-  if (j.Has("layer_types")) {
-    for (const Json& t : j.At("layer_types").Array("config.layer_types")) {
-      const std::string& s = t.String("config.layer_types[]");
-      Require(s == "local" || s == "global", "layer_types entries must be \"local\" or \"global\", got \"" + s + "\"");
-      c.layer_is_local.push_back(s == "local");
-    }
-  } else {
-    c.layer_is_local.assign(c.n_layers, false);
+  for (const Json& t : j.At("layer_types").Array("config.layer_types")) {
+    const std::string where = "layer_types[" + std::to_string(c.layer_is_local.size()) + "]";
+    const std::string& s = t.String("config." + where);
+    Require(s == "local" || s == "global", where + " must be 'global' or 'local', got '" + s + "'");
+    c.layer_is_local.push_back(s == "local");
   }
+  TokenId(j, "bos_id", 2, c.vocab_size);
+  TokenId(j, "eos_id", 1, c.vocab_size);
+  TokenId(j, "pad_id", 0, c.vocab_size);
+  TokenId(j, "start_of_turn_id", 105, c.vocab_size);
+  TokenId(j, "end_of_turn_id", 106, c.vocab_size);
 
   Require(c.layer_is_local.size() == c.n_layers, "layer_types has " + std::to_string(c.layer_is_local.size()) +
-                                                     " entries for " + std::to_string(c.n_layers) + " layers");
+                                                     " entries but n_layers is " + std::to_string(c.n_layers));
   Require(c.n_heads % c.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
   Require(c.head_dim % 2 == 0, "head_dim must be even (RoPE rotates pairs)");
   Require(c.norm_eps > 0 && std::isfinite(c.norm_eps), "norm_eps must be > 0");
   Require(c.query_scale > 0, "query_scale must be > 0");
-  Require(c.attn_softcap >= 0 && c.final_softcap >= 0, "soft-caps must be >= 0");
-  Require(c.rope_base_global > 1 && c.rope_base_local > 1, "RoPE bases must be > 1");
+  Require(c.attn_softcap >= 0, "attn_softcap must be >= 0 (0 means none)");
+  Require(c.final_softcap >= 0, "final_softcap must be >= 0 (0 means none)");
+  Require(c.rope_base_global > 1, "rope_base_global must be a finite number > 1");
+  Require(c.rope_base_local > 1, "rope_base_local must be a finite number > 1");
   Require(c.rope_scale_global > 0, "rope_scale_global must be > 0");
   for (bool local : c.layer_is_local) {
     Require(!local || c.sliding_window > 0, "local layers need sliding_window > 0");
   }
-  if (c.SparkFfn()) {
-    Require(c.ffn_predictor_dim < c.d_model, "ffn_predictor_dim must be < d_model");
-    Require(c.ffn_topk_fraction > 0 && c.ffn_topk_fraction < 1, "ffn_topk_fraction must be in (0, 1)");
-  }
+  // Even, as config.py has always required, so no file holds an odd one (docs/engine-file.md).
+  Require(c.ffn_predictor_dim < c.d_model && c.ffn_predictor_dim % 2 == 0,
+          "ffn_predictor_dim must be 0 (dense FFN) or an even number < d_model");
+  Require(c.ffn_topk_fraction > 0 && c.ffn_topk_fraction < 1, "ffn_topk_fraction must be in (0, 1)");
   if (c.SparkAttn()) {
     Require(c.attn_predictor_dim < c.head_dim && c.attn_predictor_dim % 2 == 0 &&
                 (c.head_dim - c.attn_predictor_dim) % 2 == 0,

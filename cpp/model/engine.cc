@@ -12,6 +12,7 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "model/engine_file.h"
 #include "ops/activation.h"
 #include "ops/matvec.h"
 #include "ops/norm.h"
@@ -22,9 +23,6 @@
 
 namespace spark {
 namespace {
-
-constexpr const char* kFormatName = "spark-infer";
-constexpr const char* kFormatVersion = "1";
 
 hwy::AlignedFreeUniquePtr<float[]> Floats(size_t n) {
   auto p = hwy::AllocateAligned<float>(n ? n : 1);
@@ -105,29 +103,12 @@ void EmbeddingRow(const MatRef& m, size_t r, float scale, float* out) {
   }
 }
 
-const std::string& MetadataOrThrow(const SafetensorsFile& f, const std::string& key) {
-  auto it = f.metadata().find(key);
-  if (it == f.metadata().end())
-    throw FormatError(f.path() + ": not a spark-infer engine file (metadata has no '" + key + "')");
-  return it->second;
-}
-
 }  // namespace
 
 Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type, bool swa_full)
     : file_(path), ctx_(context_length), pool_(PhysicalCores()),
       chunk_sparse_cache_bytes_(LastLevelCacheBytes() / 2) {
-  if (MetadataOrThrow(file_, "format") != kFormatName)
-    throw FormatError(path + ": metadata 'format' is '" + file_.metadata().at("format") + "', expected 'spark-infer'");
-  const std::string& version = MetadataOrThrow(file_, "format_version");
-  if (version != kFormatVersion)
-    throw FormatError(path + ": engine file format version '" + version + "' is not supported (this engine reads version " +
-                      kFormatVersion + "); convert the model again with this version of spark-infer");
-  try {
-    config_ = ModelConfig::FromJson(MetadataOrThrow(file_, "config"));
-  } catch (const FormatError& e) {
-    throw FormatError(path + ": " + e.what());
-  }
+  config_ = ReadEngineConfig(file_);  // the one reader (model/engine_file.h)
   weights_ = ModelWeights::Load(file_, config_);
   if (context_length == 0) throw std::invalid_argument("context_length must be >= 1");
   if (context_length > (size_t{1} << 24)) throw std::invalid_argument("context_length is too large");

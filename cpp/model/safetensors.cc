@@ -39,7 +39,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   try {
     root = Json::Parse(header, header_len);
   } catch (const FormatError& e) {
-    throw FormatError(where + "header: " + e.what());
+    throw FormatError(where + "header is not JSON (not a readable safetensors file): " + e.what());
   }
   if (!root.IsObject()) throw FormatError(where + "header is not a JSON object");
 
@@ -48,24 +48,32 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   std::vector<std::pair<size_t, size_t>> ranges;
   for (const auto& [name, entry] : root.Object("header")) {
     if (name == "__metadata__") {
-      for (const auto& [k, v] : entry.Object(where + "__metadata__"))
+      if (!entry.IsObject()) throw FormatError(where + "__metadata__ is not an object of strings");
+      for (const auto& [k, v] : entry.Object(where + "__metadata__")) {
+        if (v.type() != Json::Type::kString)
+          throw FormatError(where + "__metadata__ is not an object of strings ('" + k + "')");
         metadata_[k] = v.String(where + "__metadata__." + k);
+      }
       continue;
     }
     const std::string what = where + "tensor '" + name + "'";
-    if (!entry.IsObject()) throw FormatError(what + ": entry is not an object");
+    if (!entry.IsObject()) throw FormatError(what + ": malformed header entry (not an object)");
     TensorInfo t;
-    t.dtype = entry.At("dtype").String(what + " dtype");
+    size_t count = 1;
+    try {
+      t.dtype = entry.At("dtype").String(what + " dtype");
+      for (const Json& d : entry.At("shape").Array(what + " shape")) {
+        const int64_t v = d.Int(what + " shape");
+        if (v < 0) throw FormatError(what + ": negative dimension in shape");
+        t.shape.push_back(static_cast<size_t>(v));
+        if (MulOverflows(count, static_cast<size_t>(v), &count))
+          throw FormatError(what + ": shape element count overflows");
+      }
+    } catch (const FormatError& e) {
+      throw FormatError(what + ": malformed header entry: " + e.what());
+    }
     const size_t elem = DtypeBytes(t.dtype);
     if (elem == 0) throw FormatError(what + ": unknown dtype '" + t.dtype + "'");
-    size_t count = 1;
-    for (const Json& d : entry.At("shape").Array(what + " shape")) {
-      const int64_t v = d.Int(what + " shape");
-      if (v < 0) throw FormatError(what + ": negative dimension in shape");
-      t.shape.push_back(static_cast<size_t>(v));
-      if (MulOverflows(count, static_cast<size_t>(v), &count))
-        throw FormatError(what + ": shape element count overflows");
-    }
     size_t nbytes;
     if (MulOverflows(count, elem, &nbytes)) throw FormatError(what + ": byte size overflows");
     const auto& offs = entry.At("data_offsets").Array(what + " data_offsets");
@@ -98,7 +106,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
 
 const TensorInfo& SafetensorsFile::Get(const std::string& name) const {
   auto it = tensors_.find(name);
-  if (it == tensors_.end()) throw FormatError(path() + ": missing tensor '" + name + "'");
+  if (it == tensors_.end()) throw FormatError(path() + ": tensor '" + name + "' is missing");
   return it->second;
 }
 

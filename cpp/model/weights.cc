@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <set>
 #include <string>
 
 #include "util/json.h"
@@ -19,6 +20,7 @@ class Loader {
 
   const TensorInfo& Checked(const std::string& name, const std::vector<size_t>& shape) {
     const TensorInfo& t = f_.Get(name);
+    used_.insert(name);
     if (t.shape != shape)
       throw FormatError(f_.path() + ": tensor '" + name + "' has shape " + ShapeStr(t.shape) +
                         ", the config needs " + ShapeStr(shape));
@@ -49,12 +51,19 @@ class Loader {
       m.type = WeightType::kBF16;
     } else if (t.dtype == "I8") {
       m.type = WeightType::kI8;
-      m.scale = Vector(name + ".scale", rows);
+      m.scale = Scale(name + ".scale", rows);
     } else if (q4) {
       m.type = WeightType::kQ4;
     } else {
       throw FormatError(f_.path() + ": tensor '" + name + "' has dtype " + t.dtype +
                         "; matrices must be F32, BF16, I8 or U8 (q4)");
+    }
+    // docs/engine-file.md: all matrices but token_embd share one dtype.
+    if (name != "token_embd") {
+      if (matrix_dtype_.empty()) matrix_dtype_ = t.dtype;
+      if (t.dtype != matrix_dtype_)
+        throw FormatError(f_.path() + ": tensor '" + name + "' is " + t.dtype + ", but other matrices are " +
+                          matrix_dtype_ + "; all matrices but token_embd share one dtype");
     }
     return m;
   }
@@ -70,11 +79,30 @@ class Loader {
     return m;
   }
 
+  // The I8 companion `<name>.scale`: F32 [rows].
+  const float* Scale(const std::string& name, size_t rows) {
+    const TensorInfo& t = f_.Get(name);
+    if (t.dtype != "F32" || t.shape != std::vector<size_t>{rows})
+      throw FormatError(f_.path() + ": tensor '" + name + "' must be F32 [" + std::to_string(rows) + "], got " +
+                        t.dtype + " " + ShapeStr(t.shape));
+    return Vector(name, rows);
+  }
+
+  // A tensor the config's table does not name is a FormatError (a writer bug or another format).
+  void CheckNothingElse() const {
+    for (const auto& [name, info] : f_.tensors()) {
+      if (!used_.count(name))
+        throw FormatError(f_.path() + ": tensor '" + name + "' is not in the table for this config");
+    }
+  }
+
   size_t bytes() const { return bytes_; }
 
  private:
   const SafetensorsFile& f_;
   size_t bytes_ = 0;
+  std::set<std::string> used_;
+  std::string matrix_dtype_;
 };
 
 }  // namespace
@@ -122,6 +150,7 @@ ModelWeights ModelWeights::Load(const SafetensorsFile& file, const ModelConfig& 
     if (c.SparseAttn()) L.rot = ld.F32Matrix(p + "attn_rot", c.n_kv_heads * hd, hd);
     w.layers.push_back(L);
   }
+  ld.CheckNothingElse();
   w.matrix_type = w.layers.empty() ? w.embed.type : w.layers[0].q.type;
   w.bytes = ld.bytes();
   return w;

@@ -5,6 +5,43 @@
 #include <cstring>
 
 namespace spark {
+namespace {
+
+// Offset of the first byte that breaks UTF-8 (RFC 3629: no overlongs, surrogates or code points
+// past U+10FFFF), or n. JSON text is UTF-8 (RFC 8259), and every string read here reaches
+// Python, which refuses anything else.
+size_t FirstInvalidUtf8(const unsigned char* s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = s[i];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;  // the range of the second byte
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (n - i < len || s[i + 1] < lo || s[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k) {
+      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
+    }
+    i += len;
+  }
+  return n;
+}
+
+}  // namespace
 
 class JsonParser {
  public:
@@ -12,6 +49,8 @@ class JsonParser {
       : p_(p), end_(p + n), values_left_(max_values), max_values_(max_values) {}
 
   Json ParseDocument() {
+    const size_t bad = FirstInvalidUtf8(reinterpret_cast<const unsigned char*>(p_), end_ - p_);
+    if (bad != static_cast<size_t>(end_ - p_)) Fail("not UTF-8 (byte " + std::to_string(bad) + ")");
     Json v = ParseValue(0);
     SkipSpace();
     if (p_ != end_) Fail("trailing characters after the JSON value");
@@ -35,8 +74,10 @@ class JsonParser {
   }
 
   Json ParseValue(int depth) {
-    if (depth > Json::kMaxDepth) Fail("nesting deeper than " + std::to_string(Json::kMaxDepth));
-    if (values_left_ == 0) Fail("more than " + std::to_string(max_values_) + " values");
+    if (depth > Json::kMaxDepth) Fail("nesting deeper than " + std::to_string(Json::kMaxDepth) + ": the document nests deeper than " +
+                                       std::to_string(Json::kMaxDepth) + " levels");
+    if (values_left_ == 0) Fail("more than " + std::to_string(max_values_) + " values (a header may hold no more than " +
+                                    std::to_string(max_values_) + " JSON values)");
     --values_left_;
     SkipSpace();
     if (p_ >= end_) Fail("unexpected end");

@@ -18,7 +18,6 @@ __all__ = ["ModelConfig", "preset", "PRESETS", "LAYER_GLOBAL", "LAYER_LOCAL"]
 
 LAYER_GLOBAL = "global"
 LAYER_LOCAL = "local"
-_ARCHS = ("gemma2", "gemma3")
 FFN_SELECT = ("gate", "abs_gelu", "abs_act")
 
 
@@ -82,95 +81,23 @@ class ModelConfig:
     # ----------------------------------------------------------------------------- validation
 
     def validate(self) -> None:
-        """Raise ValueError, in plain words, if any field is out of range or inconsistent."""
-        _check_types(self)
-        if self.arch not in _ARCHS:
-            raise ValueError(f"arch must be one of {_ARCHS}, got {self.arch!r}")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                     "d_ff"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.n_heads % self.n_kv_heads != 0:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
-                             f"({self.n_kv_heads})")
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
-        for name in ("rope_base_global", "rope_base_local"):
-            value = getattr(self, name)
-            # A base of 1 or less gives every frequency the same (or a growing) angle.
-            if not (math.isfinite(value) and value > 1):
-                raise ValueError(f"{name} must be a finite number > 1, got {value}")
-        for name in ("norm_eps", "query_scale", "rope_scale_global"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("attn_softcap", "final_softcap"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0 (0 means none), got {value}")
-        if len(self.layer_types) != self.n_layers:
-            raise ValueError(f"layer_types has {len(self.layer_types)} entries but n_layers is "
-                             f"{self.n_layers}")
-        for i, kind in enumerate(self.layer_types):
-            if kind not in (LAYER_GLOBAL, LAYER_LOCAL):
-                raise ValueError(f"layer_types[{i}] must be 'global' or 'local', got {kind!r}")
-        if self.sliding_window < 1:
-            raise ValueError(f"sliding_window must be at least 1, got {self.sliding_window}")
-        r = self.ffn_predictor_dim
-        if r != 0 and not (0 < r < self.d_model and r % 2 == 0):
-            raise ValueError(f"ffn_predictor_dim must be 0 (dense FFN) or an even number in "
-                             f"(0, d_model={self.d_model}), got {r}")
-        if not (0.0 < self.ffn_topk_fraction < 1.0):
-            raise ValueError(f"ffn_topk_fraction must be in (0, 1), got {self.ffn_topk_fraction}")
-        r_a = self.attn_predictor_dim
-        # Both parts of a Spark head are RoPE-rotated on their own, so both sizes must be even.
-        if r_a != 0 and not (0 < r_a < self.head_dim and r_a % 2 == 0):
-            raise ValueError(f"attn_predictor_dim must be 0 (dense attention) or an even number "
-                             f"in (0, head_dim={self.head_dim}), got {r_a}")
-        if self.attn_topk < 1:
-            raise ValueError(f"attn_topk must be at least 1, got {self.attn_topk}")
-        self._validate_sparsified()
-        for name in ("bos_id", "eos_id", "pad_id", "start_of_turn_id", "end_of_turn_id"):
-            value = getattr(self, name)
-            if not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name} must be a token id in [0, vocab_size={self.vocab_size}), "
-                                 f"got {value}")
+        """Raise ValueError, in plain words, if any field is out of range or inconsistent.
 
-    def _validate_sparsified(self) -> None:
-        if not (0.0 <= self.ffn_sparse_fraction < 1.0):
-            raise ValueError(f"ffn_sparse_fraction must be in [0, 1) (0: off), got "
-                             f"{self.ffn_sparse_fraction}")
-        if self.is_sparse_ffn:
-            if self.is_spark_ffn:
-                raise ValueError("ffn_sparse_fraction and ffn_predictor_dim exclude each other")
-            if self.ffn_sparse_quantiles and len(self.ffn_sparse_quantiles) != self.n_layers:
-                raise ValueError(f"ffn_sparse_quantiles needs one entry per layer "
-                                 f"({self.n_layers}) or none, got {len(self.ffn_sparse_quantiles)}")
-            if not all(math.isfinite(q) for q in self.ffn_sparse_quantiles):
-                raise ValueError("ffn_sparse_quantiles must be finite numbers")
-            if self.ffn_select_by not in FFN_SELECT:
-                raise ValueError(f"ffn_select_by must be one of {FFN_SELECT}, got "
-                                 f"{self.ffn_select_by!r}")
-            if self.ffn_select_by == "abs_act" and self.ffn_gate_rank:
-                raise ValueError("ffn_select_by 'abs_act' reads the exact gate: ffn_gate_rank "
-                                 "must be 0")
-            if not (0 <= self.ffn_gate_rank < min(self.d_model, self.d_ff)):
-                raise ValueError(f"ffn_gate_rank must be in [0, min(d_model, d_ff)), got "
-                                 f"{self.ffn_gate_rank}")
-        elif (self.ffn_sparse_quantiles or self.ffn_gate_rank or self.ffn_select_weighted
-              or self.ffn_select_by != "gate"):
-            raise ValueError("ffn_sparse_quantiles, ffn_gate_rank, ffn_select_weighted and "
-                             "ffn_select_by need ffn_sparse_fraction > 0")
-        if self.attn_sparse_topk < 0 or self.attn_sparse_recent < 0:
-            raise ValueError("attn_sparse_topk and attn_sparse_recent must be >= 0")
-        if self.is_sparse_attn:
-            if self.is_spark_attn:
-                raise ValueError("attn_sparse_topk and attn_predictor_dim exclude each other")
-            if not (0 < self.attn_sparse_dim < self.head_dim):
-                raise ValueError(f"attn_sparse_dim must be in (0, head_dim={self.head_dim}), "
-                                 f"got {self.attn_sparse_dim}")
-        elif self.attn_sparse_dim or self.attn_sparse_recent:
-            raise ValueError("attn_sparse_dim and attn_sparse_recent need attn_sparse_topk > 0")
+        The rules are the engine's own (`_core.validate_config`, cpp/model/config.cc): one
+        validator, so every config this class accepts is one the engine reads. Checked here
+        first is only what JSON cannot carry to it: Python types, and NaN or infinity."""
+        _check_types(self)
+        for name in _FLOAT_FIELDS:
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if not all(math.isfinite(q) for q in self.ffn_sparse_quantiles):
+            raise ValueError("ffn_sparse_quantiles must be finite numbers")
+        from . import _core
+
+        try:
+            _core.validate_config(self.to_json())
+        except _core.FormatError as e:
+            raise ValueError(str(e).removeprefix("config: ")) from None
 
     # ----------------------------------------------------------------------------- helpers
 

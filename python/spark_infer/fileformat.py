@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -35,7 +34,8 @@ from .config import ModelConfig
 __all__ = [
     "FormatError", "TensorSpec", "RowBlocks", "tensor_specs", "f32_to_bf16", "bf16_to_f32",
     "quantize_int8", "dequantize_int8", "quantize_q4", "dequantize_q4", "Q4_GROUP",
-    "Q4_BLOCK_BYTES", "write_engine_file", "read_engine_file",
+    "Q4_BLOCK_BYTES", "write_engine_file", "read_engine_file", "read_engine_header",
+    "open_engine_file",
     "FORMAT_NAME", "FORMAT_VERSION", "DTYPES",
 ]
 
@@ -514,159 +514,95 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
 
 # ------------------------------------------------------------------------------ reader
 
+def open_engine_file(path: str | os.PathLike[str]) -> Any:
+    """The engine's own reader and validator over `path` (`_core.EngineFile`): format and
+    version, the config, every tensor's name, dtype and shape against the table, alignment and
+    the header limits, all checked as the engine checks them. FormatError (naming the field or
+    tensor) for a file that breaks docs/engine-file.md; FileNotFoundError if it does not exist."""
+    from . import _core
+
+    try:
+        return _core.EngineFile(os.fspath(path))
+    except _core.FormatError as e:
+        raise FormatError(str(e)) from None
+
+
+def _config_of(f: Any) -> ModelConfig:
+    # The engine validated the config already; this builds the Python object of it.
+    try:
+        return ModelConfig.from_json(f.metadata["config"])
+    except ValueError as e:
+        raise FormatError(f"{f.path}: metadata 'config': {e}") from None
+
+
 def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
                      ) -> tuple[ModelConfig, bytes | None, dict[str, np.ndarray]]:
     """Read an engine file: (config, tokenizer proto bytes or None, tensors).
 
     Tensors are the table's names (plus `<name>.scale` for I8 matrices unless dequantized).
-    dequantize=False: F32 as float32, BF16 as uint16 bit patterns, I8 as int8, q4 as its uint8
-    blocks [rows, cols / 32 * 20].
+    dequantize=False: read-only views over the file's memory map: F32 as float32, BF16 as
+    uint16 bit patterns, I8 as int8, q4 as its uint8 blocks [rows, cols / 32 * 20].
     dequantize=True: every table tensor as float32 (bf16 widened exactly, int8 times scale, q4
     by `dequantize_q4`).
     Raises FormatError (naming the tensor or field) for a file that breaks the contract.
     """
-    import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16", which safetensors asks for)
-    from safetensors import SafetensorError, safe_open
-
-    from . import limits
-
     try:
-        with open(path, "rb") as fh:   # the safetensors library allows a 100 MB header
-            limits.check_header_size(int.from_bytes(fh.read(8), "little"), os.fspath(path),
-                                     FormatError)
-        handle = safe_open(os.fspath(path), framework="numpy")
-    except (SafetensorError, OSError) as e:
+        f = open_engine_file(path)
+    except OSError as e:
         raise FormatError(f"{os.fspath(path)}: not a readable safetensors file: {e}") from None
-    with handle as f:
-        meta = f.metadata() or {}
-        cfg = _config_from_metadata(os.fspath(path), meta)
-        tokenizer = None
-        if "tokenizer" in meta:
-            try:
-                tokenizer = base64.b64decode(meta["tokenizer"], validate=True)
-            except ValueError as e:
-                raise FormatError(f"metadata 'tokenizer' is not base64: {e}") from None
-
-        specs = tensor_specs(cfg)
-        present = set(f.keys())
-        expected: set[str] = set()
-        matrix_dtypes: set[str] = set()
-        for spec in specs:
-            if spec.name not in present:
-                raise FormatError(f"tensor {spec.name!r} is missing")
-            sl = f.get_slice(spec.name)
-            st_dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
-            expected.add(spec.name)
-            if spec.is_matrix and st_dtype == "U8" and spec.shape[1] % Q4_GROUP:
-                raise FormatError(f"tensor {spec.name!r} is q4 (U8), but its rows of "
-                                  f"{spec.shape[1]} weights are not a multiple of {Q4_GROUP}")
-            want = _stored_shape(spec.shape, st_dtype) if spec.is_matrix else spec.shape
-            if shape != want:
-                raise FormatError(f"tensor {spec.name!r} has shape {shape}, expected {want}")
-            if not spec.is_matrix:
-                if st_dtype != "F32":
-                    raise FormatError(f"tensor {spec.name!r} must be F32, got {st_dtype}")
-                continue
-            if st_dtype not in ("F32", "BF16", "I8", "U8"):
-                raise FormatError(f"tensor {spec.name!r} has dtype {st_dtype}; matrices are F32, "
-                                  f"BF16, I8 or U8 (q4)")
-            if spec.name != "token_embd":
-                matrix_dtypes.add(st_dtype)
-                if len(matrix_dtypes) > 1:
-                    raise FormatError(f"tensor {spec.name!r} is {st_dtype}, but other matrices "
-                                      f"are {sorted(matrix_dtypes - {st_dtype})[0]}; all matrices "
-                                      f"but token_embd share one dtype")
-            if st_dtype == "I8":
-                scale_name = spec.name + ".scale"
-                if scale_name not in present:
-                    raise FormatError(f"tensor {scale_name!r} is missing (I8 matrix needs it)")
-                ssl = f.get_slice(scale_name)
-                if ssl.get_dtype() != "F32" or tuple(ssl.get_shape()) != (spec.shape[0],):
-                    raise FormatError(f"tensor {scale_name!r} must be F32 [{spec.shape[0]}], got "
-                                      f"{ssl.get_dtype()} {list(ssl.get_shape())}")
-                expected.add(scale_name)
-        unexpected = sorted(present - expected)
-        if unexpected:
-            raise FormatError(f"tensor {unexpected[0]!r} is not in the table for this config")
-
-        out: dict[str, np.ndarray] = {}
-        for spec in specs:
-            a = f.get_tensor(spec.name)
-            if a.dtype.itemsize == 2:   # BF16 (ml_dtypes.bfloat16 from safetensors)
-                a = a.view(np.uint16)
-            if not dequantize:
-                out[spec.name] = a
-                if a.dtype == np.int8:
-                    out[spec.name + ".scale"] = f.get_tensor(spec.name + ".scale")
-            elif a.dtype == np.uint16:
-                out[spec.name] = bf16_to_f32(a)
-            elif a.dtype == np.int8:
-                out[spec.name] = dequantize_int8(a, f.get_tensor(spec.name + ".scale"))
-            elif a.dtype == np.uint8:
-                out[spec.name] = dequantize_q4(a)
-            else:
-                out[spec.name] = a.astype(np.float32, copy=False)
+    meta = f.metadata
+    cfg = _config_of(f)
+    tokenizer = None
+    if "tokenizer" in meta:
+        try:
+            tokenizer = base64.b64decode(meta["tokenizer"], validate=True)
+        except ValueError as e:
+            raise FormatError(f"metadata 'tokenizer' is not base64: {e}") from None
+    views = f.tensors()
+    out: dict[str, np.ndarray] = {}
+    for spec in tensor_specs(cfg):
+        a = views[spec.name]
+        if not dequantize:
+            out[spec.name] = a
+            if a.dtype == np.int8:
+                out[spec.name + ".scale"] = views[spec.name + ".scale"]
+        elif a.dtype == np.uint16:
+            out[spec.name] = bf16_to_f32(a)
+        elif a.dtype == np.int8:
+            out[spec.name] = dequantize_int8(a, views[spec.name + ".scale"])
+        elif a.dtype == np.uint8:
+            out[spec.name] = dequantize_q4(a)
+        else:
+            out[spec.name] = a.astype(np.float32)
     return cfg, tokenizer, out
 
 
-def _config_from_metadata(path: str, meta: Mapping[str, str]) -> ModelConfig:
-    """The config of an engine file's metadata; FormatError for another format or version."""
-    if meta.get("format") != FORMAT_NAME:
-        raise FormatError(f"{path}: not a spark-infer engine file (metadata 'format' is "
-                          f"{meta.get('format')!r}, expected {FORMAT_NAME!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{path}: engine file format version {meta.get('format_version')!r} is "
-                          f"not supported (this version reads {FORMAT_VERSION!r})")
-    if "config" not in meta:
-        raise FormatError(f"{path}: metadata has no 'config'")
-    try:
-        return ModelConfig.from_json(meta["config"])
-    except ValueError as e:
-        raise FormatError(f"{path}: metadata 'config': {e}") from None
-
-
 def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What `spark-infer info` shows, from the header alone (no tensor is read).
+    """What `spark-infer info` shows, without reading tensor data (the file is checked as the
+    engine checks it, `open_engine_file`).
 
     Returns {path, file_bytes, format, format_version, config (dict), parameters, dtypes
-    {dtype: tensor count}, has_tokenizer, sparsify (the conversion's record, or None)}. Raises FormatError for a file that is not an
-    engine file (or of an unknown format version), FileNotFoundError if it does not exist.
+    {dtype: tensor count}, has_tokenizer, sparsify (the conversion's record, or None)}. Raises
+    FormatError for a file that is not an engine file (or of an unknown format version),
+    FileNotFoundError if it does not exist.
     """
-    from . import limits
-
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise FormatError(f"{path}: truncated (shorter than the 8-byte header size)")
-        n = int.from_bytes(head, "little")
-        limits.check_header_size(n, path, FormatError)
-        if n > size - 8:
-            raise FormatError(f"{path}: header size {n} does not fit the file: not an engine file")
-        header = limits.parse_json_header(f.read(n), path, FormatError)
-    if not isinstance(header, dict):
-        raise FormatError(f"{path}: header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise FormatError(f"{path}: __metadata__ is not an object of strings")
-    cfg = _config_from_metadata(path, meta)
+    f = open_engine_file(path)
+    meta = f.metadata
+    cfg = _config_of(f)
+    st_dtypes = f.tensor_dtypes()
     dtypes: dict[str, int] = {}
     params = 0
-    for name, entry in header.items():
-        if (not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str)
-                or not isinstance(entry.get("shape"), list)
-                or not all(type(d) is int and d >= 0 for d in entry["shape"])):
-            raise FormatError(f"{path}: tensor {name!r}: malformed header entry")
-        dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + 1
-        if entry["dtype"] == "U8":   # q4 blocks: 32 weights per 20 bytes
-            params += entry["shape"][0] * (entry["shape"][1] // Q4_BLOCK_BYTES * Q4_GROUP)
+    for name, a in f.tensors().items():
+        st_dtype = st_dtypes[name]
+        dtypes[st_dtype] = dtypes.get(st_dtype, 0) + 1
+        if st_dtype == "U8":   # q4 blocks: 32 weights per 20 bytes
+            params += a.shape[0] * (a.shape[1] // Q4_BLOCK_BYTES * Q4_GROUP)
         elif not name.endswith(".scale"):
-            params += math.prod(entry["shape"])
-    return {"path": path, "file_bytes": size, "format": meta["format"],
+            params += a.size
+    return {"path": f.path, "file_bytes": f.file_bytes, "format": meta["format"],
             "format_version": meta["format_version"], "config": cfg.to_dict(),
             "parameters": params, "dtypes": dtypes, "has_tokenizer": bool(meta.get("tokenizer")),
-            "sparsify": _sparsify_record(path, meta)}
+            "sparsify": _sparsify_record(f.path, meta)}
 
 
 def _sparsify_record(path: str, meta: Mapping[str, str]) -> dict[str, Any] | None:

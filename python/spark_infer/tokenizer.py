@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import codecs
-import json
 import os
-import struct
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -30,21 +28,14 @@ def _pb2():
 
 
 def read_engine_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` of an engine (safetensors) file, read from its header only."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise TokenizerError(f"{path}: not a safetensors/engine file")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 * 2**20:
-            raise TokenizerError(f"{path}: implausible safetensors header size {n}")
-        raw = fh.read(n)
-    if len(raw) != n:
-        raise TokenizerError(f"{path}: truncated safetensors header")
+    """The ``__metadata__`` of an engine file, through the engine's own reader and validator
+    (``_core.EngineFile``; no tensor data is read)."""
+    from . import _core
+
     try:
-        return dict(json.loads(raw).get("__metadata__") or {})
-    except (ValueError, AttributeError) as e:
-        raise TokenizerError(f"{path}: corrupt safetensors header: {e}") from e
+        return dict(_core.EngineFile(os.fspath(path)).metadata)
+    except _core.FormatError as e:
+        raise TokenizerError(str(e)) from None
 
 
 class StreamDecoder:
