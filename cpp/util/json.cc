@@ -138,6 +138,7 @@ class JsonParser {
       v.number_ = strtod(text.c_str(), &stop);
       if (stop != text.c_str() + text.size() || !std::isfinite(v.number_)) Fail("bad number '" + text + "'");
       v.type_ = Json::Type::kNumber;
+      v.integer_ = text.find_first_of(".eE") == std::string::npos;
       return v;
     }
     Fail(std::string("unexpected character '") + c + "'");
@@ -249,7 +250,7 @@ double Json::Number(const std::string& what) const {
 }
 int64_t Json::Int(const std::string& what) const {
   SPARK_JSON_EXPECT(type_ == Type::kNumber, what, "an integer");
-  if (number_ != std::floor(number_) || std::fabs(number_) > 9.0e15)
+  if (!integer_ || std::fabs(number_) > 9.0e15)
     throw FormatError(what + ": expected an integer, got " + std::to_string(number_));
   return static_cast<int64_t>(number_);
 }

@@ -45,7 +45,8 @@ class Json {
 
   // Typed accessors; `what` names the field in the error message.
   double Number(const std::string& what) const;
-  int64_t Int(const std::string& what) const;  // an integral number
+  // An integer written as one ("64", not "64.0" or "6.4e1"), as Python's json reads it.
+  int64_t Int(const std::string& what) const;
   bool Bool(const std::string& what) const;
   const std::string& String(const std::string& what) const;
   const std::vector<Json>& Array(const std::string& what) const;
@@ -59,6 +60,7 @@ class Json {
   Type type_ = Type::kNull;
   bool bool_ = false;
   double number_ = 0;
+  bool integer_ = false;  // written without a fraction or exponent
   std::string string_;
   std::vector<Json> array_;
   std::map<std::string, Json> object_;
