@@ -35,6 +35,7 @@ __all__ = [
     "FormatError", "TensorSpec", "RowBlocks", "tensor_specs", "f32_to_bf16", "bf16_to_f32",
     "quantize_int8", "dequantize_int8", "quantize_q4", "dequantize_q4", "Q4_GROUP",
     "Q4_BLOCK_BYTES", "write_engine_file", "read_engine_file", "read_engine_header",
+    "dequantize_tensor",
     "open_engine_file",
     "FORMAT_NAME", "FORMAT_VERSION", "DTYPES",
 ]
@@ -561,20 +562,26 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
     views = f.tensors()
     out: dict[str, np.ndarray] = {}
     for spec in tensor_specs(cfg):
-        a = views[spec.name]
-        if not dequantize:
-            out[spec.name] = a
-            if a.dtype == np.int8:
-                out[spec.name + ".scale"] = views[spec.name + ".scale"]
-        elif a.dtype == np.uint16:
-            out[spec.name] = bf16_to_f32(a)
-        elif a.dtype == np.int8:
-            out[spec.name] = dequantize_int8(a, views[spec.name + ".scale"])
-        elif a.dtype == np.uint8:
-            out[spec.name] = dequantize_q4(a)
-        else:
-            out[spec.name] = a.astype(np.float32)
+        if dequantize:
+            out[spec.name] = dequantize_tensor(views, spec.name)
+            continue
+        out[spec.name] = views[spec.name]
+        if views[spec.name].dtype == np.int8:
+            out[spec.name + ".scale"] = views[spec.name + ".scale"]
     return cfg, tokenizer, out
+
+
+def dequantize_tensor(stored: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """A new float32 array of tensor `name` from the stored ones (`read_engine_file` with
+    dequantize=False): bf16 widened exactly, int8 times its scale, q4 by `dequantize_q4`."""
+    a = stored[name]
+    if a.dtype == np.uint16:
+        return bf16_to_f32(a)
+    if a.dtype == np.int8:
+        return dequantize_int8(a, stored[name + ".scale"])
+    if a.dtype == np.uint8:
+        return dequantize_q4(a)
+    return a.astype(np.float32)
 
 
 def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -3,7 +3,6 @@ of the package docstring's "Bytes touched" and "FLOPs" items), from the file hea
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -13,24 +12,16 @@ _F32 = 4  # KV cache element size: the engine keeps K and V in float32
 
 
 def tensor_bytes(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Bytes of every tensor of a safetensors (engine) file, read from its header only."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    out: dict[str, int] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        out[name] = int(end) - int(begin)
-    return out
+    """Bytes of every tensor of an engine file (through the engine's reader; no data is read)."""
+    from spark_infer.fileformat import open_engine_file
+
+    return {name: a.nbytes for name, a in open_engine_file(path).tensors().items()}
 
 
 def _engine_config(path: str | os.PathLike[str]) -> ModelConfig:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    return ModelConfig.from_json(header["__metadata__"]["config"])
+    from spark_infer.fileformat import open_engine_file
+
+    return ModelConfig.from_json(open_engine_file(path).metadata["config"])
 
 
 def _with_scale(tb: dict[str, int], name: str) -> int:

@@ -132,31 +132,15 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
 
 
 def _engine_source(src: str | os.PathLike) -> _Source:
-    """An engine file as a source: tensors read one at a time, dequantized to float32."""
-    import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" for safetensors)
-    from safetensors import safe_open
-
-    from ..fileformat import FormatError, bf16_to_f32, dequantize_int8, dequantize_q4, \
-        read_engine_file, tensor_specs
+    """An engine file as a source: tensors dequantized to float32 one at a time, from views over
+    the file's memory map (the engine's reader, which validated every name, dtype and shape)."""
+    from ..fileformat import FormatError, dequantize_tensor, read_engine_file, tensor_specs
 
     try:
-        cfg, proto, _ = read_engine_file(src)    # validates every tensor's name, dtype, shape
+        cfg, proto, stored = read_engine_file(src)
     except FormatError as e:
         raise ConversionError(str(e)) from None
-    handle = safe_open(os.fspath(src), framework="numpy")
-    f = handle.__enter__()
-
-    def get(name: str) -> np.ndarray:
-        a = f.get_tensor(name)
-        if a.dtype.itemsize == 2:
-            return bf16_to_f32(a.view(np.uint16))
-        if a.dtype == np.int8:
-            return dequantize_int8(a, f.get_tensor(name + ".scale"))
-        if a.dtype == np.uint8:
-            return dequantize_q4(a)
-        return a.astype(np.float32)
-
-    return _Source(cfg, proto, get, lambda: handle.__exit__(None, None, None),
+    return _Source(cfg, proto, lambda name: dequantize_tensor(stored, name), stored.clear,
                    [s.name for s in tensor_specs(cfg)])
 
 
