@@ -102,7 +102,8 @@ CHANGES = [
     ("ffn_predictor_dim", 33), ("ffn_predictor_dim", 32), ("query_scale", 1),
     ("arch", "llama"), ("eos_id", 101), ("eos_id", 100), ("layer_types", ["local"] * 2),
     ("ffn_select_by", "abs_gelu"), ("attn_sparse_dim", 4), ("vocab_size", 1 << 25),
-    ("rope_base_local", 1), ("ffn_sparse_quantiles", [0.1, 0.2, 0.3]),
+    ("rope_base_local", 1), ("ffn_sparse_quantiles", [0.1, 0.2, 0.3]), ("norm_eps", None),
+    ("sliding_window", None), ("ffn_sparse_quantiles", [True]), ("n_layers", 2 ** 70),
 ]
 
 

@@ -18,7 +18,7 @@ size_t Dim(const Json& j, const char* key, bool allow_zero = false) {
 }
 
 double Real(const Json& j, const char* key, double def) {
-  if (!j.Has(key) || j.At(key).type() == Json::Type::kNull) return def;
+  if (!j.Has(key)) return def;  // null is no number: refused, as config.py refuses None
   return j.At(key).Number(std::string("config.") + key);
 }
 

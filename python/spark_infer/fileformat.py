@@ -1,8 +1,11 @@
 """Write and read engine files (`*.spark`): safetensors containers laid out per docs/engine-file.md.
 
 Contract:
-- `tensor_specs(cfg)` is the one table of tensors a config implies (name, shape, is_matrix);
-  the writer, the reader and the tests all use it.
+- Writing is Python's; reading is the engine's: `read_engine_file`, `read_engine_header` and
+  `open_engine_file` wrap `_core.EngineFile` (cpp/model/engine_file.h), the one reader and
+  validator of engine files, so Python accepts exactly the files the engine runs.
+- `tensor_specs(cfg)` is the one table of tensors a config implies (name, shape, is_matrix) on
+  the Python side: the writer and the tests use it (cpp/model/weights.cc is the reader's).
 - Norm vectors are F32. Matrices are F32, BF16 (round to nearest even), I8 with a `<name>.scale`
   F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`, or q4: U8 [rows, cols / 32 * 20], blocks
   of 32 weights along each row in GGML's Q4_1 layout (`quantize_q4`). One dtype for all matrices

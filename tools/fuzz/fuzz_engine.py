@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Fuzz target: engine files (`*.spark`) through every reader of them: the C++ loader behind
-spark_infer.load (plus the tokenizer in the metadata and one forward pass), the header reader
-of `spark-infer info` and the safetensors-library reader of fileformat.py."""
+"""Fuzz target: engine files (`*.spark`) through the one reader of them (cpp/model/
+engine_file.h) by every way in: the loader behind spark_infer.load (plus the tokenizer in the
+metadata and one forward pass), and fileformat.py's read_engine_header (`spark-infer info`) and
+read_engine_file over `_core.EngineFile`."""
 
 import common
 
