@@ -1,7 +1,8 @@
 """One reader, one schema: the Python writer's files read back through the engine's own reader
 (`_core.EngineFile`, which `fileformat.read_engine_file` and `read_engine_header` are built on),
 for every config kind of test_engine.py and every matrix dtype; and the config validator
-(`_core.validate_config`, which `ModelConfig` calls) agreeing with `ModelConfig` on every field.
+(`_core.validate_config`, which `ModelConfig` calls) agreeing with `ModelConfig` on every field:
+the same values read, the same defaults, the same refusals.
 
 Expected values are computed here from the format's definition (docs/engine-file.md): bf16 by
 ml_dtypes' rounding, int8 from max|w| / 127, q4 by decoding the Q4_1 blocks with numpy."""
@@ -107,6 +108,25 @@ CHANGES = [
 ]
 
 
+# Fields the engine keeps as float32 (cpp/model/config.h); the rest are exact.
+FLOAT32 = ("query_scale", "norm_eps", "attn_softcap", "final_softcap", "ffn_topk_fraction",
+           "ffn_sparse_fraction")
+
+
+def as_engine_reads(cfg: ModelConfig) -> dict:
+    d = cfg.to_dict()
+    for name in FLOAT32:
+        d[name] = float(np.float32(d[name]))
+    d["ffn_sparse_quantiles"] = [float(np.float32(q)) for q in d["ffn_sparse_quantiles"]]
+    return d
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_engine_reads_every_field_as_written(kind):
+    cfg = KINDS[kind]
+    assert _core.validate_config(cfg.to_json()) == as_engine_reads(cfg)
+
+
 def python_accepts(d: dict) -> bool:
     try:
         ModelConfig.from_dict(d)
@@ -143,6 +163,9 @@ def test_every_field_is_known_to_both_and_required_by_both_or_neither(field):
     assert engine_accepts(d)
     without = {k: v for k, v in d.items() if k != field}
     assert python_accepts(without) == engine_accepts(without)
+    if python_accepts(without):   # a default: the same on both sides
+        got = _core.validate_config(json.dumps(without))
+        assert got == as_engine_reads(ModelConfig.from_dict(without))
 
 
 def test_unknown_field_is_refused_by_both():

@@ -27,13 +27,61 @@ py::dtype NumpyDtype(const std::string& dtype) {
   throw FormatError("tensor dtype " + dtype + " is not an engine file's");
 }
 
+// Every field as the engine read it, under config.py's names (floats the engine keeps as float32
+// come back as those float32 values).
+py::dict ConfigFields(const ModelConfig& c) {
+  py::dict d;
+  d["arch"] = c.arch;
+  d["vocab_size"] = c.vocab_size;
+  d["d_model"] = c.d_model;
+  d["n_layers"] = c.n_layers;
+  d["n_heads"] = c.n_heads;
+  d["n_kv_heads"] = c.n_kv_heads;
+  d["head_dim"] = c.head_dim;
+  d["d_ff"] = c.d_ff;
+  d["query_scale"] = c.query_scale;
+  py::list layer_types;
+  for (bool local : c.layer_is_local) layer_types.append(local ? "local" : "global");
+  d["layer_types"] = layer_types;
+  d["norm_eps"] = c.norm_eps;
+  d["attn_softcap"] = c.attn_softcap;
+  d["final_softcap"] = c.final_softcap;
+  d["qk_norm"] = c.qk_norm;
+  d["sliding_window"] = c.sliding_window;
+  d["rope_base_global"] = c.rope_base_global;
+  d["rope_base_local"] = c.rope_base_local;
+  d["rope_scale_global"] = c.rope_scale_global;
+  d["ffn_predictor_dim"] = c.ffn_predictor_dim;
+  d["ffn_topk_fraction"] = c.ffn_topk_fraction;
+  d["attn_predictor_dim"] = c.attn_predictor_dim;
+  d["attn_topk"] = c.attn_topk;
+  d["ffn_sparse_fraction"] = c.ffn_sparse_fraction;
+  py::list quantiles;
+  for (float q : c.ffn_sparse_quantiles) quantiles.append(q);
+  d["ffn_sparse_quantiles"] = quantiles;
+  d["ffn_gate_rank"] = c.ffn_gate_rank;
+  d["ffn_select_weighted"] = c.ffn_select_weighted;
+  d["ffn_select_by"] = c.ffn_select_by == ModelConfig::FfnSelect::kGate      ? "gate"
+                       : c.ffn_select_by == ModelConfig::FfnSelect::kAbsGelu ? "abs_gelu"
+                                                                              : "abs_act";
+  d["attn_sparse_topk"] = c.attn_sparse_topk;
+  d["attn_sparse_dim"] = c.attn_sparse_dim;
+  d["attn_sparse_recent"] = c.attn_sparse_recent;
+  d["bos_id"] = c.bos_id;
+  d["eos_id"] = c.eos_id;
+  d["pad_id"] = c.pad_id;
+  d["start_of_turn_id"] = c.start_of_turn_id;
+  d["end_of_turn_id"] = c.end_of_turn_id;
+  return d;
+}
+
 }  // namespace
 
 void RegisterEngineFile(py::module_& m) {
-  m.def("validate_config", [](const std::string& json) { ModelConfig::FromJson(json); },
+  m.def("validate_config", [](const std::string& json) { return ConfigFields(ModelConfig::FromJson(json)); },
         arg("json"),
-        "Validate a model config (JSON text) as the engine does; raises FormatError naming the "
-        "field.");
+        "Validate a model config (JSON text) as the engine does; returns every field as the "
+        "engine read it (defaults filled in), or raises FormatError naming the field.");
 
   py::class_<EngineFile, std::shared_ptr<EngineFile>>(m, "EngineFile", R"doc(
 An engine file opened and checked as the engine opens it: format and version, the config, and
@@ -47,6 +95,8 @@ FormatError naming the field or tensor, FileNotFoundError for a missing file.
            arg("path"))
       .def_property_readonly("path", [](const EngineFile& f) { return f.file.path(); })
       .def_property_readonly("file_bytes", [](const EngineFile& f) { return f.file.size(); })
+      .def_property_readonly("config", [](const EngineFile& f) { return ConfigFields(f.config); },
+                             "The config as the engine read it (validate_config's dict).")
       .def_property_readonly("metadata", [](const EngineFile& f) {
         py::dict d;
         for (const auto& [k, v] : f.file.metadata()) d[py::str(k)] = py::str(v);

@@ -41,11 +41,12 @@ const char* const kRequired[] = {"arch",     "vocab_size", "d_model", "n_layers"
                                  "n_kv_heads", "head_dim",  "d_ff",    "query_scale", "layer_types"};
 
 // A special token id: default `def`, in [0, vocab_size).
-void TokenId(const Json& j, const char* key, int64_t def, size_t vocab) {
+size_t TokenId(const Json& j, const char* key, int64_t def, size_t vocab) {
   const int64_t v = j.Has(key) ? j.At(key).Int(std::string("config.") + key) : def;
   Require(v >= 0 && static_cast<uint64_t>(v) < vocab,
           std::string(key) + " must be a token id in [0, vocab_size=" + std::to_string(vocab) + "), got " +
               std::to_string(v));
+  return static_cast<size_t>(v);
 }
 
 }  // namespace
@@ -77,7 +78,7 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   // 0 only when no layer is local (checked below); absent: config.py's default.
   c.sliding_window = j.Has("sliding_window") ? Dim(j, "sliding_window", true) : 4096;
   c.rope_base_global = Real(j, "rope_base_global", 10000.0);
-  c.rope_base_local = Real(j, "rope_base_local", c.rope_base_global);
+  c.rope_base_local = Real(j, "rope_base_local", 10000.0);
   c.rope_scale_global = Real(j, "rope_scale_global", 1.0);
   c.ffn_predictor_dim = j.Has("ffn_predictor_dim") ? Dim(j, "ffn_predictor_dim", true) : 0;
   c.ffn_topk_fraction = static_cast<float>(Real(j, "ffn_topk_fraction", 0.08));
@@ -106,11 +107,11 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
     Require(s == "local" || s == "global", where + " must be 'global' or 'local', got '" + s + "'");
     c.layer_is_local.push_back(s == "local");
   }
-  TokenId(j, "bos_id", 2, c.vocab_size);
-  TokenId(j, "eos_id", 1, c.vocab_size);
-  TokenId(j, "pad_id", 0, c.vocab_size);
-  TokenId(j, "start_of_turn_id", 105, c.vocab_size);
-  TokenId(j, "end_of_turn_id", 106, c.vocab_size);
+  c.bos_id = TokenId(j, "bos_id", 2, c.vocab_size);
+  c.eos_id = TokenId(j, "eos_id", 1, c.vocab_size);
+  c.pad_id = TokenId(j, "pad_id", 0, c.vocab_size);
+  c.start_of_turn_id = TokenId(j, "start_of_turn_id", 105, c.vocab_size);
+  c.end_of_turn_id = TokenId(j, "end_of_turn_id", 106, c.vocab_size);
 
   Require(c.layer_is_local.size() == c.n_layers, "layer_types has " + std::to_string(c.layer_is_local.size()) +
                                                      " entries but n_layers is " + std::to_string(c.n_layers));

@@ -37,6 +37,8 @@ struct ModelConfig {
   FfnSelect ffn_select_by = FfnSelect::kGate;
   // Sparsified dense attention (rotated keys, pooled predictor): attn_sparse_topk 0 = off.
   size_t attn_sparse_topk = 0, attn_sparse_dim = 0, attn_sparse_recent = 0;
+  // Special token ids (the engine runs ids; these are for the caller).
+  size_t bos_id = 2, eos_id = 1, pad_id = 0, start_of_turn_id = 105, end_of_turn_id = 106;
 
   bool SparkFfn() const { return ffn_predictor_dim > 0; }
   bool SparkAttn() const { return attn_predictor_dim > 0; }
@@ -45,7 +47,7 @@ struct ModelConfig {
   // Keys are cached split at this dim (predictor part, rest); 0 for dense attention.
   size_t KeySplit() const { return SparkAttn() ? attn_predictor_dim : attn_sparse_dim; }
 
-  // Throws FormatError naming the field.
+  // Throws FormatError naming the field. Required fields, defaults and rules: docs/engine-file.md.
   static ModelConfig FromJson(const std::string& json);
 };
 
