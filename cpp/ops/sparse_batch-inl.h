@@ -167,6 +167,7 @@ HWY_INLINE void TokenSparseColsT(P w, size_t rows, size_t cols, const TokenPair*
         float* o = out + t * cols;
         size_t c = p0;
         for (; c + kV * NF <= p1; c += kV * NF) TokenTile<kV>(w, cols, tp, n, c, o + c);
+        for (; c + 4 * NF <= p1; c += 4 * NF) TokenTile<4>(w, cols, tp, n, c, o + c);
         for (; c + NF <= p1; c += NF) TokenTile<1>(w, cols, tp, n, c, o + c);
         for (; c < p1; ++c) {
           float sum = o[c];
