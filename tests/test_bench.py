@@ -1,4 +1,4 @@
-"""spark-infer bench (python/spark_infer/bench.py), end to end on tiny random models; not timed.
+"""spark-infer bench (python/spark_infer/bench/), end to end on tiny random models; not timed.
 
 Checks the JSON has the documented fields, that the sparsity it reports is what the engine's
 counters say when the same tokens are replayed through a fresh engine, and that the bytes per

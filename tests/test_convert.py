@@ -188,7 +188,7 @@ def test_load_weights_matches_file(tmp_path):
 
 
 def test_hf_tokenizer_model_is_embedded(tmp_path):
-    from spark_infer.tokenizer import proto_from_gguf_metadata
+    from spark_infer.convert.gguf_tokenizer import proto_from_gguf_metadata
 
     tokens, scores, types = sc.tiny_vocab()
     proto = proto_from_gguf_metadata({

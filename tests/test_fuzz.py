@@ -39,7 +39,8 @@ def test_bounded_fuzz_run(target, seeds, tmp_path):
          "-max_total_time=30", "-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1",
          f"-artifact_prefix={artifacts}/", *([f"-dict={words}"] if os.path.exists(words) else []),
          str(corpus), str(seeds / target)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "SPARK_FUZZ_SCRATCH": str(tmp_path)})
     log = run.stdout + run.stderr
     assert run.returncode == 0, f"fuzz target {target} found a failure:\n{log[-4000:]}"
     assert not os.listdir(artifacts)

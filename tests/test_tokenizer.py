@@ -9,8 +9,8 @@ import pytest
 
 import gemma3_real as real
 import synth_checkpoints as sc
-from spark_infer.tokenizer import (SPACE, StreamDecoder, Tokenizer, TokenizerError,
-                                   proto_from_gguf_metadata)
+from spark_infer.convert.gguf_tokenizer import proto_from_gguf_metadata, tokenizer_from_gguf
+from spark_infer.tokenizer import SPACE, StreamDecoder, Tokenizer, TokenizerError
 
 
 def _tiny_meta(**over) -> dict:
@@ -128,7 +128,9 @@ def test_load_from_each_source(tmp_path, tiny):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    assert Tokenizer.load(g).proto == tiny.proto
+    assert tokenizer_from_gguf(g).proto == tiny.proto
+    with pytest.raises(TokenizerError, match="a GGUF file; read its tokenizer with"):
+        Tokenizer.load(g)       # the runtime tokenizer does not read GGUF (convert/ does)
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "tokenizer.model").write_bytes(tiny.proto)
     assert Tokenizer.load(tmp_path / "hf").proto == tiny.proto
@@ -148,7 +150,7 @@ def gemma3() -> Tokenizer:
     with GGUFFile(path) as f:
         n = len(f.metadata["tokenizer.ggml.tokens"])
     t1 = time.perf_counter()
-    tok = Tokenizer.from_gguf(path)
+    tok = tokenizer_from_gguf(path)
     t2 = time.perf_counter()
     print(f"\nGGUF metadata read ({n} tokens): {t1 - t0:.3f} s; "
           f"tokenizer built from GGUF: {t2 - t1:.3f} s")

@@ -94,9 +94,9 @@ def main() -> None:
 
     # Compare with our SentencePiece tokenizer built from the same GGUF (informational).
     try:
-        from spark_infer.tokenizer import Tokenizer
+        from spark_infer.convert.gguf_tokenizer import tokenizer_from_gguf
 
-        ours = Tokenizer.from_gguf(gguf_path)
+        ours = tokenizer_from_gguf(gguf_path)
         for c in tok_cases:
             mine = ours.encode(c["text"])
             if mine != c["ids"]:

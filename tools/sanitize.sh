@@ -42,7 +42,8 @@ if "$venv/bin/python" -c "import atheris" 2>/dev/null || "$venv/bin/pip" install
     [ -d build/fuzz/corpus/$t ] && dirs+=(build/fuzz/corpus/$t)
     echo "replaying the $t corpus ($(ls "${dirs[@]}" | wc -l) inputs) under ASan + UBSan"
     rc=0
-    LD_PRELOAD="$asan" "$venv/bin/python" "tools/fuzz/fuzz_$t.py" -runs=0 -rss_limit_mb=4096 \
+    mkdir -p build/sanitize/scratch
+    SPARK_FUZZ_SCRATCH=build/sanitize/scratch LD_PRELOAD="$asan" "$venv/bin/python" "tools/fuzz/fuzz_$t.py" -runs=0 -rss_limit_mb=4096 \
       -timeout=60 -artifact_prefix=build/sanitize/ "${dirs[@]}" > "build/sanitize/$t.log" 2>&1 || rc=$?
     grep -E "INITED|^Done" "build/sanitize/$t.log" || true
     [ "$rc" -eq 0 ] || { tail -60 "build/sanitize/$t.log"; echo "the $t corpus failed under the sanitizers" >&2; exit 1; }

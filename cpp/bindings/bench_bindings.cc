@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "util/bandwidth.h"
+#include "bench/bandwidth.h"
 
 namespace spark {
 namespace py = pybind11;

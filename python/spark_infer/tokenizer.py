@@ -1,12 +1,6 @@
-"""Gemma tokenizer: a SentencePiece model built from GGUF metadata, read from a Hugging Face
-``tokenizer.model``, or embedded (base64) in an engine file.
-
-GGUF stores the vocabulary as three arrays (``tokenizer.ggml.tokens/scores/token_type``); the
-SentencePiece ``ModelProto`` that tokenizes exactly like llama.cpp needs seven settings (see
-``docs/`` / the stack notes): BPE model type; identity normalizer with ``add_dummy_prefix=False``,
-``remove_extra_whitespaces=False``, ``escape_whitespaces=True``; ``byte_fallback=True``;
-``split_digits=True``; USER_DEFINED pieces with spaces re-escaped to ``▁``; ``<unk>`` typed
-UNKNOWN; and the special pieces named in the trainer spec.
+"""Gemma tokenizer: a SentencePiece model read from a Hugging Face ``tokenizer.model`` or embedded
+(base64) in an engine file. A GGUF's vocabulary is turned into a SentencePiece model by the
+converter (``spark_infer.convert.gguf_tokenizer``, which imports this module, never the reverse).
 
 SentencePiece does not parse control tokens written as text (``"<start_of_turn>"`` is split into
 characters): build chat prompts from ids.
@@ -24,9 +18,6 @@ from typing import Iterable, Iterator, Sequence
 
 SPACE = "\u2581"  # ▁
 
-# GGUF token types == SentencePiece ModelProto.SentencePiece.Type values
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
 
 class TokenizerError(ValueError):
     """The tokenizer cannot be built or loaded."""
@@ -36,75 +27,6 @@ def _pb2():
     from sentencepiece import sentencepiece_model_pb2
 
     return sentencepiece_model_pb2
-
-
-def proto_from_gguf_metadata(meta: dict) -> bytes:
-    """Serialized SentencePiece ``ModelProto`` equivalent to a GGUF ``llama``-type (SPM)
-    tokenizer, e.g. Gemma 2/3's."""
-    model = meta.get("tokenizer.ggml.model")
-    if model != "llama":
-        raise TokenizerError(f"unsupported GGUF tokenizer model {model!r} (only the SentencePiece "
-                             "'llama' tokenizer of Gemma is supported)")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    scores = meta.get("tokenizer.ggml.scores")
-    types = meta.get("tokenizer.ggml.token_type")
-    if tokens is None:
-        raise TokenizerError("GGUF metadata has no tokenizer.ggml.tokens")
-    n = len(tokens)
-    if scores is not None and len(scores) != n:
-        raise TokenizerError(f"tokenizer.ggml.scores has {len(scores)} entries, tokens has {n}")
-    if types is not None and len(types) != n:
-        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries, tokens has {n}")
-    scores = [0.0] * n if scores is None else [float(s) for s in scores]
-    types = [NORMAL] * n if types is None else [int(t) for t in types]
-
-    def special(key: str, default: int) -> int:
-        v = meta.get(f"tokenizer.ggml.{key}")
-        return default if v is None else int(v)
-
-    bos, eos = special("bos_token_id", 2), special("eos_token_id", 1)
-    unk, pad = special("unknown_token_id", 3), special("padding_token_id", 0)
-
-    pb = _pb2()
-    m = pb.ModelProto()
-    ts = m.trainer_spec
-    ts.model_type = pb.TrainerSpec.BPE                                     # 1
-    ts.vocab_size = n
-    ts.byte_fallback = True                                                # 3
-    ts.split_digits = True                                                 # 4
-    ts.unk_id, ts.bos_id, ts.eos_id, ts.pad_id = unk, bos, eos, pad        # 7
-    for field, tid in (("unk_piece", unk), ("bos_piece", bos), ("eos_piece", eos),
-                       ("pad_piece", pad)):
-        if 0 <= tid < n:
-            setattr(ts, field, tokens[tid])
-    ns = m.normalizer_spec                                                 # 2
-    ns.name = "identity"
-    ns.add_dummy_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", False))
-    ns.remove_extra_whitespaces = False
-    ns.escape_whitespaces = True
-
-    pieces = m.pieces
-    for i in range(n):
-        p = pieces.add()
-        t = types[i]
-        s = tokens[i]
-        if t == USER_DEFINED:                                              # 5
-            s = s.replace(" ", SPACE)
-        if i == unk:                                                       # 6
-            t = UNKNOWN
-        elif t == UNKNOWN:
-            t = CONTROL
-        p.piece = s
-        p.score = scores[i]
-        p.type = t
-    return m.SerializeToString()
-
-
-def proto_from_gguf(path: str | os.PathLike) -> bytes:
-    from .convert.gguf import GGUFFile
-
-    with GGUFFile(path) as f:
-        return proto_from_gguf_metadata(f.metadata)
 
 
 def read_engine_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -188,10 +110,6 @@ class Tokenizer:
 
     # -- constructors ----------------------------------------------------------------------
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike) -> "Tokenizer":
-        return cls(proto_from_gguf(path))
-
-    @classmethod
     def from_hf_dir(cls, path: str | os.PathLike) -> "Tokenizer":
         p = Path(path) / "tokenizer.model"
         if not p.is_file():
@@ -208,14 +126,16 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """From a ``.gguf``, an engine file, an HF directory or a ``tokenizer.model``."""
+        """From an engine file, an HF directory or a ``tokenizer.model`` (a ``.gguf``:
+        ``spark_infer.convert.gguf_tokenizer.tokenizer_from_gguf``)."""
         p = Path(path)
         if p.is_dir():
             return cls.from_hf_dir(p)
         with open(p, "rb") as fh:
             magic = fh.read(4)
         if magic == b"GGUF":
-            return cls.from_gguf(p)
+            raise TokenizerError(f"{p}: a GGUF file; read its tokenizer with spark_infer.convert."
+                                 "gguf_tokenizer.tokenizer_from_gguf (or convert the file)")
         if p.suffix == ".model":
             return cls(p.read_bytes())
         return cls.from_engine_file(p)

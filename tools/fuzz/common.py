@@ -22,12 +22,21 @@ ALLOWED = (ValueError,)
 # What the targets reach, besides spark_infer.convert.* (not serve/ or train/: optional extras).
 READER_MODULES = ["spark_infer.config", "spark_infer.fileformat", "spark_infer.limits",
                   "spark_infer.model", "spark_infer.tokenizer", "spark_infer.random_model"]
-# One scratch directory per process: inputs go to a file, as the readers take paths.
-SCRATCH = tempfile.mkdtemp(prefix="spark-fuzz-")
+# One scratch directory per process: inputs go to a file, as the readers take paths. libFuzzer
+# ends the process with exit(), past Python's cleanup, so the caller says where (run.sh and the
+# test put it in a directory they remove).
+_scratch: list[str] = []
+
+
+def scratch_dir() -> str:
+    if not _scratch:
+        _scratch.append(tempfile.mkdtemp(prefix="spark-fuzz-",
+                                         dir=os.environ.get("SPARK_FUZZ_SCRATCH")))
+    return _scratch[0]
 
 
 def scratch_file(name: str, data: bytes) -> str:
-    path = os.path.join(SCRATCH, name)
+    path = os.path.join(scratch_dir(), name)
     with open(path, "wb") as f:
         f.write(data)
     return path

@@ -21,7 +21,8 @@ from make_corpus import engine_models
 from spark_infer import _core
 from test_engine import _header, _write
 
-MODELS = [(p, *_header(p)[1:]) for p in engine_models(Path(tempfile.mkdtemp(dir=common.SCRATCH)))]
+MODELS = [(p, *_header(p)[1:])
+          for p in engine_models(Path(tempfile.mkdtemp(dir=common.scratch_dir())))]
 ODD_INTS = [0, 1, 2, 3, -1, 7, 64, 255, 4096, 2**24, 2**31, 2**53, 2**63, -(2**63)]
 WORDS = ["local", "global", "gate", "abs_gelu", "abs_act", "", "F32", "BF16", "I8", "F16",
          "I32", "U8", "F64", "BOOL", "spark-infer", "1", "2"]
@@ -96,7 +97,7 @@ def one_input(data: bytes) -> None:
     header = json.loads(header_bytes)
     for _ in range(fdp.ConsumeIntInRange(1, 4)):
         edit(fdp, header)
-    path = str(Path(common.SCRATCH) / "edited.spark")
+    path = str(Path(common.scratch_dir()) / "edited.spark")
     _write(path, json.dumps(header).encode(), payload)
     context = fdp.ConsumeIntInRange(1, 24)
     engine = _core.Engine(path, context, fdp.ConsumeIntInRange(1, 9),

@@ -12,7 +12,7 @@ from spark_infer.convert import load_source
 
 from make_corpus import hf_config
 
-DIRECTORY = os.path.join(common.SCRATCH, "hf")
+DIRECTORY = os.path.join(common.scratch_dir(), "hf")
 os.makedirs(DIRECTORY)
 with open(os.path.join(DIRECTORY, "config.json"), "w") as f:
     json.dump(hf_config(), f)

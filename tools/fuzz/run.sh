@@ -22,16 +22,17 @@ rm -rf "$work/seeds"
 python3 tools/fuzz/make_corpus.py "$work/seeds"
 status=0
 for t in "${targets[@]}"; do
-  mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
+  mkdir -p "$work/corpus/$t" "$work/artifacts/$t" "$work/scratch"
   rc=0
   dict=()
   [ -f "tools/fuzz/$t.dict" ] && dict=(-dict="tools/fuzz/$t.dict")
-  python3 "tools/fuzz/fuzz_$t.py" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
+  SPARK_FUZZ_SCRATCH="$work/scratch" python3 "tools/fuzz/fuzz_$t.py" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
       -print_final_stats=1 -artifact_prefix="$work/artifacts/$t/" "${dict[@]}" \
       "$work/corpus/$t" "$work/seeds/$t" > "$work/$t.log" 2>&1 || rc=$?
   runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$work/$t.log" | grep -o '[0-9]*$' || true)
   found=$(ls "$work/artifacts/$t" | grep -c -E '^(crash|timeout|oom|leak)-' || true)
   echo "$t: ${runs:-?} inputs in ${seconds} s, exit $rc, ${found} findings kept in $work/artifacts/$t (log: $work/$t.log)"
   [ "$rc" -eq 0 ] || status=1
+  rm -rf "$work/scratch"
 done
 exit $status

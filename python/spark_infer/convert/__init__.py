@@ -8,6 +8,12 @@ and dense engine files -> engine file
 as f32 / bf16 / int8 / q4 by ``fileformat.write_engine_file``), so peak memory is about one float32
 tensor (the 262k x 640 embedding of Gemma 3 270M: 0.7 GB).  Every failure raises
 :class:`ConversionError` naming the tensor, field or file, and leaves no output file behind.
+
+The foreign formats' readers live here (``gguf.py``, ``gguf_tokenizer.py``: GGUF vocabulary ->
+SentencePiece, ``hf.py``, ``checkpoint.py``), with sparsification (``sparsify.py``,
+``importance.py``). It may import the runtime's ``config``, ``fileformat``, ``tokenizer``,
+``reference``, ``limits`` and ``data``; the runtime never imports it at module level (only
+``models`` and ``cli`` call :func:`convert`, lazily), nor does ``serve``.
 """
 
 from __future__ import annotations
@@ -82,7 +88,8 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
     kind = source_kind(src)
     if kind == "gguf":
         from . import gguf as g
-        from ..tokenizer import TokenizerError, proto_from_gguf_metadata
+        from ..tokenizer import TokenizerError
+        from .gguf_tokenizer import proto_from_gguf_metadata
 
         f, fields, mapping = g.load_gguf(src)
         try:

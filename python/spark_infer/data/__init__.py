@@ -3,6 +3,8 @@
 - calibration.txt: about 3,850 Gemma 3 tokens of English (Jane Austen's Northanger Abbey,
   chapter 1, then Ecclesiastes 1-3 in the King James Version), for calibrating sparsity
   settings. It shares no passage with the evaluation texts in the repository's tests/data.
+
+Imports nothing of spark_infer; `convert`, `models` and `train` read these texts through it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Needs the optional extra: `pip install 'spark-infer[server]'`. `create_app(models, ...)` builds
 the app for any ASGI server; `spark_infer.serve.server.run` is the command line's entry. The
 package imports without the extra (the command line lists `serve` either way); the app does not.
+It may import the runtime (`model`, `completion`, `errors`, `cli`'s shared options), never
+`convert`, `train` or `bench`; nothing but `cli` imports it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Training Spark (and dense) Gemma models in PyTorch, exported to the engine file.
 
 Optional: needs the `[train]` extra (PyTorch CPU). The engine and the rest of the package never
-import this package; `spark_infer.train.text` (corpus and tokenizer) is torch-free.
+import this package; `spark_infer.train.text` (corpus and tokenizer) is torch-free. It may import
+the runtime (`config`, `fileformat`, `tokenizer`, `models`, `reference`, `data`), `convert` (to
+start from a converted checkpoint) and `bench.machine` (the machine named in its report).
 
 - `modules.SparkLM`: Gemma 2/3 blocks with the Spark FFN and Spark attention exactly as
   docs/engine-file.md defines them (statistical top-k, soft threshold, predictor dims,

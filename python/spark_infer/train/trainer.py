@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..bench import _cpu_model
+from ..bench.machine import _cpu_model
 from ..config import ModelConfig
 from ..tokenizer import Tokenizer
 from .checkpoint import export_engine, save_checkpoint

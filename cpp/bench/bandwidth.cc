@@ -1,4 +1,4 @@
-#include "util/bandwidth.h"
+#include "bench/bandwidth.h"
 
 #include <algorithm>
 #include <chrono>

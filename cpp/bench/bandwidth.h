@@ -1,7 +1,9 @@
 // bandwidth.h: the machine's memory read bandwidth, measured the way the weight kernels read:
-// SIMD loads over one large buffer, split into contiguous parts, one per thread.
-#ifndef SPARK_UTIL_BANDWIDTH_H_
-#define SPARK_UTIL_BANDWIDTH_H_
+// SIMD loads over one large buffer, split into contiguous parts, one per thread. A bench helper,
+// not a util: it runs an op (ops/stream.h) on a pool (util/threading.h); only the bindings'
+// bench module uses it.
+#ifndef SPARK_BENCH_BANDWIDTH_H_
+#define SPARK_BENCH_BANDWIDTH_H_
 
 #include <stddef.h>
 
@@ -22,4 +24,4 @@ double ReadBandwidth(size_t nbytes, int threads, int repeats);
 
 }  // namespace spark
 
-#endif  // SPARK_UTIL_BANDWIDTH_H_
+#endif  // SPARK_BENCH_BANDWIDTH_H_
