@@ -4,10 +4,14 @@
     python bench/kernels.py                 # full run (~1-2 min)
     python bench/kernels.py --quick         # smoke run (~20 s): fewer repeats
     python bench/kernels.py --json bench/results/kernels-$(date +%F).json
+    python bench/kernels.py --chunk-only --threads 1,2 --dtypes bf16,int8,f32   # prefill kernels
 
 Shapes (d_model 2304): dense gated FFN d_ff 9216, gate/up W [9216, 2304], down W [2304, 9216];
 Spark FFN d_ff 13824, neuron-major: K1 [13824, 1024] (dense predictor), K2 [13824, 1280] (masked
 matvec over the kept rows), V [13824, 2304] (sparse vec-mat over the kept rows), 8 % kept.
+Prefill (chunk of T=64 tokens): the dense chunk matmul [9216, 2304], and the neuron-grouped
+(CSR) K2 masked matmul and V sparse matmul, each token keeping its own random 8 % (GFLOP/s counts
+the kept pairs' FMAs only).
 
 What is timed: one kernel call, weights cold. Decode streams every layer's weights from memory
 (~5 GB for 2B in bf16, far beyond any cache), so each call reads a different copy of its matrix,
