@@ -4,10 +4,14 @@
     python bench/kernels.py                 # full run (~1-2 min)
     python bench/kernels.py --quick         # smoke run (~20 s): fewer repeats
     python bench/kernels.py --json bench/results/kernels-$(date +%F).json
+    python bench/kernels.py --chunk-only --threads 1,2 --dtypes bf16,int8,f32   # prefill kernels
 
 Shapes (d_model 2304): dense gated FFN d_ff 9216, gate/up W [9216, 2304], down W [2304, 9216];
 Spark FFN d_ff 13824, neuron-major: K1 [13824, 1024] (dense predictor), K2 [13824, 1280] (masked
 matvec over the kept rows), V [13824, 2304] (sparse vec-mat over the kept rows), 8 % kept.
+Prefill (chunk of T=64 tokens): the dense chunk matmul [9216, 2304], and the neuron-grouped
+(CSR) K2 masked matmul and V sparse matmul, each token keeping its own random 8 % (GFLOP/s counts
+the kept pairs' FMAs only).
 
 What is timed: one kernel call, weights cold. Decode streams every layer's weights from memory
 (~5 GB for 2B in bf16, far beyond any cache), so each call reads a different copy of its matrix,
@@ -217,6 +221,7 @@ class Config:
     warmup: int
     bw_bytes: int
     bw_repeats: int
+    chunk_only: bool = False
 
 
 def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
@@ -274,20 +279,21 @@ def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         for dtype in cfg.dtypes:
             results += bench_dtype(cfg, dtype, pool, rng, idx_sets, log)
             probe(f"after {dtype}")
-        x_topk = rng.standard_normal(D_FF_SPARK).astype(np.float32)
-        x64 = x_topk.astype(np.float64)
-        theta = x64.mean() + x64.std() * statistics.NormalDist().inv_cdf(1 - FRACTION)
-        got = _core.statistical_topk(x_topk, FRACTION)[0]
-        differ = np.setxor1d(got, np.flatnonzero(x64 > theta))
-        if (np.abs(x64[differ] - theta) > 1e-4).any():  # f32 sums of 13824 terms: ~1e-6
-            raise SystemExit("statistical_topk: kept set differs from numpy's")
-        for n in cfg.threads:
-            _core.set_num_threads(n)
-            times = time_calls(lambda i: _core.statistical_topk(x_topk, FRACTION),
-                               cfg.repeats * 4, cfg.warmup)
-            # 3 passes over x (mean, variance, threshold scan)
-            results.append(result("statistical top-k", "f32", f"[{D_FF_SPARK}]", n, times,
-                                  3 * 4 * D_FF_SPARK, 0))
+        if not cfg.chunk_only:
+            x_topk = rng.standard_normal(D_FF_SPARK).astype(np.float32)
+            x64 = x_topk.astype(np.float64)
+            theta = x64.mean() + x64.std() * statistics.NormalDist().inv_cdf(1 - FRACTION)
+            got = _core.statistical_topk(x_topk, FRACTION)[0]
+            differ = np.setxor1d(got, np.flatnonzero(x64 > theta))
+            if (np.abs(x64[differ] - theta) > 1e-4).any():  # f32 sums of 13824 terms: ~1e-6
+                raise SystemExit("statistical_topk: kept set differs from numpy's")
+            for n in cfg.threads:
+                _core.set_num_threads(n)
+                times = time_calls(lambda i: _core.statistical_topk(x_topk, FRACTION),
+                                   cfg.repeats * 4, cfg.warmup)
+                # 3 passes over x (mean, variance, threshold scan)
+                results.append(result("statistical top-k", "f32", f"[{D_FF_SPARK}]", n, times,
+                                      3 * 4 * D_FF_SPARK, 0))
     finally:
         _core.set_num_threads(saved_threads)
 
@@ -336,11 +342,12 @@ def bench_dtype(cfg: Config, dtype: str, pool: Pool, rng: np.random.Generator,
                               nbytes, 2 * rows * cols))
             log(fmt(out[-1]))
 
-    dense("gate/up", D_FF_DENSE, D_MODEL, x_full)
-    dense("down", D_MODEL, D_FF_DENSE, x_dense_ff)
-    dense("Spark K1", D_FF_SPARK, R_PRED, x_full[:R_PRED].copy())
-    dense("Spark K2 (all rows)", D_FF_SPARK, D_MODEL - R_PRED, x_full[R_PRED:].copy())
-    dense("Spark V^T (all rows)", D_MODEL, D_FF_SPARK, x_spark)
+    if not cfg.chunk_only:
+        dense("gate/up", D_FF_DENSE, D_MODEL, x_full)
+        dense("down", D_MODEL, D_FF_DENSE, x_dense_ff)
+        dense("Spark K1", D_FF_SPARK, R_PRED, x_full[:R_PRED].copy())
+        dense("Spark K2 (all rows)", D_FF_SPARK, D_MODEL - R_PRED, x_full[R_PRED:].copy())
+        dense("Spark V^T (all rows)", D_MODEL, D_FF_SPARK, x_spark)
 
     # Chunk matmul, T tokens: compute-bound, so GFLOP/s is the figure of merit.
     ws = pool.copies(dtype, D_FF_DENSE, D_MODEL)
@@ -361,8 +368,62 @@ def bench_dtype(cfg: Config, dtype: str, pool: Pool, rng: np.random.Generator,
                           D_FF_DENSE * D_MODEL * b, 2 * T_CHUNK * D_FF_DENSE * D_MODEL))
         log(fmt(out[-1]))
 
-    # Spark: masked K2 and sparse V over 8 % of the rows, a new index set per call.
+    # Chunk (prefill) Spark kernels, T tokens: each token keeps its own 8 % of the neurons, the
+    # pairs grouped by neuron (CSR), each K2/V row read once per chunk for all its tokens. What
+    # the engine runs per 64-token chunk when a layer's K2 and V do not fit the last-level cache.
     cols_k2 = D_MODEL - R_PRED
+    n_keep = len(idx_sets[0])
+    chunk_sets = []
+    for _ in range(4):  # a few chunks, cycled with the weight copies
+        active = np.zeros((T_CHUNK, D_FF_SPARK), bool)
+        for t in range(T_CHUNK):
+            active[t, rng.choice(D_FF_SPARK, n_keep, replace=False)] = True
+        offsets = np.concatenate([[0], np.cumsum(active.sum(0))]).astype(np.int32)
+        tokens = np.nonzero(active.T)[1].astype(np.int32)  # neuron by neuron, tokens ascending
+        chunk_sets.append((offsets, tokens))
+    nnz = len(chunk_sets[0][1])
+    k2s, vs = pool.copies(dtype, D_FF_SPARK, cols_k2), pool.copies(dtype, D_FF_SPARK, D_MODEL)
+    s_k2, s_v = scales(D_FF_SPARK), scales(D_FF_SPARK)
+    x2t = rng.standard_normal((T_CHUNK, cols_k2)).astype(np.float32)
+    ucsr = rng.standard_normal(max(len(t) for _, t in chunk_sets)).astype(np.float32)
+    off0, tok0 = chunk_sets[0]
+    row_of = np.repeat(np.arange(D_FF_SPARK), np.diff(off0))
+    got = np.empty(nnz, np.float32)
+    _core.csr_masked_matmul(k2s[0], x2t, off0, tok0, got, scale=s_k2)
+    sample = np.arange(0, nnz, 97)
+    w64 = to_f64(k2s[0][row_of[sample]], dtype) * (
+        s_k2[row_of[sample], None].astype(np.float64) if s_k2 is not None else 1)
+    xs64 = x2t[tok0[sample]].astype(np.float64)
+    check(f"csr_masked_matmul {dtype}", got[sample], (w64 * xs64).sum(1),
+          (np.abs(w64) * np.abs(xs64)).sum(1), cols_k2)
+    yv = np.empty((T_CHUNK, D_MODEL), np.float32)
+    _core.csr_sparse_matmul(vs[0], ucsr[:nnz], off0, tok0, yv, scale=s_v)
+    t_chk = 5  # one token's output row, from its pairs
+    mine = np.flatnonzero(tok0 == t_chk)
+    w64 = to_f64(vs[0][row_of[mine]], dtype) * (
+        s_v[row_of[mine], None].astype(np.float64) if s_v is not None else 1)
+    u64 = ucsr[mine].astype(np.float64)
+    check(f"csr_sparse_matmul {dtype}", yv[t_chk], u64 @ w64, np.abs(u64) @ np.abs(w64), len(mine))
+    for n in cfg.threads:
+        _core.set_num_threads(n)
+        for name, cols, sc, call in (
+                ("CSR masked matmul K2", cols_k2, s_k2,
+                 lambda i, o, t: _core.csr_masked_matmul(k2s[i % len(k2s)], x2t, o, t,
+                                                         np.empty(len(t), np.float32), scale=s_k2)),
+                ("CSR sparse matmul V", D_MODEL, s_v,
+                 lambda i, o, t: _core.csr_sparse_matmul(vs[i % len(vs)], ucsr[:len(t)], o, t, yv,
+                                                         scale=s_v))):
+            times = time_calls(lambda i: call(i, *chunk_sets[i % len(chunk_sets)]),
+                               max(3, cfg.repeats // 3), 1)
+            touched = int((np.diff(off0) > 0).sum())
+            out.append(result(f"{name} T={T_CHUNK} 8%", dtype, f"[{D_FF_SPARK}, {cols}]", n, times,
+                              touched * (cols * b + (4 if sc is not None else 0)),
+                              2 * nnz * cols))
+            log(fmt(out[-1]))
+    if cfg.chunk_only:
+        return out
+
+    # Spark: masked K2 and sparse V over 8 % of the rows, a new index set per call.
     k2s, vs = pool.copies(dtype, D_FF_SPARK, cols_k2), pool.copies(dtype, D_FF_SPARK, D_MODEL)
     s_k2, s_v = scales(D_FF_SPARK), scales(D_FF_SPARK)
     x2 = x_full[R_PRED:].copy()
@@ -471,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--dtypes", default="bf16,int8", help="comma-separated, of f32,bf16,int8 "
                     "(default bf16,int8)")
+    ap.add_argument("--chunk-only", action="store_true",
+                    help="only the chunk (prefill, T=64) kernels: dense matmul, CSR K2 and V")
     args = ap.parse_args(argv)
     dtypes = [d for d in args.dtypes.split(",") if d]
     if bad := [d for d in dtypes if d not in BYTES]:
@@ -481,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(quick=args.quick, threads=threads, dtypes=dtypes,
                  repeats=5 if args.quick else 21, warmup=1 if args.quick else 3,
                  bw_bytes=1 << 30,
-                 bw_repeats=3 if args.quick else 7)
+                 bw_repeats=3 if args.quick else 7, chunk_only=args.chunk_only)
 
     def log(s: str) -> None:
         print(s, flush=True)

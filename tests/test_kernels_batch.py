@@ -43,12 +43,19 @@ def csr(rng, rows, T, density):
     return offsets, tokens.astype(np.int32), active
 
 
+# Masked: (50, 1003, 64) gives rows with ~19 tokens (several register passes of 1-8 tokens)
+# and a column tail. Sparse: 300 rows span several neuron blocks of the token-major walk, the
+# last one partial; 1003 columns end in a partial panel, vector and scalar tails.
 CASES_MASKED = [(d, r, c, t) for d in ("f32", "bf16", "int8")
-                for r, c, t in [(1, 1, 1), (7, 63, 5), (130, 1000, 17), (64, 13, 64)]] + [
-    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (7, 64, 5), (130, 1056, 17), (64, 96, 64)]]
+                for r, c, t in [(1, 1, 1), (7, 63, 5), (130, 1000, 17), (64, 13, 64),
+                                (50, 1003, 64)]] + [
+    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (7, 64, 5), (130, 1056, 17), (64, 96, 64),
+                                    (50, 1056, 64)]]
 CASES_SPARSE = [(d, r, c, t) for d in ("f32", "bf16", "int8")
-                for r, c, t in [(1, 1, 1), (9, 63, 4), (200, 1000, 17), (64, 2304, 8)]] + [
-    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (9, 96, 4), (200, 1056, 17), (64, 2304, 8)]]
+                for r, c, t in [(1, 1, 1), (9, 63, 4), (200, 1000, 17), (64, 2304, 8),
+                                (300, 1003, 33)]] + [
+    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (9, 96, 4), (200, 1056, 17), (64, 2304, 8),
+                                    (300, 1056, 33)]]
 
 
 @pytest.mark.parametrize("dtype, rows, cols, T", CASES_MASKED)

@@ -139,7 +139,7 @@ class Block(nn.Module):
         n = visible.sum(dim=-1)                                            # [T]
         with torch.no_grad():             # a hard mask: the threshold carries no gradient
             # Q(1 - k/n) for rows with n > k (other rows keep every visible token).
-            quant = _attn_quantiles(cfg.attn_topk, s1.shape[-1]).to(s1.dtype)[n][:, None]
+            quant = _attn_quantiles(cfg.attn_topk, s1.shape[-1]).to(s1.device, s1.dtype)[n][:, None]
             vis = visible.to(s1.dtype)
             mean = (s1 * vis).sum(-1, keepdim=True) / n[:, None]
             var = ((s1 - mean).square() * vis).sum(-1, keepdim=True) / n[:, None]
@@ -230,7 +230,8 @@ class SparkLM(nn.Module):
         for i, block in enumerate(self.blk):
             key = (cfg.rope_base(i), cfg.rope_scale(i))
             if key not in tables:
-                tables[key] = [_rope_tables(T, key[0], m, key[1], dtype) for m in parts]
+                tables[key] = [tuple(t.to(tokens.device) for t in  # cached on the CPU
+                                     _rope_tables(T, key[0], m, key[1], dtype)) for m in parts]
             h = block(h, masks[cfg.is_local(i)], tables[key])
         return h
 

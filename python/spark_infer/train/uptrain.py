@@ -1,6 +1,7 @@
 """Uptraining: a dense Gemma 3 checkpoint into Spark form, distilled from the dense teacher.
 
     python -m spark_infer.train.uptrain --steps 20 --out runs/uptrain --threads 2
+    python -m spark_infer.train.uptrain --steps 2000 --batch 16 --out runs/uptrain --device cuda
 
 The student starts from the teacher's own weights, mapped as follows (`spark_from_dense`):
 
@@ -147,12 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attn-topk", type=int, default=256)
     ap.add_argument("--export", choices=["none", "f32", "bf16", "int8"], default="none",
                     help="also write OUT/model.spark (default: none)")
+    ap.add_argument("--device", default=None,
+                    help="torch device for teacher and student (default: cuda when available, "
+                         "else cpu)")
     ap.add_argument("--ablation", type=int, default=0, metavar="N",
                     help="first score the mapping alone (dense / FFN only / attention only / "
                          "both) on N held-out windows")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     with gguf_path() as src:
         cfg, weights, proto = load_weights(src)
@@ -172,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in m.state_dict().items():
                 p.copy_(torch.from_numpy(w[name]))
     del weights, sweights
-    teacher.requires_grad_(False)
-    student.token_embd.requires_grad_(False)
+    teacher.to(device).requires_grad_(False)
+    student.to(device).token_embd.requires_grad_(False)
 
-    vocab = torch.from_numpy(np.unique(ids))          # the pieces the text uses
+    vocab = torch.from_numpy(np.unique(ids)).to(device)  # the pieces the text uses
+
+    def on(w: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(w).to(device)
 
     def kl_and_ce(model: SparkLM, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """KL(teacher || student) over `vocab`, and the student's cross-entropy there."""
@@ -190,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate() -> dict:
         with torch.no_grad():
-            kl, ce = zip(*(kl_and_ce(student, torch.from_numpy(val_w[i:i + 1]))
+            kl, ce = zip(*(kl_and_ce(student, on(val_w[i:i + 1]))
                            for i in range(len(val_w))))
             t_ce = [F.nll_loss(F.log_softmax(_restricted_logits(
-                teacher, torch.from_numpy(val_w[i:i + 1, :-1]), vocab), -1)[0],
-                torch.searchsorted(vocab, torch.from_numpy(val_w[i, 1:]))).item()
+                teacher, on(val_w[i:i + 1, :-1]), vocab), -1)[0],
+                torch.searchsorted(vocab, on(val_w[i, 1:]))).item()
                 for i in range(len(val_w))]
         return {"kl": float(np.mean([k.item() for k in kl])),
                 "student_ce": float(np.mean([c.item() for c in ce])),
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = []
     t_train = time.perf_counter()
     for step in range(a.steps):
-        batch = torch.from_numpy(train_w[rng.integers(0, len(train_w), a.batch)])
+        batch = on(train_w[rng.integers(0, len(train_w), a.batch)])
         kl, ce = kl_and_ce(student, batch)
         opt.zero_grad(set_to_none=True)
         kl.backward()
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
               "mapping_ablation": ablation and {"windows": a.ablation, "cross_entropy": ablation},
               "train_seconds": round(time.perf_counter() - t_train, 1),
               "total_seconds": round(time.perf_counter() - t0, 1),
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "device": str(device)}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if a.export != "none":
         export_engine(student, out / "model.spark", dtype=a.export, tokenizer_proto=proto)
