@@ -28,14 +28,22 @@ def seeds(tmp_path_factory):
     return root
 
 
+_SPAWN = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
+
 @pytest.mark.parametrize("target", ["engine", "edits", "gguf", "hf"])
 def test_bounded_fuzz_run(target, seeds, tmp_path):
     corpus, artifacts = tmp_path / "corpus", tmp_path / "artifacts"
     corpus.mkdir()
     artifacts.mkdir()
     words = os.path.join(FUZZ, f"{target}.dict")
+    # Through an intermediate process: a child exec'd straight from pytest keeps pytest's peak
+    # RSS as its own (Linux carries ru_maxrss across fork + exec), which libFuzzer's
+    # -rss_limit_mb reads, so a suite that peaked past 2 GB before this test would fail it; a
+    # grandchild starts from the small intermediate's.
     run = subprocess.run(
-        [sys.executable, os.path.join(FUZZ, f"fuzz_{target}.py"), f"-runs={RUNS}", "-seed=1",
+        [sys.executable, "-c", _SPAWN, sys.executable, os.path.join(FUZZ, f"fuzz_{target}.py"),
+         f"-runs={RUNS}", "-seed=1",
          "-max_total_time=30", "-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1",
          f"-artifact_prefix={artifacts}/", *([f"-dict={words}"] if os.path.exists(words) else []),
          str(corpus), str(seeds / target)],
