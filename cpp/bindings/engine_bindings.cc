@@ -11,6 +11,7 @@
 #include <string>
 
 #include "bindings/arrays.h"
+#include "bindings/config_fields.h"
 #include "model/engine.h"
 #include "model/safetensors.h"
 #include "util/json.h"
@@ -21,17 +22,13 @@ using py::arg;
 
 namespace {
 
+// The shapes among the config's fields.
 py::dict ConfigDict(const ModelConfig& c) {
+  const py::dict all = ConfigFields(c);
   py::dict d;
-  d["vocab_size"] = c.vocab_size;
-  d["d_model"] = c.d_model;
-  d["n_layers"] = c.n_layers;
-  d["n_heads"] = c.n_heads;
-  d["n_kv_heads"] = c.n_kv_heads;
-  d["head_dim"] = c.head_dim;
-  d["d_ff"] = c.d_ff;
-  d["ffn_predictor_dim"] = c.ffn_predictor_dim;
-  d["attn_predictor_dim"] = c.attn_predictor_dim;
+  for (const char* k : {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+                        "ffn_predictor_dim", "attn_predictor_dim"})
+    d[k] = all[k];
   return d;
 }
 

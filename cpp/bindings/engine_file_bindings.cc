@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "bindings/config_fields.h"
 #include "model/engine_file.h"
 #include "util/json.h"
 
@@ -26,6 +27,8 @@ py::dtype NumpyDtype(const std::string& dtype) {
   // EngineFile has checked every tensor against the table, which holds no other dtype.
   throw FormatError("tensor dtype " + dtype + " is not an engine file's");
 }
+
+}  // namespace
 
 // Every field as the engine read it, under config.py's names (floats the engine keeps as float32
 // come back as those float32 values).
@@ -74,8 +77,6 @@ py::dict ConfigFields(const ModelConfig& c) {
   d["end_of_turn_id"] = c.end_of_turn_id;
   return d;
 }
-
-}  // namespace
 
 void RegisterEngineFile(py::module_& m) {
   m.def("validate_config", [](const std::string& json) { return ConfigFields(ModelConfig::FromJson(json)); },
