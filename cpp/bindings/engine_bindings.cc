@@ -46,7 +46,7 @@ void RegisterEngine(py::module_& m) {
       PyErr_SetString(busy_error.ptr(), e.what());
     } catch (const std::invalid_argument& e) {
       const std::string msg = e.what();
-      if (msg.rfind("no such file: ", 0) == 0) {
+      if (msg.rfind("No such file or directory: ", 0) == 0) {
         PyErr_SetString(PyExc_FileNotFoundError, msg.c_str());
       } else {
         PyErr_SetString(PyExc_ValueError, msg.c_str());

@@ -17,7 +17,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
-    if (err == ENOENT) throw std::invalid_argument("no such file: " + path);
+    if (err == ENOENT) throw std::invalid_argument("No such file or directory: " + path);
     throw std::runtime_error("cannot open " + path + ": " + strerror(err));
   }
   struct stat st;
