@@ -409,4 +409,6 @@ def test_ring_buffers_rerun_a_prompt_they_no_longer_hold(model_path):
         assert m.last_stats.generated_tokens > 4
         answers.append(m.generate(prompt, max_new_tokens=30, temperature=0))
     assert ring.last_stats.prefill_tokens == n and whole.last_stats.prefill_tokens == 1
+    ids = ring.tokenize(prompt)
+    assert ring.cached_prefix(ids) == 0 and whole.cached_prefix(ids) == n  # what serve routes by
     assert answers[0] == answers[1] == answers[2] == answers[3]

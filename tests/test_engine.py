@@ -263,6 +263,8 @@ def test_sliding_window_ring_buffers_match_reference(kind, model_files):
     decoded = np.stack([engine.decode(int(t)) for t in tokens[23:]])
     assert rel_err(np.concatenate([got, decoded]), expected) < REL_TOL
     # The newest rows are still there: rewinding one step and running it again is exact.
+    assert engine.reusable_prefix(39) == 39 and engine.reusable_prefix(20) == 0
+    assert engine.reusable_prefix(99) == 40 and engine.pos == 40   # asking changes nothing
     assert engine.rewind(39) == 39
     assert rel_err(engine.decode(int(tokens[39])), expected[39]) < REL_TOL
     # Position 20 would see 20 - window + 1 .. 19, long overwritten: the cache starts over.

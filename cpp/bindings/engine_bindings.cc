@@ -110,6 +110,8 @@ Arguments:
       .def("rewind", &Engine::Rewind, arg("pos"),
            "Keep the cache for positions < pos; returns pos, or 0 (the cache emptied) when a "
            "sliding-window layer's ring buffer has overwritten a position that pos would see.")
+      .def("reusable_prefix", &Engine::ReusablePrefix, arg("pos"),
+           "What rewind(pos) would keep (pos above .pos counts as .pos), changing nothing.")
       .def("prefill", [](Engine& e, py::array tokens, size_t chunk, bool all_logits) {
         const int32_t* pt = Checked<int32_t>(tokens, "tokens", {-1});
         const size_t n = static_cast<size_t>(tokens.shape(0));

@@ -120,7 +120,6 @@ Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk,
   // Ring buffers for the sliding-window layers, where they save memory (kv_cache.h).
   const size_t window = config_.sliding_window;
   if (!swa_full && window > 0 && 2 * (window + max_chunk - 1) < ctx_) {
-    ring_chunk_ = max_chunk;
     ring_ = window + max_chunk - 1;
   }
   CheckedBufferBytes(max_chunk, static_cast<size_t>(pool_.MaxParts()));  // before any allocation
@@ -166,15 +165,20 @@ void Engine::Reset() {
   ring_lo_ = 0;
 }
 
+size_t Engine::ReusablePrefix(size_t pos) const {
+  pos = std::min(pos, pos_);
+  // The next token (at pos) sees positions from pos + 1 - window on, in the local layers.
+  const size_t window = config_.sliding_window;
+  const size_t seen_from = pos + 1 > window ? pos + 1 - window : 0;
+  return pos > 0 && seen_from < ring_lo_ ? 0 : pos;
+}
+
 size_t Engine::Rewind(size_t pos) {
   const BusyGuard busy(busy_);
   if (pos > pos_)
     throw std::invalid_argument("cannot rewind to position " + std::to_string(pos) + ": only " +
                                 std::to_string(pos_) + " positions are cached");
-  // The next token (at pos) sees positions from pos + 1 - window on, in the local layers.
-  const size_t window = config_.sliding_window;
-  const size_t seen_from = pos + 1 > window ? pos + 1 - window : 0;
-  if (pos > 0 && seen_from < ring_lo_) pos = 0;
+  pos = ReusablePrefix(pos);
   if (pos == 0) ring_lo_ = 0;
   pos_ = pos;
   return pos;
@@ -289,7 +293,8 @@ void Engine::Prefill(const int32_t* tokens, size_t n, size_t chunk, float* logit
                                   " is outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
   }
   chunk = std::min(chunk, n);  // so also <= the context: buffers never grow past what runs
-  if (ring_) chunk = std::min(chunk, ring_chunk_);  // what the rings are sized for
+  // The rings hold the window and one chunk of the size they were made for.
+  if (ring_) chunk = std::min(chunk, ring_ + 1 - config_.sliding_window);
   EnsureScratch();
   if (chunk > T_) AllocateActivations(chunk);
   for (LayerStats& s : stats_) s = LayerStats();

@@ -72,6 +72,8 @@ class Engine {
   // has since overwritten a position that continuing at pos would see, empties the cache and
   // returns 0 (the caller prefills from the start). pos > pos() is std::invalid_argument.
   size_t Rewind(size_t pos);
+  // What Rewind(pos) would keep, without changing anything (pos above pos() counts as pos()).
+  size_t ReusablePrefix(size_t pos) const;
   // Rows of the sliding-window layers' ring buffers (0: every layer keeps the whole context).
   size_t kv_ring_rows() const { return ring_; }
 
@@ -126,10 +128,10 @@ class Engine {
   KVCache kv_;
   size_t ctx_;
   size_t pos_ = 0;
-  // Sliding-window layers keep a ring of ring_ = window + ring_chunk_ - 1 rows when twice that
+  // Sliding-window layers keep a ring of ring_ = window + max_chunk - 1 rows when twice that
   // is less than the context (else ring_ = 0: no rings). Positions [ring_lo_, pos_) are intact
   // in the rings (older rows were overwritten).
-  size_t ring_ = 0, ring_chunk_ = 0, ring_lo_ = 0;
+  size_t ring_ = 0, ring_lo_ = 0;
   ThreadPool pool_;   // this engine's threads; the kernels get it passed down
   std::mutex busy_;   // held by the one caller inside a state-changing call
   float ffn_q_ = 0;                // Spark FFN: Q(1 - ffn_topk_fraction)

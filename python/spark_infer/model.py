@@ -269,14 +269,15 @@ class Model:
         return ids
 
     def cached_prefix(self, ids: Sequence[int]) -> int:
-        """How many leading tokens of `ids` the KV cache already holds (a prompt starting with
-        them prefills only the rest)."""
+        """How many leading tokens of `ids` the KV cache already holds and can reuse (a prompt
+        starting with them prefills only the rest; 0 where a sliding-window ring buffer has
+        overwritten what they need)."""
         common = 0
         for a, b in zip(self._cached, ids):
             if a != b:
                 break
             common += 1
-        return common
+        return self.engine.reusable_prefix(common)
 
     def reset(self) -> None:
         """Forget the KV cache (the next prompt is prefilled in full).
