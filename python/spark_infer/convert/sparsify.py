@@ -36,7 +36,6 @@ from ._errors import ConversionError
 __all__ = ["SparsifySpec", "Sparsified", "sparsify"]
 
 DEFAULT_RECENT = 32
-ALLOCATIONS = ("uniform", "sensitivity")
 _EPS_REL = 1e-6       # relative eigenvalue floor when whitening by C^(1/2)
 
 
@@ -46,9 +45,7 @@ class SparsifySpec:
     (0 = dense attention); rank: low-rank gate predictor R (0 = the exact gate selects);
     weighted: WINA-style selection weights; by: what ranks the neurons ("gate", "abs_gelu",
     "abs_act"; see ModelConfig.ffn_select_by); attn_dim: predictor dims r_a (0 = head_dim / 4);
-    recent: newest tokens always attended; alloc: the kept fraction of each layer, "uniform"
-    (F everywhere) or "sensitivity" (per-layer fractions with mean F, from each layer's measured
-    cost on the calibration text; see _allocate)."""
+    recent: newest tokens always attended."""
 
     ffn: float = 1.0
     attn: int = 0
@@ -57,7 +54,6 @@ class SparsifySpec:
     by: str = "abs_gelu"
     attn_dim: int = 0
     recent: int = DEFAULT_RECENT
-    alloc: str = "uniform"
 
     def __post_init__(self) -> None:
         if not (0.0 < self.ffn <= 1.0):
@@ -74,20 +70,15 @@ class SparsifySpec:
             raise ConversionError("--sparsify by=abs_act reads the exact gate: no rank=R")
         if self.ffn == 1.0 and self.attn == 0:
             raise ConversionError("--sparsify needs ffn=F < 1 and/or attn=K > 0")
-        if self.alloc not in ALLOCATIONS:
-            raise ConversionError(f"--sparsify alloc must be one of {', '.join(ALLOCATIONS)}, "
-                                  f"got {self.alloc!r}")
-        if self.alloc != "uniform" and self.ffn == 1.0:
-            raise ConversionError("--sparsify alloc needs ffn < 1")
 
     @classmethod
     def parse(cls, text: str) -> "SparsifySpec":
-        """'ffn=0.5,attn=128,by=abs_gelu,rank=128,wina,attn_dim=64,recent=32,alloc=sensitivity'
-        (any subset, any order)."""
+        """'ffn=0.5,attn=128,by=abs_gelu,rank=128,wina,attn_dim=64,recent=32' (any subset,
+        any order)."""
         if not isinstance(text, str) or not text.strip():
             raise ConversionError("--sparsify wants e.g. 'ffn=0.5' or 'ffn=0.5,attn=128'")
         kinds = {"ffn": float, "attn": int, "rank": int, "attn_dim": int, "recent": int,
-                 "by": str, "alloc": str}
+                 "by": str}
         values: dict = {}
         for item in text.split(","):
             key, eq, value = item.strip().partition("=")
@@ -97,8 +88,7 @@ class SparsifySpec:
             if key not in kinds or not eq:
                 raise ConversionError(f"--sparsify: cannot read {item.strip()!r}; known: "
                                       f"ffn=F, attn=K, by=gate|abs_gelu|abs_act, rank=R, "
-                                      f"wina, attn_dim=D, recent=N, "
-                                      f"alloc=uniform|sensitivity")
+                                      f"wina, attn_dim=D, recent=N")
             try:
                 values[key] = kinds[key](value)
             except ValueError:
@@ -189,165 +179,6 @@ def _key_rotation(keys: np.ndarray, r_a: int) -> tuple[np.ndarray, float]:
     return u[:, order].T.astype(np.float32), float(lam[:r_a].sum() / max(lam.sum(), 1e-30))
 
 
-def _attn_block(cfg: ModelConfig, layer: int, get, h: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The residual stream after layer `layer`'s attention, and its post-RoPE keys."""
-    p = f"blk.{layer}."
-    heads, keys = _attention(cfg, layer, get, _rms(h, get(p + "attn_norm"), cfg.norm_eps))
-    a = heads @ get(p + "attn_output").T
-    return h + _rms(a, get(p + "attn_post_norm"), cfg.norm_eps), keys
-
-
-def _ffn_terms(cfg: ModelConfig, layer: int, get, h: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x = ffn_norm(h), the gate pre-activations W_gate x, the terms gelu(W_gate x) * (W_up x))."""
-    p = f"blk.{layer}."
-    x = _rms(h, get(p + "ffn_norm"), cfg.norm_eps)
-    g_pre = x @ get(p + "ffn_gate").T                                # [T, F]
-    return x, g_pre, (gelu_tanh(g_pre) * (x @ get(p + "ffn_up").T)).astype(np.float32)
-
-
-def _ffn_out(cfg: ModelConfig, layer: int, get, h: np.ndarray, act: np.ndarray) -> np.ndarray:
-    """The residual stream after the FFN whose (masked) terms are act."""
-    p = f"blk.{layer}."
-    return h + _rms(act @ get(p + "ffn_down").T, get(p + "ffn_post_norm"), cfg.norm_eps)
-
-
-def _score(cfg: ModelConfig, layer: int, get, spec: SparsifySpec, x: np.ndarray,
-           g_pre: np.ndarray, act: np.ndarray, made: dict[str, np.ndarray]) -> np.ndarray:
-    """The selection score s of every neuron (docs/engine-file.md); the tensors it needs (the
-    low-rank predictor, the WINA weights) go into `made`."""
-    p = f"blk.{layer}."
-    score = g_pre
-    if spec.rank:
-        ga, gb = _low_rank_gate(get(p + "ffn_gate"), x, spec.rank, seed=layer)
-        made[p + "ffn_gate_a"], made[p + "ffn_gate_b"] = ga, gb
-        score = (x @ ga.T) @ gb.T
-    if spec.by == "abs_gelu":
-        score = np.abs(gelu_tanh(score))
-    elif spec.by == "abs_act":
-        score = np.abs(act)
-    if spec.weighted:
-        c = np.linalg.norm(get(p + "ffn_down"), axis=0).astype(np.float32)  # down row norms
-        c /= max(float(c.mean()), 1e-30)
-        made[p + "ffn_select"] = c
-        score = score * c
-    return score
-
-
-def _standardise(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, population std, z = (s - mean) / std) of each token's scores."""
-    mean = score.mean(axis=1, keepdims=True)
-    std = score.std(axis=1, keepdims=True)
-    return mean, std, (score - mean) / np.maximum(std, 1e-30)
-
-
-def _keep_all_quantile(d_ff: int) -> float:
-    """A Q_l that keeps every neuron: no z of n values is below -sqrt(n - 1) (Samuelson's
-    inequality, population std), so -sqrt(n) - 1 is beaten by all of them."""
-    return -math.sqrt(d_ff) - 1.0
-
-
-# --------------------------------------------------------------------------- allocation
-
-# Per-layer allocation (alloc=sensitivity). Layers differ widely in what dropping neurons costs,
-# so each layer's cost is measured alone (the others dense) at a few kept fractions on the
-# first SENSITIVITY_TOKENS calibration tokens: the mean KL divergence of the sparsified model's
-# next-token distribution from the dense one's. The LM head is restricted to a vocabulary U:
-# every position's SENSITIVITY_TOP most likely tokens under the dense model plus the text's next
-# tokens (the rest of a 262k vocabulary carries almost no probability, and the full head would
-# cost more than all the layers).
-SENSITIVITY_TOKENS = 512
-SENSITIVITY_TOP = 32
-_PROBE_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)   # fractions probed per layer: F times these (< 1)
-
-
-def _lm_head_log_probs(cfg: ModelConfig, get, h: np.ndarray, embed_rows: np.ndarray
-                       ) -> np.ndarray:
-    """log softmax over the restricted vocabulary (rows embed_rows of token_embd) of the final
-    logits (output_norm, tied head, final soft-cap) of the residual stream h [T, D]."""
-    logits = softcap(_rms(h, get("output_norm"), cfg.norm_eps) @ embed_rows.T,
-                     cfg.final_softcap).astype(np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-
-
-def _restricted_vocab(cfg: ModelConfig, get, h: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Sorted token ids U: each position's SENSITIVITY_TOP most likely next tokens (full head)
-    and the next tokens of the text."""
-    embed = get("token_embd")
-    normed = _rms(h, get("output_norm"), cfg.norm_eps)
-    top = [ids[1:]]
-    for i in range(0, len(normed), 64):        # 64 positions at a time: [64, V] logits
-        logits = normed[i:i + 64] @ embed.T
-        top.append(np.argpartition(logits, -SENSITIVITY_TOP, axis=1)[:, -SENSITIVITY_TOP:]
-                   .ravel())
-    return np.unique(np.concatenate(top))
-
-
-def _layer_costs(cfg: ModelConfig, get, spec: SparsifySpec, ids: np.ndarray,
-                 probes: tuple[float, ...]) -> np.ndarray:
-    """costs[l, j]: mean KL(dense || model with only layer l sparsified at kept fraction
-    probes[j], its quantile calibrated on these tokens) over the tokens, restricted vocabulary."""
-    L = cfg.n_layers
-    h = get("token_embd")[ids].astype(np.float32) * np.float32(math.sqrt(cfg.d_model))
-    mids, terms = [], []
-    for layer in range(L):                          # the dense pass, remembering each FFN
-        h, _ = _attn_block(cfg, layer, get, h)
-        x, g_pre, act = _ffn_terms(cfg, layer, get, h)
-        mids.append(h)
-        terms.append((act, _score(cfg, layer, get, spec, x, g_pre, act, {})))
-        h = _ffn_out(cfg, layer, get, h, act)
-    embed_rows = get("token_embd")[_restricted_vocab(cfg, get, h, ids)]
-    dense = _lm_head_log_probs(cfg, get, h, embed_rows)
-    p_dense = np.exp(dense)
-    costs = np.zeros((L, len(probes)))
-    for layer in range(L):
-        act, score = terms[layer]
-        mean, std, z = _standardise(score)
-        for j, f in enumerate(probes):
-            kept = score > mean + std * np.float32(np.quantile(z, 1.0 - f))
-            h = _ffn_out(cfg, layer, get, mids[layer], act * kept)
-            for later in range(layer + 1, L):
-                h, _ = _attn_block(cfg, later, get, h)
-                h = _ffn_out(cfg, later, get, h, _ffn_terms(cfg, later, get, h)[2])
-            sparse = _lm_head_log_probs(cfg, get, h, embed_rows)
-            costs[layer, j] = float(np.mean(np.sum(p_dense * (dense - sparse), axis=1)))
-    return costs
-
-
-def _allocate(costs: np.ndarray, probes: tuple[float, ...], target: float) -> np.ndarray:
-    """Kept fractions f_l (mean exactly `target`) minimising sum_l cost_l(f_l), each layer's cost
-    the lower convex hull of its measured points and (1, 0), linear in between: the hull
-    segments, in increasing cost per fraction removed, are taken until the layers together have
-    removed L (1 - target) (the fractional-knapsack solution; exact for convex costs)."""
-    L = costs.shape[0]
-    segments = []                                    # (cost per fraction removed, layer, length)
-    for layer in range(L):
-        points = sorted([(0.0, 0.0)] + [(1.0 - f, max(float(c), 0.0))
-                                        for f, c in zip(probes, costs[layer])])
-        hull: list[tuple[float, float]] = []
-        for pt in points:                            # lower hull, monotone chain
-            while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (pt[1] - hull[-2][1])
-                                      - (hull[-1][1] - hull[-2][1]) * (pt[0] - hull[-2][0])) <= 0:
-                hull.pop()
-            hull.append(pt)
-        for a, b in zip(hull, hull[1:]):
-            segments.append(((b[1] - a[1]) / (b[0] - a[0]), layer, b[0] - a[0]))
-    removed = np.zeros(L)
-    budget = L * (1.0 - target)
-    for _, layer, length in sorted(segments):
-        take = min(length, budget)
-        removed[layer] += take
-        budget -= take
-        if budget <= 0:
-            break
-    if budget > 1e-9:
-        raise ConversionError(f"alloc=sensitivity: cannot remove {L * (1 - target):.3f} of the "
-                              f"layers' neurons with probes down to {min(probes)}")
-    return 1.0 - removed
-
-
 # --------------------------------------------------------------------------- sparsify
 
 def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifySpec,
@@ -358,8 +189,6 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
     calibration_ids: token ids (with <bos>) of the calibration text, needed for attention
     rotations and the low-rank predictor, and for calibrated FFN quantiles when calibrate_ffn
     (otherwise every layer uses Q(1 - F), and the realised fraction on the text is recorded).
-    spec.alloc="sensitivity" needs calibrate_ffn (the per-layer fractions are realised by
-    calibrated quantiles).
     """
     if cfg.is_spark_ffn or cfg.is_spark_attn or cfg.is_sparse_ffn or cfg.is_sparse_attn:
         raise ConversionError("--sparsify needs a dense model (this one is already sparse)")
@@ -373,19 +202,10 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
                               f"{min(cfg.d_model, cfg.d_ff)}, got {spec.rank}")
     if calibration_ids is None or len(calibration_ids) < 2:
         raise ConversionError("sparsifying needs a calibration text of at least one token")
-    if spec.alloc != "uniform" and not calibrate_ffn:
-        raise ConversionError(f"--sparsify alloc={spec.alloc} needs --calibrate (the per-layer "
-                              f"fractions are set by calibrated quantiles)")
 
     ids = np.asarray(calibration_ids, dtype=np.int64)
     T, L = len(ids), cfg.n_layers
     q_gauss = normal_quantile(1.0 - spec.ffn) if ffn_on else 0.0
-    fractions = np.full(L, spec.ffn)
-    costs, probes = None, ()
-    if ffn_on and spec.alloc == "sensitivity":
-        probes = tuple(sorted({round(spec.ffn * s, 4) for s in _PROBE_SCALES if spec.ffn * s < 1}))
-        costs = _layer_costs(cfg, get, spec, ids[:SENSITIVITY_TOKENS], probes)
-        fractions = _allocate(costs, probes, spec.ffn)
     quantiles: list[float] = []
     realised: list[float] = []
     energy: list[float] = []
@@ -393,29 +213,45 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
 
     h = get("token_embd")[ids].astype(np.float32) * np.float32(math.sqrt(cfg.d_model))
     for layer in range(L):
-        h, keys = _attn_block(cfg, layer, get, h)
+        p = f"blk.{layer}."
+        heads, keys = _attention(cfg, layer, get, _rms(h, get(p + "attn_norm"), cfg.norm_eps))
+        a = heads @ get(p + "attn_output").T
         if attn_on:
             rots = []
             for g in range(cfg.n_kv_heads):
                 rot, e = _key_rotation(keys[:, g], r_a)
                 rots.append(rot)
                 energy.append(e)
-            made[f"blk.{layer}.attn_rot"] = np.concatenate(rots)
-        x, g_pre, act = _ffn_terms(cfg, layer, get, h)
+            made[p + "attn_rot"] = np.concatenate(rots)
+        h = h + _rms(a, get(p + "attn_post_norm"), cfg.norm_eps)
+        x = _rms(h, get(p + "ffn_norm"), cfg.norm_eps)
+        w_gate, w_up, w_down = get(p + "ffn_gate"), get(p + "ffn_up"), get(p + "ffn_down")
+        g_pre = x @ w_gate.T                                        # [T, F]
+        act = gelu_tanh(g_pre) * (x @ w_up.T)
         if ffn_on:
-            score = _score(cfg, layer, get, spec, x, g_pre, act, made)
-            mean, std, z = _standardise(score)
-            if not calibrate_ffn:
-                q_l = q_gauss
-            elif fractions[layer] >= 1.0:
-                q_l = _keep_all_quantile(cfg.d_ff)
-            else:
-                q_l = float(np.quantile(z, 1.0 - fractions[layer]))
+            score = g_pre
+            if spec.rank:
+                ga, gb = _low_rank_gate(w_gate, x, spec.rank, seed=layer)
+                made[p + "ffn_gate_a"], made[p + "ffn_gate_b"] = ga, gb
+                score = (x @ ga.T) @ gb.T
+            if spec.by == "abs_gelu":
+                score = np.abs(gelu_tanh(score))
+            elif spec.by == "abs_act":
+                score = np.abs(act)
+            if spec.weighted:
+                c = np.linalg.norm(w_down, axis=0).astype(np.float32)  # norm of each down row
+                c /= max(float(c.mean()), 1e-30)
+                made[p + "ffn_select"] = c
+                score = score * c
+            mean = score.mean(axis=1, keepdims=True)
+            std = score.std(axis=1, keepdims=True)
+            z = (score - mean) / np.maximum(std, 1e-30)
+            q_l = float(np.quantile(z, 1.0 - spec.ffn)) if calibrate_ffn else q_gauss
             quantiles.append(q_l)
             kept = score > mean + std * np.float32(q_l)
             realised.append(float(kept.mean()))
             act = act * kept
-        h = _ffn_out(cfg, layer, get, h, act)
+        h = h + _rms(act.astype(np.float32) @ w_down.T, get(p + "ffn_post_norm"), cfg.norm_eps)
 
     changes: dict = {}
     if ffn_on:
@@ -439,18 +275,11 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
         "method": f"training-free: statistical top-k of the FFN neurons by {spec.by}"
                   + (" (low-rank predictor)" if spec.rank else "")
                   + (" with WINA-style weights" if spec.weighted else "")
-                  + ("; per-layer fractions from each layer's KL cost on the calibration text"
-                     if costs is not None else "")
                   + ("; rotated-key pooled top-k attention" if attn_on else ""),
         "spec": asdict(spec) | {"attn_dim": r_a if attn_on else 0},
         "ffn_calibrated": bool(ffn_on and calibrate_ffn),
         "calibration": {"text": calibration_name, "tokens": int(T), "ids_sha256": text_hash},
-        "ffn_layer_fractions": [round(float(f), 5) for f in fractions] if ffn_on else [],
         "ffn_realised_fraction": [round(f, 5) for f in realised],
         "attn_key_energy_in_predictor": [round(e, 5) for e in energy],
     }
-    if costs is not None:
-        record["ffn_alloc"] = {"tokens": int(min(T, SENSITIVITY_TOKENS)),
-                               "top_tokens": SENSITIVITY_TOP, "probes": list(probes),
-                               "kl": [[round(float(c), 6) for c in row] for row in costs]}
     return Sparsified(new_cfg, new_get, record)
