@@ -8,12 +8,16 @@ file, then measured in the same run as the dense model:
   realised sparsity is the one on text), --rounds rounds of --steps decode steps (rewound
   after each step) of the dense model and the variant, in ABBA order; the ratio is the median
   of the per-round ratios, and a first row measures the dense model against itself;
-- the realised FFN fraction and attended tokens per layer (engine counters, decode).
+- the realised FFN fraction and attended tokens per layer (engine counters, decode: the last
+  round's steps only, a small sample) and, the fraction to quote, the FFN fraction over the
+  whole of each text (engine counters while prefilling it in windows of --window tokens).
 Random-weight shapes (--shapes gemma2-2b gemma3-1b) are measured for speed only.
 
     python bench/sparsity.py                      # the full frontier (~40 min on 2 cores)
     python bench/sparsity.py --quick              # a few variants
     python bench/sparsity.py --shapes gemma2-2b --shape-context 256
+    python bench/sparsity.py --variants ffn=0.6,by=abs_act --no-speed --append \
+        --output bench/results/sparsity-gemma3-270m.json   # add rows to an earlier run
 
 Writes bench/results/sparsity-<date>.json and .png (perplexity vs decode speed).
 """
@@ -42,27 +46,36 @@ TEXTS = {"kjv_ruth": ROOT / "tests/data/kjv_ruth_1_2.txt",
 FRACTIONS = (0.75, 0.5, 0.3, 0.15, 0.08)
 
 
+def label(spec: str, calibrated: bool) -> str:
+    """A variant's row label: 'ffn=F BY[ wina][ rank=R] cal|gauss[ + attn=K]'."""
+    from spark_infer.convert import SparsifySpec
+
+    s = SparsifySpec.parse(spec)
+    parts = []
+    if s.ffn < 1:
+        parts.append(" ".join([f"ffn={s.ffn:g}", s.by, *(["wina"] if s.weighted else []),
+                               *([f"rank={s.rank}"] if s.rank else []),
+                               "cal" if calibrated else "gauss"]))
+    if s.attn:
+        parts.append(f"attn={s.attn}")
+    return " + ".join(parts)
+
+
 def variants(quick: bool, specs: list[str] | None = None) -> list[tuple[str, str, bool]]:
     """(label, --sparsify spec, calibrated) of every variant; the dense model is 'dense'.
     specs: instead of the default list, these (calibrated; ':gauss' appended: not)."""
     if specs:
-        return [(spec, spec.removesuffix(":gauss"), not spec.endswith(":gauss"))
-                for spec in specs]
-    out = []
-    fractions = (0.75, 0.5) if quick else FRACTIONS
-    for f in fractions:
-        out.append((f"ffn={f} abs_act cal", f"ffn={f},by=abs_act", True))
-    if not quick:
-        for f in fractions:
-            out.append((f"ffn={f} abs_act gauss", f"ffn={f},by=abs_act", False))
-        for f in (0.75, 0.5, 0.3):
-            out.append((f"ffn={f} abs_gelu cal", f"ffn={f},by=abs_gelu", True))
-        out.append(("ffn=0.5 gate cal", "ffn=0.5,by=gate", True))
-    for k in ((128,) if quick else (64, 128, 256)):
-        out.append((f"attn={k}", f"attn={k}", False))
-    for k in ((128,) if quick else (128, 256)):
-        out.append((f"ffn=0.75 abs_act cal + attn={k}", f"ffn=0.75,by=abs_act,attn={k}", True))
-    return out
+        out = [(spec.removesuffix(":gauss"), not spec.endswith(":gauss")) for spec in specs]
+    else:
+        fractions = (0.75, 0.5) if quick else FRACTIONS
+        out = [(f"ffn={f},by=abs_act", True) for f in fractions]
+        if not quick:
+            out += [(f"ffn={f},by=abs_act", False) for f in fractions]
+            out += [(f"ffn={f},by=abs_gelu", True) for f in (0.75, 0.5, 0.3)]
+            out.append(("ffn=0.5,by=gate", True))
+        out += [(f"attn={k}", False) for k in ((128,) if quick else (64, 128, 256))]
+        out += [(f"ffn=0.75,by=abs_act,attn={k}", True) for k in ((128,) if quick else (128, 256))]
+    return [(label(spec, calibrated), spec, calibrated) for spec, calibrated in out]
 
 
 def text_tokens(path: Path, n: int) -> np.ndarray:
@@ -84,6 +97,30 @@ def perplexities(path: Path, window: int) -> dict[str, float]:
     m = spark_infer.load(str(path), context_length=window)
     return {name: m.perplexity(p.read_text(encoding="utf-8"), window=window,
                                stride=window // 2) for name, p in TEXTS.items()}
+
+
+def realised_on_texts(path: Path, window: int) -> dict[str, list[float]]:
+    """Per text, the engine's FFN kept fraction per layer over all of the text (prefilled in
+    consecutive windows of `window` tokens from an empty cache, token-weighted): thousands of
+    tokens, where the decode counters of speed() see a dozen (per token the fraction varies
+    by several points)."""
+    from spark_infer import _core
+    from spark_infer.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_engine_file(path)
+    engine = _core.Engine(str(path), context_length=window)
+    out = {}
+    for name, p in TEXTS.items():
+        ids = np.asarray(tok.encode(p.read_text(encoding="utf-8"), add_bos=True), np.int32)
+        total, n = 0.0, 0
+        for start in range(0, len(ids), window):
+            part = ids[start:start + window]
+            engine.reset()
+            engine.prefill(part, chunk=64)
+            total = total + engine.stats()["ffn_active_fraction"] * len(part)
+            n += len(part)
+        out[name] = [round(float(f), 5) for f in total / n]
+    return out
 
 
 def speed(dense: "B.EngineRunner", other: "B.EngineRunner", tokens: np.ndarray, context: int,
@@ -110,7 +147,7 @@ def speed(dense: "B.EngineRunner", other: "B.EngineRunner", tokens: np.ndarray, 
             "speedup_max": max(ratios), "ffn_active_fraction": ffn, "attn_mean_tokens": att}
 
 
-def real_model(args: argparse.Namespace, out: dict) -> None:
+def real_model(args: argparse.Namespace, out: dict, run: dict) -> None:
     from spark_infer import models
     from spark_infer.convert import convert
 
@@ -120,15 +157,24 @@ def real_model(args: argparse.Namespace, out: dict) -> None:
     tokens = text_tokens(dense_path, args.context + args.steps + 1)
     dense = B.EngineRunner("dense", dense_path, "gemma3-270m", args.context + args.steps + 1, 64)
     dense.set_threads(args.threads)
-    rows = []
+    # --append: the rows of the earlier run at --output stay (a new row replaces the one with
+    # its label), each new row records the command that measured it.
+    rows = list(out.get("gemma3_270m", [])) if args.append else []
     t0 = time.perf_counter()
     ppl = perplexities(dense_path, args.window)
-    rows.append({"label": "dense", "spec": None, "calibrated": False, "perplexity": ppl,
-                 "speedup": 1.0, "tok_s": None, "ffn_active_fraction": None})
+    if rows and rows[0]["label"] == "dense":
+        old = rows[0]["perplexity"]
+        if any(abs(ppl[k] / old[k] - 1) > 1e-6 for k in ppl):
+            log.warning("dense perplexity %s differs from the earlier run's %s: the rows are "
+                        "not comparable", ppl, old)
+        rows[0]["perplexity_rerun"] = ppl
+    else:
+        rows.insert(0, {"label": "dense", "spec": None, "calibrated": False, "perplexity": ppl,
+                        "speedup": 1.0, "tok_s": None, "ffn_active_fraction": None})
     log.info("dense: %s (%.0f s)", ppl, time.perf_counter() - t0)
     # A control first: the dense file against itself (its "speedup" shows the method's bias).
-    for label, spec, calibrated in [("dense (control)", None, False),
-                                    *variants(args.quick, args.variants)]:
+    control = [] if args.no_speed else [("dense (control)", None, False)]
+    for label, spec, calibrated in [*control, *variants(args.quick, args.variants)]:
         path = work / ("".join(c if c.isalnum() or c in "._-" else "_" for c in label) + ".spark")
         t0 = time.perf_counter()
         if spec is None:
@@ -138,16 +184,26 @@ def real_model(args: argparse.Namespace, out: dict) -> None:
                     calibrate=args.calibrate if calibrated else None)
         conv_s = time.perf_counter() - t0
         ppl = rows[0]["perplexity"] if spec is None else perplexities(path, args.window)
-        runner = B.EngineRunner(label, path, spec, args.context + args.steps + 1, 64)
-        runner.set_threads(args.threads)
-        sp = speed(dense, runner, tokens, args.context, args.steps, args.rounds)
-        runner.close()
+        if args.no_speed:
+            sp = {"speedup": None, "tok_s": None, "ffn_active_fraction": None}
+        else:
+            runner = B.EngineRunner(label, path, spec, args.context + args.steps + 1, 64)
+            runner.set_threads(args.threads)
+            sp = speed(dense, runner, tokens, args.context, args.steps, args.rounds)
+            runner.close()
+        on_text = realised_on_texts(path, args.window) if spec is not None else None
         row = {"label": label, "spec": spec, "calibrated": calibrated, "perplexity": ppl,
-               "convert_s": conv_s, **sp}
-        rows.append(row)
-        log.info("%s: ppl %s, %.1f vs %.1f tok/s (%.3fx), ffn %.3f", label,
-                 {k: round(v, 3) for k, v in ppl.items()}, sp["tok_s"], sp["dense_tok_s"],
-                 sp["speedup"], float(np.mean(sp["ffn_active_fraction"])))
+               "convert_s": conv_s, **sp, "ffn_realised_on_text": on_text,
+               **run}
+        old = next((r for r in rows if r["label"] == label), None)
+        if args.no_speed and old is not None and old.get("speedup") is not None:
+            # Re-measured without timing: the earlier run's decode figures stay, marked as such.
+            row = old | {k: v for k, v in row.items() if k not in sp} | {
+                "speed_command": old.get("speed_command", out["command"])}
+        rows = [r for r in rows if r["label"] != label] + [row]
+        log.info("%s: ppl %s, speed %s, ffn on text %s", label,
+                 {k: round(v, 3) for k, v in ppl.items()}, sp["speedup"],
+                 on_text and {k: round(float(np.mean(v)), 4) for k, v in on_text.items()})
         if not args.keep and spec is not None:
             path.unlink()
         out["gemma3_270m"] = rows
@@ -200,6 +256,8 @@ def plot(out: dict, path: str) -> None:
     rows = out.get("gemma3_270m", [])
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for r in rows:
+        if r["speedup"] is None:
+            continue                    # measured with --no-speed
         ppl = r["perplexity"]["austen"]
         ax.scatter(r["speedup"], ppl, color="k" if r["spec"] is None else
                    ("C0" if "abs_act" in r["label"] else "C1" if "abs_gelu" in r["label"] else
@@ -232,16 +290,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape-context", type=int, default=256)
     ap.add_argument("--no-real", action="store_true", help="skip the Gemma 3 270M frontier")
     ap.add_argument("--keep", action="store_true", help="keep the converted variants")
+    ap.add_argument("--no-speed", action="store_true",
+                    help="perplexity and realised fractions only (no decode timing)")
+    ap.add_argument("--append", action="store_true",
+                    help="add the rows to the JSON at --output (its other rows and fields stay)")
     ap.add_argument("--work-dir", default=str(Path.home() / ".cache/spark-infer/bench/sparsity"))
     ap.add_argument("--output", default=str(
         ROOT / f"bench/results/sparsity-{datetime.date.today().isoformat()}.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = {"command": " ".join(["python", "bench/sparsity.py", *(argv or sys.argv[1:])]),
-           "commit": B._commit(), "machine": B.machine_info(), "args": vars(args),
-           "llc_bytes": _llc()}
+    run = {"command": " ".join(["python", "bench/sparsity.py", *(argv or sys.argv[1:])]),
+           "commit": B._commit()}
+    out = {**run, "machine": B.machine_info(), "args": vars(args), "llc_bytes": _llc()}
+    if args.append and Path(args.output).is_file():
+        # The earlier run's command, machine and args describe its rows; this run's are listed
+        # under "appended" and in each of its rows.
+        earlier = json.loads(Path(args.output).read_text(encoding="utf-8"))
+        out = earlier | {"appended": [*earlier.get("appended", []),
+                                      {**run, "machine": out["machine"], "args": out["args"]}]}
     if not args.no_real:
-        real_model(args, out)
+        real_model(args, out, run)
     if args.shapes:
         shapes(args, out)
     _save(out, args)
