@@ -100,10 +100,10 @@ def perplexities(path: Path, window: int) -> dict[str, float]:
 
 
 def realised_on_texts(path: Path, window: int) -> dict[str, list[float]]:
-    """Per text, the engine's FFN kept fraction per layer over all of the text (prefilled in
-    consecutive windows of `window` tokens from an empty cache, token-weighted): thousands of
-    tokens, where the decode counters of speed() see a dozen (per token the fraction varies
-    by several points)."""
+    """Per text, the engine's FFN kept fraction per layer over all of the text, token-weighted:
+    the text is prefilled from an empty cache in consecutive windows <bos> + the next
+    `window` - 1 tokens. Thousands of tokens, where the decode counters of speed() see a dozen
+    (per token the fraction varies by several points)."""
     from spark_infer import _core
     from spark_infer.tokenizer import Tokenizer
 
@@ -113,8 +113,8 @@ def realised_on_texts(path: Path, window: int) -> dict[str, list[float]]:
     for name, p in TEXTS.items():
         ids = np.asarray(tok.encode(p.read_text(encoding="utf-8"), add_bos=True), np.int32)
         total, n = 0.0, 0
-        for start in range(0, len(ids), window):
-            part = ids[start:start + window]
+        for start in range(1, len(ids), window - 1):
+            part = np.concatenate([ids[:1], ids[start:start + window - 1]])
             engine.reset()
             engine.prefill(part, chunk=64)
             total = total + engine.stats()["ffn_active_fraction"] * len(part)
@@ -164,7 +164,7 @@ def real_model(args: argparse.Namespace, out: dict, run: dict) -> None:
     ppl = perplexities(dense_path, args.window)
     if rows and rows[0]["label"] == "dense":
         old = rows[0]["perplexity"]
-        if any(abs(ppl[k] / old[k] - 1) > 1e-6 for k in ppl):
+        if any(abs(ppl[k] / old[k] - 1) > 1e-3 for k in ppl):
             log.warning("dense perplexity %s differs from the earlier run's %s: the rows are "
                         "not comparable", ppl, old)
         rows[0]["perplexity_rerun"] = ppl

@@ -153,6 +153,45 @@ def test_cli_convert_and_info(tiny, tmp_path, capsys):
     assert "fraction" in capsys.readouterr().err
 
 
+def _bench_sparsity():
+    """bench/sparsity.py (a script, not a package module)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "sparsity.py"
+    spec = importlib.util.spec_from_file_location("bench_sparsity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frontier_realised_fraction_over_the_texts_is_the_reference_one(tiny, tmp_path):
+    """The frontier's realised FFN fraction over each whole text (bench/sparsity.py) is the
+    token-weighted mean of what the numpy reference keeps, window by window (<bos> + the next
+    window - 1 tokens, each from an empty cache)."""
+    path, _ = tiny
+    out = tmp_path / "f.spark"
+    convert(path, out, dtype="f32", progress=False, sparsify="ffn=0.3,by=abs_act", calibrate=TEXT)
+    bench = _bench_sparsity()
+    window = 96
+    got = bench.realised_on_texts(out, window)
+    cfg, proto, w = read_engine_file(out, dequantize=True)
+    tok = Tokenizer(proto)
+    for name, text_path in bench.TEXTS.items():
+        ids = tok.encode(text_path.read_text(encoding="utf-8"), add_bos=True)
+        total, n = np.zeros(cfg.n_layers), 0
+        for start in range(1, len(ids), window - 1):
+            part = ids[:1] + ids[start:start + window - 1]
+            _, stats = reference.forward_with_stats(cfg, w, part)
+            total += np.array([s.ffn_active_fraction for s in stats]) * len(part)
+            n += len(part)
+        assert n == len(ids) + (len(ids) - 2) // (window - 1)      # one <bos> per window
+        np.testing.assert_allclose(got[name], total / n, atol=2e-4)
+    assert [v[0] for v in bench.variants(False, ["ffn=0.5,by=abs_act,wina,attn=64",
+                                                 "ffn=0.3,by=gate:gauss"])] == [
+        "ffn=0.5 abs_act wina cal + attn=64", "ffn=0.3 gate gauss"]
+
+
 # ------------------------------------------------------------------------------ real model
 
 @real.needs_gemma3
