@@ -17,9 +17,9 @@ from safetensors.numpy import save_file
 
 from spark_infer.config import ModelConfig, preset
 from spark_infer.fileformat import (
-    FormatError, RowBlocks, bf16_to_f32, dequantize_int8, dequantize_q4, f32_to_bf16,
-    quantize_int8, quantize_q4, read_engine_file, read_engine_header, tensor_specs,
-    write_engine_file)
+    FormatError, RowBlocks, read_engine_file, read_engine_header, tensor_specs, write_engine_file)
+from spark_infer.weights import (
+    bf16_to_f32, dequantize_int8, dequantize_q4, f32_to_bf16, quantize_int8, quantize_q4)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,9 +12,10 @@
 
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
-#include "ops/load-inl.h"
+#include "ops/reduce-inl.h"
 #include "ops/sparse_batch.h"
-#include "ops/weights.h"
+#include "weights/load-inl.h"
+#include "weights/types.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace spark {
