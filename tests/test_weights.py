@@ -189,3 +189,24 @@ def test_stored_shape_holds_the_matrix(dtype):
     shape = stored_shape((5, 96), st)
     assert shape == ((5, 60) if dtype == "q4" else (5, 96))
     assert logical_shape(shape, st) == (5, 96)
+
+
+def test_kv_cache_bf16_rounding_equals_the_encoder():
+    """The C++ rounding of the bf16 KV cache (weights/types.h) against the independent float64
+    reference on random bit patterns, and against f32_to_bf16 on the specials and NaN payloads
+    (which must stay NaN of their sign, not carry into inf or -0)."""
+    from spark_infer import _core
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    finite = x[np.isfinite(x) & (np.abs(x) < np.float32(3.38e38))]
+    np.testing.assert_array_equal(_core.bf16_bits(finite), bf16_nearest_even_f64(finite))
+    specials = np.concatenate([
+        np.array([np.inf, -np.inf, 0.0, -0.0, 3.4e38, -3.4e38, 1e-45], np.float32),
+        np.array([0x7FC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF],
+                 np.uint32).view(np.float32)])
+    got = _core.bf16_bits(specials)
+    np.testing.assert_array_equal(got, f32_to_bf16(specials))
+    nan = np.isnan(specials)
+    assert np.all(np.isnan(bf16_to_f32(got[nan])))
+    np.testing.assert_array_equal(got[nan] >> 15, specials[nan].view(np.uint32) >> 31)

@@ -54,7 +54,7 @@ inline bool WeightTypeFromDtype(const std::string& dtype, WeightType* t) {
 }
 
 // f32 value of bf16 bits (exact), and bf16 bits of an f32 rounded to nearest, ties to even (as
-// spark_infer.weights.f32_to_bf16 rounds finite values; NaN is not handled here).
+// spark_infer.weights.f32_to_bf16 does, NaN included).
 inline float F32FromBF16Bits(uint16_t b) {
   const uint32_t bits = static_cast<uint32_t>(b) << 16;
   float f;
@@ -64,6 +64,9 @@ inline float F32FromBF16Bits(uint16_t b) {
 inline uint16_t BF16BitsFromF32(float f) {
   uint32_t bits;
   memcpy(&bits, &f, 4);
+  // NaN stays a quiet NaN of its sign: rounding its payload could carry into the exponent
+  // (an infinity) or past the sign bit (-0), as weights/bf16.py's encoder also avoids.
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
   return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
