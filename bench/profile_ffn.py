@@ -29,7 +29,7 @@ import numpy as np
 
 from spark_infer import _core
 from spark_infer.config import preset
-from spark_infer.fileformat import f32_to_bf16
+from spark_infer.weights import f32_to_bf16
 
 
 def _bf16(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:

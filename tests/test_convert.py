@@ -14,7 +14,8 @@ from spark_infer import reference
 from spark_infer.config import ModelConfig
 from spark_infer.convert import ConversionError, convert, load_weights
 from spark_infer.convert.gguf import GGUFFile
-from spark_infer.fileformat import bf16_to_f32, f32_to_bf16, read_engine_file, tensor_specs
+from spark_infer.fileformat import read_engine_file, tensor_specs
+from spark_infer.weights import bf16_to_f32, f32_to_bf16
 from spark_infer.tokenizer import Tokenizer
 
 TOKENS = [2, 105, 40, 50, 7, 399, 106, 300, 12]

@@ -27,7 +27,7 @@ REL_TOL = 1e-4
 # Rounding itself moves them by 2e-3 to 0.6 (bf16 against an f32 cache) in these models; the
 # tests at REL_TOL run with an f32 cache.
 REL_TOL_BF16_KV = 1e-3
-# q4 decode rounds x to int16 per block of 32 (ops/matvec-inl.h, Q4X: a step of at most 2^-15
+# q4 decode rounds x to int16 per block of 32 (weights/load-inl.h, Q4X: a step of at most 2^-15
 # of the block's largest |x|) before each matvec; over a model's dependent matvecs that moves
 # the logits by up to ~3e-4 of their range here (seen: 2.6e-4); chunk matmuls stay f32 (~4e-7),
 # but a last chunk of one token and the sparsified FFNs' per-token kernels run the decode path.

@@ -18,8 +18,9 @@ import pytest
 
 from spark_infer import _core
 from spark_infer.config import ModelConfig
-from spark_infer.fileformat import (quantize_q4, read_engine_file,
-                                    read_engine_header, tensor_specs, write_engine_file)
+from spark_infer.fileformat import (read_engine_file, read_engine_header, tensor_specs,
+                                    write_engine_file)
+from spark_infer.weights import quantize_q4
 from test_engine import KINDS
 
 DTYPES = ("f32", "bf16", "int8", "q4")

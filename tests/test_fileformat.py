@@ -1,4 +1,5 @@
-"""Engine-file writer and reader: table, conversions, layout, round trips, refusals."""
+"""Engine-file writer and reader: table, layout, round trips, refusals (the weight types' own
+encoders and decoders: test_weights.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from safetensors.numpy import save_file
 
 from spark_infer.config import ModelConfig, preset
 from spark_infer.fileformat import (
-    FormatError, RowBlocks, bf16_to_f32, dequantize_int8, dequantize_q4, f32_to_bf16,
-    quantize_int8, quantize_q4, read_engine_file, read_engine_header, tensor_specs,
-    write_engine_file)
+    FormatError, RowBlocks, read_engine_file, read_engine_header, tensor_specs, write_engine_file)
+from spark_infer.weights import dequantize_q4, f32_to_bf16, quantize_int8, quantize_q4
+from test_weights import bf16_nearest_even_f64
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,143 +81,7 @@ def test_tensor_specs_gemma3_dense():
     assert all(s.is_matrix == (len(s.shape) == 2) for s in specs)
 
 
-# ------------------------------------------------------------------------------ bf16
-
-def bf16_nearest_even_f64(x32: np.ndarray) -> np.ndarray:
-    """Independent bf16 rounding: pick the nearer of the two neighbouring bf16 values in float64
-    arithmetic, the even one on a tie (finite, non-NaN inputs)."""
-    bits = x32.view(np.uint32)
-    lo = (bits >> 16).astype(np.uint32)                     # truncation toward zero
-    hi = lo + 1                                             # next bf16 away from zero
-    v = x32.astype(np.float64)
-    v_lo = (lo << 16).view(np.float32).astype(np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        v_hi = (hi << 16).view(np.float32).astype(np.float64)
-        d_lo, d_hi = np.abs(v - v_lo), np.abs(v_hi - v)
-    pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (lo % 2 == 1))
-    return np.where(pick_hi, hi, lo).astype(np.uint16)
-
-
-def test_bf16_matches_float64_nearest_even_on_random_bits():
-    rng = np.random.default_rng(1)
-    bits = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
-    x = bits.view(np.float32)
-    x = x[np.isfinite(x)]
-    # Keep values whose upper neighbour is finite: the inf case is tested below.
-    x = x[np.abs(x) < np.float32(3.38e38)]
-    np.testing.assert_array_equal(f32_to_bf16(x), bf16_nearest_even_f64(x))
-    np.testing.assert_array_equal(f32_to_bf16(x), x.astype(ml_dtypes.bfloat16).view(np.uint16))
-
-
-def test_bf16_ties_go_to_even():
-    # Exactly halfway values: kept part even -> truncate, odd -> round up.
-    kept = np.array([0x3F80, 0x3F81, 0xBF80, 0xBF81, 0x0000, 0x0001, 0x7F7E], dtype=np.uint32)
-    x = ((kept << 16) | 0x8000).view(np.float32)
-    expect = np.array([0x3F80, 0x3F82, 0xBF80, 0xBF82, 0x0000, 0x0002, 0x7F7E], dtype=np.uint16)
-    np.testing.assert_array_equal(f32_to_bf16(x), expect)
-    np.testing.assert_array_equal(bf16_nearest_even_f64(x), expect)
-    # Just above / below halfway.
-    above = ((kept << 16) | 0x8001).view(np.float32)
-    below = ((kept << 16) | 0x7FFF).view(np.float32)
-    np.testing.assert_array_equal(f32_to_bf16(above), (kept + 1).astype(np.uint16))
-    np.testing.assert_array_equal(f32_to_bf16(below), kept.astype(np.uint16))
-
-
-def test_bf16_specials():
-    x = np.array([np.inf, -np.inf, 0.0, -0.0, np.float32(3.4e38), 1e-45, 1.0, -2.5],
-                 dtype=np.float32)
-    b = f32_to_bf16(x)
-    assert b[0] == 0x7F80 and b[1] == 0xFF80
-    assert b[2] == 0x0000 and b[3] == 0x8000
-    assert b[4] == 0x7F80              # past the largest bf16 (~3.39e38): rounds to inf
-    assert b[5] == 0x0000              # smallest f32 subnormal rounds to +0
-    assert bf16_to_f32(b[6:]).tolist() == [1.0, -2.5]
-    nans = np.array([0x7FC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF], np.uint32).view(np.float32)
-    out = f32_to_bf16(nans)
-    assert np.all(np.isnan(bf16_to_f32(out)))
-    assert out[2] & 0x8000              # sign kept
-    assert out.dtype == np.uint16
-
-
-# ------------------------------------------------------------------------------ int8
-
-def test_int8_quantization_error_bound():
-    rng = np.random.default_rng(2)
-    w = (rng.standard_normal((33, 77)) * rng.uniform(0.01, 10, (33, 1))).astype(np.float32)
-    w[5] = 0.0
-    w[6, 3] = -40.0                      # a row whose max is negative
-    q, scale = quantize_int8(w)
-    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (33,)
-    np.testing.assert_array_equal(scale, (np.abs(w).max(axis=1) / np.float32(127)))
-    assert scale[5] == 0 and np.all(q[5] == 0)
-    assert np.abs(q).max() == 127 and q.min() >= -127
-    assert q[6, 3] == -127
-    err = np.abs(dequantize_int8(q, scale).astype(np.float64) - w)
-    # Half a step plus f32 rounding of w / scale and of scale * q.
-    bound = scale[:, None].astype(np.float64) * (0.5 + 1e-5)
-    assert np.all(err <= bound)
-
-
 # ------------------------------------------------------------------------------ q4
-
-def test_q4_layout_is_q4_1_and_rounds_to_nearest():
-    from gguf.quants import GGMLQuantizationType, dequantize
-
-    rng = np.random.default_rng(3)
-    w = (rng.standard_normal((33, 96)) * rng.uniform(0.01, 10, (33, 1))).astype(np.float32)
-    w[5] = 0.0                            # a zero row: d = 0, every code 0
-    w[6, 32:64] = -1.5                    # a constant block
-    w[7, :32] = rng.uniform(3.0, 4.0, 32)  # a block with a positive minimum
-    b = quantize_q4(w)
-    assert b.dtype == np.uint8 and b.shape == (33, 3 * 20)
-    deq = dequantize_q4(b)
-    # gguf's Q4_1 reads the same bytes the same way (an independent decoder of the layout).
-    np.testing.assert_array_equal(
-        dequantize(b.reshape(-1), GGMLQuantizationType.Q4_1).reshape(w.shape), deq)
-    blocks = b.reshape(33, 3, 20)
-    d = blocks[..., 0:2].copy().view("<f2")[..., 0].astype(np.float64)
-    m = blocks[..., 2:4].copy().view("<f2")[..., 0].astype(np.float64)
-    g = w.reshape(33, 3, 32).astype(np.float64)
-    assert np.all(deq[5] == 0) and np.all(deq[6, 32:64] == np.float16(-1.5))
-    # Codes: the nearest of the 16 levels d q + m of the stored d, m (up to f32 rounding).
-    levels = d[..., None, None] * np.arange(16) + m[..., None, None]      # [33, 3, 1, 16]
-    best = np.abs(g[..., None] - levels).min(axis=3)
-    err = np.abs(deq.reshape(33, 3, 32).astype(np.float64) - g)
-    assert np.all(err <= best + 1e-6 * (np.abs(g) + 1))
-    # Parameters: no worse than min/max (d = range / 15, m = min) per block, up to f16 rounding.
-    lo, span = g.min(axis=2), g.max(axis=2) - g.min(axis=2)
-    mm = lo[..., None] + span[..., None] / 15 * np.clip(
-        np.rint((g - lo[..., None]) / np.where(span > 0, span / 15, 1)[..., None]), 0, 15)
-    sse, sse_minmax = (err ** 2).sum(axis=2), ((mm - g) ** 2).sum(axis=2)
-    assert np.all(sse <= sse_minmax * (1 + 2e-3) + 1e-3 * (span / 15) ** 2 * 32)
-    assert sse.sum() < 0.95 * sse_minmax.sum()
-
-
-def test_q4_refits_blocks_already_on_a_4_bit_grid():
-    # Values d q + m with codes spanning fewer than 16 levels (as in a Q4_K sub-block): found
-    # again up to the f16 rounding of d and m.
-    rng = np.random.default_rng(4)
-    d = rng.uniform(0.001, 0.05, (64, 1)).astype(np.float32)
-    m = rng.uniform(-0.5, 0.5, (64, 1)).astype(np.float32)
-    q = np.stack([rng.integers(lo, lo + span + 1, 32) for lo, span in
-                  zip(rng.integers(0, 4, 64), rng.integers(5, 12, 64))])
-    q[:, 0] = q.min(axis=1)
-    x = d * q + m
-    err = np.abs(dequantize_q4(quantize_q4(x)) - x)
-    assert np.all(err <= 2.0**-11 * (np.abs(d) * 15 + np.abs(m)) * 2)
-
-
-def test_q4_importance_weighs_the_fit():
-    rng = np.random.default_rng(5)
-    w = rng.standard_normal((16, 64)).astype(np.float32)
-    np.testing.assert_array_equal(quantize_q4(w, np.full(64, 3.0)), quantize_q4(w))
-    imp = rng.uniform(0, 1, 64) ** 4          # a few columns matter much more than the rest
-    cost = lambda b: float((((dequantize_q4(b) - w) ** 2) * imp).sum())  # noqa: E731
-    assert cost(quantize_q4(w, imp)) < cost(quantize_q4(w))
-    for bad in (np.ones(63), np.full(64, np.nan), -np.ones(64)):
-        with pytest.raises(ValueError, match="importance"):
-            quantize_q4(w, bad)
-
 
 def test_q4_refuses_what_it_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="multiple of 32"):

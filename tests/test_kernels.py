@@ -191,14 +191,14 @@ MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(COLS)] + [
 
 
 # ------------------------------------------------------------------------------- q4
-# q4 (ops/weights.h, docs/engine-file.md): uint8 [rows, cols / 32 * 20], per block of 32 weights
+# q4 (weights/types.h, docs/engine-file.md): uint8 [rows, cols / 32 * 20], per block of 32 weights
 # along a row f16 d, f16 m, then 16 code bytes, byte j = q_j | q_(j+16) << 4; w = d * q + m.
 # The blocks are packed here from random codes and parameters, independently of the converter.
 # The kernels may compute d (q . x) + m sum(x) per block, whose f32 rounding is bounded by the
 # terms |d q x| and |m x| rather than |w x| (they can cancel): the tolerance uses
 # |w|~ = |d q| + |m| per weight and 2 cols terms. Decode (matvec, masked matvec) rounds x to
-# int16 per block with a power-of-two step s = 2^e, e = frexp(max|x_block| / 32767)[1] (ops/
-# matvec-inl.h, Q4X): |x - s round(x / s)| <= s / 2 adds sum |d q| s / 2.
+# int16 per block with a power-of-two step s = 2^e, e = frexp(max|x_block| / 32767)[1] (weights/
+# load-inl.h, Q4X): |x - s round(x / s)| <= s / 2 adds sum |d q| s / 2.
 
 
 def make_q4(rows: int, cols: int, rng: np.random.Generator, integer: bool = False

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spark_infer import _core
-from spark_infer.fileformat import bf16_to_f32, f32_to_bf16, quantize_int8, dequantize_int8, \
+from spark_infer.weights import bf16_to_f32, f32_to_bf16, quantize_int8, dequantize_int8, \
     quantize_q4
 
 

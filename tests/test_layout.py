@@ -99,12 +99,14 @@ def _includes(folder: str) -> dict[str, set[str]]:
 def test_cpp_includes_flow_one_way() -> None:
     for name, inc in _includes("util").items():
         assert inc <= {"util"}, f"cpp/util/{name} includes {sorted(inc - {'util'})}"
+    for name, inc in _includes("weights").items():
+        assert inc <= {"weights"}, f"cpp/weights/{name} includes {sorted(inc - {'weights'})}"
     for name, inc in _includes("ops").items():
-        assert inc <= {"ops", "util"}, f"cpp/ops/{name} includes {sorted(inc)}"
+        assert inc <= {"ops", "weights", "util"}, f"cpp/ops/{name} includes {sorted(inc)}"
     for name, inc in _includes("model").items():
-        assert inc <= {"model", "ops", "util"}, f"cpp/model/{name} includes {sorted(inc)}"
+        assert inc <= {"model", "ops", "weights", "util"}, f"cpp/model/{name} includes {sorted(inc)}"
     for name, inc in _includes("bench").items():
-        assert inc <= {"bench", "ops", "util"}, f"cpp/bench/{name} includes {sorted(inc)}"
+        assert inc <= {"bench", "ops", "weights", "util"}, f"cpp/bench/{name} includes {sorted(inc)}"
 
 
 def _imports(path: str, module_level_only: bool) -> set[str]:
@@ -127,6 +129,12 @@ def _imports(path: str, module_level_only: bool) -> set[str]:
 
 
 def test_python_imports_flow_one_way() -> None:
+    # The weight types import nothing of the package but themselves (numpy only).
+    for name in sorted(os.listdir(os.path.join(REPO, PKG, "weights"))):
+        if name.endswith(".py"):
+            got = _imports(os.path.join(REPO, PKG, "weights", name), module_level_only=False)
+            bad = {m for m in got if not m.startswith("spark_infer.weights")}
+            assert not bad, f"{PKG}/weights/{name} imports {sorted(bad)}"
     # The runtime tokenizer knows nothing of GGUF: convert/ imports it, never the reverse.
     got = _imports(os.path.join(REPO, PKG, "tokenizer.py"), module_level_only=False)
     assert not {m for m in got if m.startswith("spark_infer.convert")}, got

@@ -228,7 +228,7 @@ def test_q4_fit_is_weighted_by_the_calibration_inputs(tiny, tmp_path):
     recomputed here from the equations; the weighted fit must cost less, weighted by them, than
     the unweighted one on every matrix."""
     from spark_infer.convert.importance import activation_importance
-    from spark_infer.fileformat import dequantize_q4, quantize_q4
+    from spark_infer.weights import dequantize_q4, quantize_q4
     from spark_infer.reference import rms_norm
 
     path, cfg = tiny

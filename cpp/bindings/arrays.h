@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "ops/weights.h"
+#include "weights/types.h"
 
 namespace spark {
 namespace py = pybind11;
@@ -53,7 +53,7 @@ T* Checked(const py::array& a, const char* name, std::vector<py::ssize_t> dims,
 }
 
 // A weight matrix [rows, cols]: float32, uint16 (bf16 bits), int8 with scale float32 [rows], or
-// uint8 [rows, cols / 32 * 20]: q4 blocks (ops/weights.h), cols = 32 per 20 bytes.
+// uint8 [rows, cols / 32 * 20]: q4 blocks (weights/types.h), cols = 32 per 20 bytes.
 inline MatRef CheckedWeights(const py::array& w, const std::optional<py::array>& scale) {
   MatRef m;
   if (w.ndim() != 2) throw py::value_error("w: expected a 2-D weight matrix, got shape " + ShapeString(w));

@@ -20,6 +20,7 @@
 #include "ops/sparse_batch.h"
 #include "ops/topk.h"
 #include "util/threading.h"
+#include "weights/types.h"
 
 namespace spark {
 namespace py = pybind11;
@@ -240,6 +241,15 @@ void RegisterOps(py::module_& m) {
     GeluMul(pg, pu, static_cast<size_t>(n), po);
   }, arg("gate").noconvert(), arg("up").noconvert(), arg("out").noconvert(),
      "out = tanh-GELU(gate) * up.");
+
+  // --- scalar weight codecs (the KV cache's bf16 rounding)
+  m.def("bf16_bits", [](py::array x) {
+    const float* px = Checked<float>(x, "x", {-1});
+    py::array_t<uint16_t> out(x.shape(0));
+    uint16_t* po = out.mutable_data();
+    for (py::ssize_t i = 0; i < x.shape(0); ++i) po[i] = BF16BitsFromF32(px[i]);
+    return out;
+  }, arg("x").noconvert(), "bf16 bits of x [n] f32, rounded as the KV cache rounds (uint16 [n]).");
 }
 
 }  // namespace spark

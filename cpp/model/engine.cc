@@ -20,6 +20,7 @@
 #include "util/checked.h"
 #include "util/json.h"
 #include "util/threading.h"
+#include "weights/types.h"
 
 namespace spark {
 namespace {
@@ -74,33 +75,10 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// f32 copy of row r of an embedding matrix (any weight type).
+// f32 copy of row r of an embedding matrix (any weight type), times scale.
 void EmbeddingRow(const MatRef& m, size_t r, float scale, float* out) {
-  const uint8_t* row = m.Row(r);
-  switch (m.type) {
-    case WeightType::kF32:
-      for (size_t c = 0; c < m.cols; ++c) out[c] = reinterpret_cast<const float*>(row)[c] * scale;
-      break;
-    case WeightType::kBF16:
-      for (size_t c = 0; c < m.cols; ++c) {
-        uint16_t b;
-        memcpy(&b, row + 2 * c, 2);
-        const uint32_t bits = static_cast<uint32_t>(b) << 16;
-        float f;
-        memcpy(&f, &bits, 4);
-        out[c] = f * scale;
-      }
-      break;
-    case WeightType::kI8:
-      for (size_t c = 0; c < m.cols; ++c)
-        out[c] = static_cast<float>(reinterpret_cast<const int8_t*>(row)[c]) * m.scale[r] * scale;
-      break;
-    case WeightType::kQ4: {
-      const Q4Ptr p{row, 0};
-      for (size_t c = 0; c < m.cols; ++c) out[c] = p[c] * scale;
-      break;
-    }
-  }
+  DecodeRow(m, r, out);
+  for (size_t c = 0; c < m.cols; ++c) out[c] *= scale;
 }
 
 }  // namespace

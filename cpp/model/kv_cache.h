@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "hwy/aligned_allocator.h"
-#include "ops/weights.h"
+#include "weights/types.h"
 
 namespace spark {
 
@@ -106,9 +106,7 @@ struct KVCache {
       return;
     }
     for (size_t i = 0; i < n; ++i) {
-      uint32_t bits;
-      memcpy(&bits, &src[i], 4);
-      const uint16_t b = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+      const uint16_t b = BF16BitsFromF32(src[i]);
       memcpy(dst + 2 * i, &b, 2);
     }
   }

@@ -36,7 +36,7 @@ class Loader {
 
   MatRef Matrix(const std::string& name, size_t rows, size_t cols) {
     // q4 is stored as U8 [rows, cols / 32 * 20] (its blocks), every other type as [rows, cols].
-    const bool q4 = f_.Get(name).dtype == "U8";
+    const bool q4 = f_.Get(name).dtype == WeightTypeDtype(WeightType::kQ4);
     if (q4 && cols % kQ4Group != 0)
       throw FormatError(f_.path() + ": tensor '" + name + "' is q4 (U8), but its rows of " +
                         std::to_string(cols) + " weights are not a multiple of 32");
@@ -45,19 +45,10 @@ class Loader {
     m.data = t.data;
     m.rows = rows;
     m.cols = cols;
-    if (t.dtype == "F32") {
-      m.type = WeightType::kF32;
-    } else if (t.dtype == "BF16") {
-      m.type = WeightType::kBF16;
-    } else if (t.dtype == "I8") {
-      m.type = WeightType::kI8;
-      m.scale = Scale(name + ".scale", rows);
-    } else if (q4) {
-      m.type = WeightType::kQ4;
-    } else {
+    if (!WeightTypeFromDtype(t.dtype, &m.type))
       throw FormatError(f_.path() + ": tensor '" + name + "' has dtype " + t.dtype +
                         "; matrices must be F32, BF16, I8 or U8 (q4)");
-    }
+    if (m.type == WeightType::kI8) m.scale = Scale(name + ".scale", rows);
     // docs/engine-file.md: all matrices but token_embd share one dtype.
     if (name != "token_embd") {
       if (matrix_dtype_.empty()) matrix_dtype_ = t.dtype;

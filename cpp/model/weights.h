@@ -9,7 +9,7 @@
 
 #include "model/config.h"
 #include "model/safetensors.h"
-#include "ops/weights.h"
+#include "weights/types.h"
 
 namespace spark {
 

@@ -14,7 +14,6 @@
 
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
-#include "ops/load-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace spark {

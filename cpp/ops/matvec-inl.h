@@ -27,8 +27,9 @@
 
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
-#include "ops/load-inl.h"
-#include "ops/weights.h"
+#include "ops/reduce-inl.h"
+#include "weights/load-inl.h"
+#include "weights/types.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace spark {
@@ -138,54 +139,6 @@ HWY_INLINE void DotRows4(const P* rows, size_t cols, const float* HWY_RESTRICT x
   }
   for (size_t r = 0; r < 4; ++r) out[r] = s[r];
 }
-
-// Decode input of a q4 matrix: x per block of 32 as int16 q with a power-of-two scale s
-// (x_i ~ s q_i, |q_i| <= 32767, so |x_i - s q_i| <= s / 2 <= max|x_block| / 32767), plus the
-// exact f32 sum of the block's x. The codes (<= 15) meet q in integer multiply-adds (two
-// products per 32-bit lane, exact), one conversion and one FMA per block and row: half the
-// instructions of widening every code to f32, at 2^-15 of the block's largest |x| (int8
-// activations, as in llama.cpp, would be 2^-7). A power-of-two s keeps x that is already on
-// a coarse grid (small integers) exact. Non-finite x gives s = that value, so NaN propagates.
-// Measured against widening every code to f32 and one FMA per code with x (DotRows4's f32
-// contract, sum d (q . x) + m sum(x) per block), 1 thread, W [2048, 640] L2-resident, target
-// AVX3 on the Zen 4 VM: 28-29 -> 45 GFLOP/s; the f32 version left the logits of the engine
-// tests within 4e-7 of the reference, this one within 3e-4.
-struct Q4X {
-  const int16_t* q = nullptr;        // [cols]
-  const float* step_sum = nullptr;  // [cols / 32][2]: s and the sum of x, per block
-};
-
-// Quantizes x [cols] into per-thread buffers (valid until this thread's next call).
-HWY_INLINE Q4X QuantizeQ4X(const float* HWY_RESTRICT x, size_t cols) {
-  thread_local std::vector<int16_t> q;
-  thread_local std::vector<float> step_sum;
-  const size_t blocks = cols / kQ4Group;
-  if (q.size() < cols) q.resize(cols);
-  if (step_sum.size() < 2 * blocks) step_sum.resize(2 * blocks);
-  for (size_t g = 0; g < blocks; ++g) {
-    const float* xg = x + g * kQ4Group;
-    float amax = 0.0f, s = 0.0f;
-    for (size_t i = 0; i < kQ4Group; ++i) {
-      amax = std::max(amax, std::fabs(xg[i]));
-      s += xg[i];
-    }
-    if (!std::isfinite(amax) || !std::isfinite(s)) amax = s = std::numeric_limits<float>::quiet_NaN();
-    int e = 0;
-    std::frexp(amax / 32767.0f, &e);  // amax / 32767 < 2^e
-    const float step = amax > 0.0f ? std::ldexp(1.0f, e) : 1.0f;
-    for (size_t i = 0; i < kQ4Group; ++i)
-      q[g * kQ4Group + i] = std::isfinite(step) && std::isfinite(amax)
-                                ? static_cast<int16_t>(std::lrint(xg[i] / step)) : 0;
-    step_sum[2 * g] = std::isfinite(amax) ? step : amax;
-    step_sum[2 * g + 1] = s;
-  }
-  return Q4X{q.data(), step_sum.data()};
-}
-
-// Decode input of a weight pointer: x itself, or x quantized for q4 (see Q4X).
-template <class W>
-HWY_INLINE const float* DecodeInput(const W*, const float* x, size_t) { return x; }
-HWY_INLINE Q4X DecodeInput(Q4Ptr, const float* x, size_t cols) { return QuantizeQ4X(x, cols); }
 
 // q4 decode tile: DotRows4's contract with x quantized (Q4X), block by block. Per row and
 // block, sum_i (d c_i + m) x_i ~ d s (c . q) + m sum(x): the integer dot in int32 lanes, then

@@ -6,8 +6,8 @@
 
 #include <stddef.h>
 
-#include "ops/weights.h"
 #include "util/threading.h"
+#include "weights/types.h"
 
 namespace spark {
 

@@ -15,9 +15,9 @@
 
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
-#include "ops/load-inl.h"
 #include "ops/matvec-inl.h"
-#include "ops/weights.h"
+#include "weights/load-inl.h"
+#include "weights/types.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace spark {

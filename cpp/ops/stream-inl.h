@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #include "hwy/highway.h"
-#include "ops/load-inl.h"
+#include "ops/reduce-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace spark {

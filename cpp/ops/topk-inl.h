@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "hwy/highway.h"
-#include "ops/load-inl.h"
+#include "ops/reduce-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace spark {

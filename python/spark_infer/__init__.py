@@ -7,8 +7,9 @@
 Layout: the runtime is this folder's modules (``model``: load and generate over
 ``_core.Engine``; ``completion``, ``sampling``, ``tokenizer``, ``config``, ``fileformat`` (the
 engine file's writer), ``models`` (the named models and their cache), ``errors``, ``limits``,
-``reference`` (the numpy reference), ``random_model``, ``cli``); the subpackages hang off it and
-the runtime imports none of them at module level: ``convert/`` (foreign checkpoints -> engine
+``reference`` (the numpy reference), ``random_model``, ``cli``) and ``weights/`` (the weight
+types' layouts, encoders and decoders, which ``fileformat`` writes through; numpy only); the
+subpackages hang off it and the runtime imports none of them at module level: ``convert/`` (foreign checkpoints -> engine
 file; imported lazily by ``models`` and ``cli`` to build a named model), ``serve/`` (HTTP, needs
 ``[server]``), ``train/`` (PyTorch, needs ``[train]``), ``bench/`` (``spark-infer bench``) and
 ``data/`` (shipped texts). Data flows one way: convert -> engine file -> engine -> generate.

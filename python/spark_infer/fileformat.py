@@ -8,8 +8,8 @@ Contract:
   the Python side: the writer and the tests use it (cpp/model/weights.cc is the reader's).
 - Norm vectors are F32. Matrices are F32, BF16 (round to nearest even), I8 with a `<name>.scale`
   F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`, or q4: U8 [rows, cols / 32 * 20], blocks
-  of 32 weights along each row in GGML's Q4_1 layout (`quantize_q4`). One dtype for all matrices
-  except `token_embd`, which may differ.
+  of 32 weights along each row in GGML's Q4_1 layout. Each type's layout, encoder and decoder
+  live in `spark_infer.weights`. One dtype for all matrices except `token_embd`, which may differ.
 - Layout written here (the safetensors format allows no holes between tensors): the header is
   padded with spaces so the data starts at a multiple of 64 bytes; tensors follow contiguously,
   F32 first, then BF16, then I8 and U8 (each group in table order), so every tensor starts at a multiple
@@ -33,23 +33,17 @@ from typing import Any, BinaryIO, NamedTuple, Union
 import numpy as np
 
 from .config import ModelConfig
+from .weights import DTYPES, ITEMSIZE as _ITEMSIZE, Q4_GROUP, ST_DTYPE as _ST_DTYPE, decode, encode
+from .weights import logical_shape as _logical_shape, stored_shape as _stored_shape
 
 __all__ = [
-    "FormatError", "TensorSpec", "RowBlocks", "tensor_specs", "f32_to_bf16", "bf16_to_f32",
-    "quantize_int8", "dequantize_int8", "quantize_q4", "dequantize_q4", "Q4_GROUP",
-    "Q4_BLOCK_BYTES", "write_engine_file", "read_engine_file", "read_engine_header",
-    "dequantize_tensor",
-    "open_engine_file",
+    "FormatError", "TensorSpec", "RowBlocks", "tensor_specs", "write_engine_file",
+    "read_engine_file", "read_engine_header", "dequantize_tensor", "open_engine_file",
     "FORMAT_NAME", "FORMAT_VERSION", "DTYPES",
 ]
 
 FORMAT_NAME = "spark-infer"
 FORMAT_VERSION = "1"
-DTYPES = ("f32", "bf16", "int8", "q4")
-_ST_DTYPE = {"f32": "F32", "bf16": "BF16", "int8": "I8", "q4": "U8"}
-_ITEMSIZE = {"F32": 4, "BF16": 2, "I8": 1, "U8": 1}
-Q4_GROUP = 32         # q4: weights per block, along a row
-Q4_BLOCK_BYTES = 20   # f16 d, f16 m, 16 bytes of codes
 _HEADER_ALIGN = 64
 # 1 Mi elements (4 MiB of f32) per chunk: temporaries stay in cache (measured ~1.5x faster bf16
 # conversion than 4 Mi chunks), and numpy calls stay long enough to hide their overhead.
@@ -122,158 +116,6 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
             # Always F32 (not a weight of the matrix dtype): an orthogonal P per KV head.
             specs.append(TensorSpec(p + "attn_rot", (cfg.n_kv_heads * hd, hd), False))
     return specs
-
-
-# ------------------------------------------------------------------------------ conversions
-
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """bf16 bit patterns (uint16) of float32(x), rounded to nearest, ties to even.
-
-    Integer rounding on the f32 bits: add 0x7FFF plus the lowest kept bit, then drop 16 bits.
-    A carry into the exponent is the correct rounding (up to inf past the bf16 maximum). NaN
-    keeps its sign and top payload bits and is forced quiet, so it never rounds into inf.
-    """
-    x32 = np.asarray(x, dtype=np.float32)
-    bits = x32.view(np.uint32)
-    t = bits >> 16
-    t &= 1
-    t += 0x7FFF
-    t += bits             # wraps only for NaN bit patterns, which are replaced below
-    t >>= 16
-    out = t.astype(np.uint16)
-    nan = np.isnan(x32)
-    if nan.any():
-        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
-    return out
-
-
-def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    """float32 values of bf16 bit patterns (uint16, or any 2-byte dtype viewed as uint16)."""
-    b = np.asarray(bits)
-    if b.dtype != np.uint16:
-        b = b.view(np.uint16)
-    return (b.astype(np.uint32) << 16).view(np.float32)
-
-
-def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric int8: q [rows, cols] int8 and scale [rows] f32 with
-    scale[r] = max|w[r, :]| / 127 (0 for a zero row) and q = round_half_even(w / scale).
-    |w - scale * q| <= scale / 2 per element, up to f32 rounding of the division."""
-    w32 = np.asarray(w, dtype=np.float32)
-    if w32.ndim != 2:
-        raise ValueError(f"quantize_int8 wants a 2-D matrix, got shape {w32.shape}")
-    amax = np.max(np.abs(w32), axis=1) if w32.shape[1] > 0 else np.zeros(w32.shape[0], np.float32)
-    scale = (amax / np.float32(127.0)).astype(np.float32)
-    q = np.zeros(w32.shape, dtype=np.float32)
-    np.divide(w32, scale[:, None], out=q, where=scale[:, None] > 0)
-    np.rint(q, out=q)
-    np.clip(q, -127.0, 127.0, out=q)
-    return q.astype(np.int8), scale
-
-
-def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """float32 w[r, c] = scale[r] * q[r, c]."""
-    return np.asarray(q, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
-
-
-def _q4_fit(g: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d, m) float32 per block of g [n, 32]: the step and offset minimizing the weighted
-    squared error sum wt (d c + m - w)^2 (wt [n, 32] > 0), best of a few code assignments. A
-    candidate assigns c = clip(round((w - min) * k / (max - min)), 0, 15) for a span k, fits d, m
-    to those codes by weighted least squares, and scores the fit by its residual
-    sum wt w^2 - d sum wt c w - m sum wt w (exact for a least-squares fit). Integer spans 1..15
-    refit exactly a block that a 4-bit format (Q4_K) quantized before; spans just past 15 trade
-    a clipped extreme for a finer step. The first candidate is min/max (d = range / 15, m = min)."""
-    lo, hi = g.min(axis=1), g.max(axis=1)
-    rng = hi - lo
-    inv = np.divide(np.float32(1.0), rng, out=np.zeros_like(rng), where=rng > 0)
-    centered = g - lo[:, None]
-    wg = wt * g
-    s_w, s_x, s_xx = wt.sum(axis=1), wg.sum(axis=1), np.einsum("ij,ij->i", wg, g)
-    best_d, best_m = rng / np.float32(15.0), lo.copy()
-    r = np.clip(np.rint(centered * (np.float32(15.0) * inv)[:, None]), 0.0, 15.0)
-    r = r * best_d[:, None] + best_m[:, None] - g
-    best = np.einsum("ij,ij->i", wt * r, r)
-    for span in (*range(1, 15), 15.25, 15.5, 15.75, 16.0, 16.5):
-        c = np.clip(np.rint(centered * (np.float32(span) * inv)[:, None]), 0.0, 15.0)
-        wc = wt * c
-        s_c, s_cc, s_cx = wc.sum(axis=1), np.einsum("ij,ij->i", wc, c), np.einsum("ij,ij->i", wc, g)
-        det = s_w * s_cc - s_c * s_c
-        ok = det > 0
-        det = np.where(ok, det, np.float32(1.0))
-        d = (s_w * s_cx - s_c * s_x) / det
-        m = (s_cc * s_x - s_c * s_cx) / det
-        e = s_xx - d * s_cx - m * s_x
-        better = ok & (d > 0) & (e < best)
-        best = np.where(better, e, best)
-        best_d, best_m = np.where(better, d, best_d), np.where(better, m, best_m)
-    return best_d.astype(np.float32), best_m.astype(np.float32)
-
-
-def quantize_q4(w: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
-    """4-bit, asymmetric, per block of 32 weights along each row: uint8 [rows, cols / 32 * 20].
-
-    Block b of row r (weights w[r, 32b : 32b + 32]) is 20 bytes: f16 d, f16 m (little-endian),
-    then 16 code bytes, byte j = q_j | q_(j+16) << 4 (GGML's Q4_1 block); w ~ d q + m. d and m
-    are a least-squares fit (`_q4_fit`), stored as f16; with the stored values the codes are
-    q = clip(round_half_even((w - m) / d), 0, 15) (0 when d == 0): round to nearest, the level
-    nearest each weight. importance: optional [cols] >= 0, how much an error in each column
-    costs (e.g. the mean square of the inputs that column multiplies); the fit then weighs
-    column c by importance[c] / mean(importance) + 1e-3 (the floor keeps every weight in play).
-    cols must be a multiple of 32; |w| must fit f16 (65504).
-    """
-    w32 = np.asarray(w, dtype=np.float32)
-    if w32.ndim != 2:
-        raise ValueError(f"quantize_q4 wants a 2-D matrix, got shape {w32.shape}")
-    rows, cols = w32.shape
-    if cols % Q4_GROUP:
-        raise ValueError(f"q4 needs rows of a multiple of {Q4_GROUP} weights, got {cols}")
-    if w32.size and np.max(np.abs(w32)) > 65504.0:
-        raise ValueError("q4 cannot hold weights beyond the f16 range (|w| > 65504)")
-    g = w32.reshape(-1, Q4_GROUP)
-    if importance is None:
-        wt = np.ones_like(g)
-    else:
-        imp = np.asarray(importance, dtype=np.float64)
-        if imp.shape != (cols,) or not np.all(np.isfinite(imp)) or np.any(imp < 0):
-            raise ValueError(f"q4 importance must be {cols} finite values >= 0")
-        imp = imp / max(float(imp.mean()), 1e-30) + 1e-3
-        wt = np.broadcast_to(imp.astype(np.float32).reshape(1, -1, Q4_GROUP),
-                             (rows, cols // Q4_GROUP, Q4_GROUP)).reshape(-1, Q4_GROUP)
-    d_fit, m_fit = _q4_fit(g, wt)
-    d16, m16 = d_fit.astype(np.float16), m_fit.astype(np.float16)
-    d, m = d16.astype(np.float32), m16.astype(np.float32)
-    q = np.zeros(g.shape, dtype=np.float32)
-    np.divide(g - m[:, None], d[:, None], out=q, where=d[:, None] > 0)
-    np.rint(q, out=q)
-    np.clip(q, 0.0, 15.0, out=q)
-    codes = q.astype(np.uint8)
-    out = np.empty((g.shape[0], Q4_BLOCK_BYTES), dtype=np.uint8)
-    out[:, 0:2] = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
-    out[:, 2:4] = m16.astype("<f2").view(np.uint8).reshape(-1, 2)
-    out[:, 4:] = codes[:, :16] | (codes[:, 16:] << 4)
-    return out.reshape(rows, -1)
-
-
-def dequantize_q4(blocks: np.ndarray) -> np.ndarray:
-    """float32 [rows, cols] of q4 blocks uint8 [rows, cols / 32 * 20]: w = d * q + m."""
-    b = np.asarray(blocks, dtype=np.uint8)
-    if b.ndim != 2 or b.shape[1] % Q4_BLOCK_BYTES:
-        raise ValueError(f"q4 blocks are uint8 [rows, k * {Q4_BLOCK_BYTES}], got {b.shape}")
-    rows = b.shape[0]
-    g = np.ascontiguousarray(b).reshape(rows, -1, Q4_BLOCK_BYTES)
-    d = g[..., 0:2].copy().view("<f2")[..., 0].astype(np.float32)
-    m = g[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32)
-    c = g[..., 4:]
-    q = np.concatenate([c & 15, c >> 4], axis=2).astype(np.float32)
-    return (d[..., None] * q + m[..., None]).reshape(rows, -1)
-
-
-def _stored_shape(shape: tuple[int, ...], st_dtype: str) -> tuple[int, ...]:
-    """The safetensors shape of a matrix of logical `shape`: q4 (U8) stores its blocks."""
-    if st_dtype == "U8":
-        return (shape[0], shape[1] // Q4_GROUP * Q4_BLOCK_BYTES)
-    return shape
 
 
 # ------------------------------------------------------------------------------ layout
@@ -385,9 +227,7 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
                   value: Any, importance: np.ndarray | None = None) -> None:
     entry = entries[name]
     shape = _value_shape(name, value)
-    want = entry.shape
-    if entry.st_dtype == "U8":   # q4 stores blocks: the logical shape has 32 per 20 bytes
-        want = (entry.shape[0], entry.shape[1] // Q4_BLOCK_BYTES * Q4_GROUP)
+    want = _logical_shape(entry.shape, entry.st_dtype)
     if shape != want:
         raise ValueError(f"tensor {name!r} has shape {shape}, expected {want}")
     row_elems = int(np.prod(entry.shape[1:], dtype=np.int64))   # 1 for a vector
@@ -396,14 +236,8 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
         if not np.all(np.isfinite(block)):
             raise ValueError(f"tensor {name!r} has NaN or infinite values")
         n_rows = block.shape[0]
-        if entry.st_dtype == "F32":
-            out = np.ascontiguousarray(block, dtype="<f4")
-        elif entry.st_dtype == "BF16":
-            out = f32_to_bf16(block)
-        elif entry.st_dtype == "U8":
-            out = quantize_q4(block, importance)
-        else:
-            out, scale = quantize_int8(block.reshape(n_rows, -1))
+        out, scale = encode(block, entry.st_dtype, importance)
+        if scale is not None:   # int8: the row scales go to `<name>.scale`
             scale_entry = entries[name + ".scale"]
             f.seek(data_start + scale_entry.begin + 4 * row)
             f.write(np.ascontiguousarray(scale, dtype="<f4").data)
@@ -473,8 +307,8 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
     embed_dtype: token_embd's (default: dtype).
     extra_metadata: more `__metadata__` entries (str -> str), e.g. "sparsify" (what a
     sparsifying conversion did); the format's own keys cannot be overridden.
-    q4_importance: optional per-matrix column importance [cols] for the q4 fit (`quantize_q4`),
-    by tensor name; matrices without an entry are fitted unweighted.
+    q4_importance: optional per-matrix column importance [cols] for the q4 fit
+    (`weights.quantize_q4`), by tensor name; matrices without an entry are fitted unweighted.
     Raises ValueError naming the tensor for a missing, unexpected, misshapen or non-finite one;
     no file is left at `path` (nor a temporary) when anything fails.
     """
@@ -547,7 +381,7 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
     dequantize=False: read-only views over the file's memory map: F32 as float32, BF16 as
     uint16 bit patterns, I8 as int8, q4 as its uint8 blocks [rows, cols / 32 * 20].
     dequantize=True: every table tensor as float32 (bf16 widened exactly, int8 times scale, q4
-    by `dequantize_q4`).
+    by `weights.dequantize_q4`).
     Raises FormatError (naming the tensor or field) for a file that breaks the contract.
     """
     try:
@@ -576,15 +410,9 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
 
 def dequantize_tensor(stored: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """A new float32 array of tensor `name` from the stored ones (`read_engine_file` with
-    dequantize=False): bf16 widened exactly, int8 times its scale, q4 by `dequantize_q4`."""
+    dequantize=False): bf16 widened exactly, int8 times its scale, q4 by `weights.dequantize_q4`."""
     a = stored[name]
-    if a.dtype == np.uint16:
-        return bf16_to_f32(a)
-    if a.dtype == np.int8:
-        return dequantize_int8(a, stored[name + ".scale"])
-    if a.dtype == np.uint8:
-        return dequantize_q4(a)
-    return a.astype(np.float32)
+    return decode(a, stored[name + ".scale"] if a.dtype == np.int8 else None)
 
 
 def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -605,10 +433,8 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     for name, a in f.tensors().items():
         st_dtype = st_dtypes[name]
         dtypes[st_dtype] = dtypes.get(st_dtype, 0) + 1
-        if st_dtype == "U8":   # q4 blocks: 32 weights per 20 bytes
-            params += a.shape[0] * (a.shape[1] // Q4_BLOCK_BYTES * Q4_GROUP)
-        elif not name.endswith(".scale"):
-            params += a.size
+        if not name.endswith(".scale"):   # q4 blocks hold 32 weights per 20 bytes
+            params += int(np.prod(_logical_shape(a.shape, st_dtype)))
     return {"path": f.path, "file_bytes": f.file_bytes, "format": meta["format"],
             "format_version": meta["format_version"], "config": cfg.to_dict(),
             "parameters": params, "dtypes": dtypes, "has_tokenizer": bool(meta.get("tokenizer")),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig
-from .fileformat import bf16_to_f32, f32_to_bf16
+from .weights import bf16_to_f32, f32_to_bf16
 
 __all__ = [
     "LayerStats", "normal_quantile", "statistical_threshold", "rms_norm", "gelu_tanh", "softcap",

@@ -2,7 +2,7 @@
 multiplies, on a calibration text, from a numpy forward pass of the dense model.
 
 An error e in weight W[r, c] moves output r by e x_c, so over a text its expected square cost is
-e^2 E[x_c^2]; `fileformat.quantize_q4` weighs its least-squares fit by that (as llama.cpp's
+e^2 E[x_c^2]; `weights.quantize_q4` weighs its least-squares fit by that (as llama.cpp's
 "importance matrix" does). On Gemma 3 270M (KJV Ruth 1-2, the matrices in q4, the LM head f32)
 this took the perplexity from 14.26 (unweighted) to 13.48, f32 being 12.22.
 """

@@ -1,20 +1,24 @@
-// weights.h: a typed, non-owning view of a weight matrix, shared by every kernel.
+// types.h: the weight types (each one's layout, its file dtype and its scalar encoder/decoder)
+// and a typed, non-owning view of a weight matrix, shared by every kernel. The per-target
+// (SIMD) decoders are load-inl.h; Python's encoders of the same layouts are spark_infer/weights/.
 //
-// Matrices are row-major [rows, cols]. Types:
-//   kF32  float
-//   kBF16 hwy::bfloat16_t (upper 16 bits of an f32)
-//   kI8   int8_t with one f32 scale per row: w[r, c] = scale[r] * q[r, c]
-//   kQ4   4-bit, asymmetric, in blocks of 32 weights along a row (GGML's Q4_1 block): each
+// Matrices are row-major [rows, cols]. Types (safetensors dtype in the engine file):
+//   kF32  float (F32)
+//   kBF16 hwy::bfloat16_t, the upper 16 bits of an f32 (BF16)
+//   kI8   int8_t with one f32 scale per row: w[r, c] = scale[r] * q[r, c] (I8, + F32 scales)
+//   kQ4   (U8 [rows, cols / 32 * 20]) 4-bit, asymmetric, in blocks of 32 weights along a row (GGML's Q4_1 block): each
 //         block is 20 bytes, f16 d, f16 m (little-endian), then 16 bytes of codes; byte j
 //         holds weight j in its low nibble and weight j + 16 in its high nibble; w = d * q + m.
 //         cols % 32 == 0, so row r is blocks [r * cols / 32, (r + 1) * cols / 32).
 // Rows stay contiguous in every type, so a kernel that skips rows never touches their bytes.
-#ifndef SPARK_OPS_WEIGHTS_H_
-#define SPARK_OPS_WEIGHTS_H_
+#ifndef SPARK_WEIGHTS_TYPES_H_
+#define SPARK_WEIGHTS_TYPES_H_
 
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <string>
 
 namespace spark {
 
@@ -34,6 +38,36 @@ inline size_t RowBytes(WeightType t, size_t cols) {
 }
 inline const char* WeightTypeName(WeightType t) {
   return t == WeightType::kF32 ? "f32" : t == WeightType::kBF16 ? "bf16" : t == WeightType::kI8 ? "int8" : "q4";
+}
+// The safetensors dtype an engine file stores a type as, and back (false for any other dtype).
+inline const char* WeightTypeDtype(WeightType t) {
+  return t == WeightType::kF32 ? "F32" : t == WeightType::kBF16 ? "BF16" : t == WeightType::kI8 ? "I8" : "U8";
+}
+inline bool WeightTypeFromDtype(const std::string& dtype, WeightType* t) {
+  for (WeightType c : {WeightType::kF32, WeightType::kBF16, WeightType::kI8, WeightType::kQ4}) {
+    if (dtype == WeightTypeDtype(c)) {
+      *t = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+// f32 value of bf16 bits (exact), and bf16 bits of an f32 rounded to nearest, ties to even (as
+// spark_infer.weights.f32_to_bf16 does, NaN included).
+inline float F32FromBF16Bits(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+inline uint16_t BF16BitsFromF32(float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, 4);
+  // NaN stays a quiet NaN of its sign: rounding its payload could carry into the exponent
+  // (an infinity) or past the sign bit (-0), as weights/bf16.py's encoder also avoids.
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
 // f32 value of IEEE half bits. Subnormal halves are converted by an exact integer multiply
@@ -84,6 +118,32 @@ struct MatRef {
   size_t Bytes() const { return rows * RowBytes() + (scale ? rows * 4 : 0); }
 };
 
+// f32 copy of row r of m, any type (the scalar decoder; kernels use load-inl.h).
+inline void DecodeRow(const MatRef& m, size_t r, float* out) {
+  const uint8_t* row = m.Row(r);
+  switch (m.type) {
+    case WeightType::kF32:
+      memcpy(out, row, m.cols * sizeof(float));
+      break;
+    case WeightType::kBF16:
+      for (size_t c = 0; c < m.cols; ++c) {
+        uint16_t b;
+        memcpy(&b, row + 2 * c, 2);
+        out[c] = F32FromBF16Bits(b);
+      }
+      break;
+    case WeightType::kI8:
+      for (size_t c = 0; c < m.cols; ++c)
+        out[c] = static_cast<float>(reinterpret_cast<const int8_t*>(row)[c]) * m.scale[r];
+      break;
+    case WeightType::kQ4: {
+      const Q4Ptr p{row, 0};
+      for (size_t c = 0; c < m.cols; ++c) out[c] = p[c];
+      break;
+    }
+  }
+}
+
 }  // namespace spark
 
-#endif  // SPARK_OPS_WEIGHTS_H_
+#endif  // SPARK_WEIGHTS_TYPES_H_

@@ -1,0 +1,28 @@
+"""The weight types, one home: each type's layout, encoder and decoder (the C++ side of the same
+layouts, and their SIMD decoders, is cpp/weights/).
+
+- ``bf16.py``: bf16 bit patterns (uint16), ``f32_to_bf16`` (nearest even) / ``bf16_to_f32``.
+- ``int8.py``: per-row symmetric int8 with an f32 scale per row, ``quantize_int8`` /
+  ``dequantize_int8``.
+- ``q4.py``: GGML's Q4_1 blocks of 32 weights (f16 d, f16 m, 16 code bytes), ``quantize_q4`` /
+  ``dequantize_q4`` and the steps of the encoder (``q4_fit``, ``q4_stored_params``,
+  ``q4_codes``, ``q4_pack``, ``q4_encode``) for fits that build their own blocks.
+- ``dtypes.py``: the type names (``DTYPES``), each one's safetensors dtype, element size and
+  stored shape, and ``encode`` / ``decode``: the one switch over types.
+
+It imports numpy only, nothing else of spark_infer: ``fileformat`` (the engine-file writer),
+``reference`` and ``convert`` import it.
+"""
+
+from .bf16 import bf16_to_f32, f32_to_bf16
+from .dtypes import DTYPES, ITEMSIZE, ST_DTYPE, decode, encode, logical_shape, stored_shape
+from .int8 import dequantize_int8, quantize_int8
+from .q4 import (Q4_BLOCK_BYTES, Q4_GROUP, dequantize_q4, q4_codes, q4_encode, q4_fit, q4_pack,
+                 q4_stored_params, quantize_q4)
+
+__all__ = [
+    "bf16_to_f32", "f32_to_bf16", "DTYPES", "ITEMSIZE", "ST_DTYPE", "decode", "encode",
+    "logical_shape", "stored_shape", "dequantize_int8", "quantize_int8", "Q4_BLOCK_BYTES",
+    "Q4_GROUP", "dequantize_q4", "q4_codes", "q4_encode", "q4_fit", "q4_pack",
+    "q4_stored_params", "quantize_q4",
+]
