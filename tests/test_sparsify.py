@@ -196,16 +196,19 @@ def test_frontier_realised_fraction_over_the_texts_is_the_reference_one(tiny, tm
 
 @real.needs_gemma3
 def test_embedded_sparse_model_stays_within_the_perplexity_bound(tmp_path, monkeypatch):
-    """gemma3-270m-sparse, made from the dense bf16 file as load() makes it on first use: its
-    realised FFN fraction matches the spec, its perplexity on both evaluation texts is within
-    3 % of the dense model's, and its next-token choice agrees with the dense model's."""
+    """gemma3-270m-sparse in the default weight setting (int8), made from the dense file of that
+    setting as load() makes it on first use: its realised FFN fraction matches the spec, its
+    perplexity on both evaluation texts is within 3 % of the dense model's, and its next-token
+    choice agrees with the dense model's."""
     import spark_infer
     from spark_infer import models
 
-    dense = real.engine_file("bf16")
+    dtype, embed_dtype = models.default_setting()
+    dense = real.engine_file(dtype, embed_dtype)
     monkeypatch.setenv("SPARK_INFER_CACHE", str(tmp_path))
-    os.symlink(dense, models.cached_path("gemma3-270m", "bf16"))
-    sparse = spark_infer.load("gemma3-270m-sparse", dtype="bf16", context_length=1024)
+    os.symlink(dense, models.cached_path("gemma3-270m", dtype, embed_dtype))
+    sparse = spark_infer.load("gemma3-270m-sparse", context_length=1024)
+    assert sparse.engine.weight_type == dtype
     fraction = models.MODELS["gemma3-270m-sparse"].sparsify.split(",")[0].split("=")[1]
     base = spark_infer.load(str(dense), context_length=1024)
     for name in ("kjv_ruth_1_2.txt", "austen_persuasion_1_2.txt"):
