@@ -1,7 +1,7 @@
 """The quality/speed frontier of training-free sparsification (convert --sparsify).
 
-For Gemma 3 270M (the embedded default, bf16): each variant is converted from the dense engine
-file, then measured in the same run as the dense model:
+For Gemma 3 270M (the embedded model, in --dtype: bf16 unless given): each variant is converted
+from the dense engine file of that dtype, then measured in the same run as the dense model:
 - perplexity on the two shipped texts (tests/data: KJV Ruth 1-2, Austen's Persuasion 1-2),
   sliding windows of --window tokens (stride window / 2);
 - decode tok/s at --context positions (prefilled once per model with the texts' tokens, so the
@@ -151,7 +151,7 @@ def real_model(args: argparse.Namespace, out: dict, run: dict) -> None:
     from spark_infer import models
     from spark_infer.convert import convert
 
-    dense_path = models.resolve_model("gemma3-270m", dtype="bf16")
+    dense_path = models.resolve_model("gemma3-270m", dtype=args.dtype)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tokens = text_tokens(dense_path, args.context + args.steps + 1)
@@ -175,12 +175,13 @@ def real_model(args: argparse.Namespace, out: dict, run: dict) -> None:
     # A control first: the dense file against itself (its "speedup" shows the method's bias).
     control = [] if args.no_speed else [("dense (control)", None, False)]
     for label, spec, calibrated in [*control, *variants(args.quick, args.variants)]:
-        path = work / ("".join(c if c.isalnum() or c in "._-" else "_" for c in label) + ".spark")
+        path = work / ("".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+                       + ("" if args.dtype == "bf16" else "." + args.dtype) + ".spark")
         t0 = time.perf_counter()
         if spec is None:
             path = dense_path
         else:
-            convert(dense_path, path, dtype="bf16", progress=False, sparsify=spec,
+            convert(dense_path, path, dtype=args.dtype, progress=False, sparsify=spec,
                     calibrate=args.calibrate if calibrated else None)
         conv_s = time.perf_counter() - t0
         ppl = rows[0]["perplexity"] if spec is None else perplexities(path, args.window)
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", default=None, metavar="SPEC",
                     help="--sparsify specs to measure instead of the default list (calibrated; "
                          "append :gauss for the Gaussian quantile)")
+    ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8", "q4"],
+                    help="weights of the dense model and the variants (embedding included)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--context", type=int, default=4096 - 9, help="decode position (270M)")
     ap.add_argument("--steps", type=int, default=12, help="decode steps per round")
