@@ -70,6 +70,8 @@ KINDS = {
                                 ffn_select_by="abs_gelu", ffn_sparse_quantiles=(0.1, 0.3, 0.2)),
     "sparse_ffn_abs_act": tiny(ffn_sparse_fraction=0.4, ffn_select_by="abs_act",
                                ffn_select_weighted=True),
+    "sparse_ffn_sqrt_abs_act": tiny(ffn_sparse_fraction=0.4, ffn_select_by="sqrt_abs_act",
+                                    ffn_sparse_quantiles=(0.3, -0.2, 0.5)),
     # Sparsified attention: topk 4 + recent 2 < contexts of up to 20 tokens, window 9 on local
     # layers, so keep-all, pooled top-k and the window all run; GQA 2 here, 4 below.
     "sparse_attn": tiny(attn_sparse_topk=4, attn_sparse_dim=6, attn_sparse_recent=2,
@@ -170,7 +172,7 @@ def test_q4_weights_match_reference_on_dequantized_on_every_target(kind, target,
 
 
 @pytest.mark.parametrize("kind", ["sparse_ffn_calibrated", "sparse_all_gemma2", "sparse_attn",
-                                  "sparse_ffn_abs_act"])
+                                  "sparse_ffn_abs_act", "sparse_ffn_sqrt_abs_act"])
 def test_sparsified_kinds_match_reference_on_every_target(kind, target, model_files):
     """The sparsified kinds' kernels (masked matvec, sparse vec-mat, top-k, rotations) on each
     SIMD target this CPU runs: chunked prefill and every decode step against the reference."""
@@ -199,7 +201,8 @@ def test_prefill_then_decode_equals_decode_only(model_files):
 
 
 @pytest.mark.parametrize("kind", ["spark_all", "sparse_ffn", "sparse_all_gemma2",
-                                  "sparse_ffn_abs_gelu", "sparse_ffn_abs_act"])
+                                  "sparse_ffn_abs_gelu", "sparse_ffn_abs_act",
+                                  "sparse_ffn_sqrt_abs_act"])
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 40])
 def test_spark_prefill_kernel_choice_matches_reference(kind, cache_bytes, model_files):
     """Both sparse FFN chunk paths (neuron-grouped and per-token) against the reference."""

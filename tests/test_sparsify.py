@@ -40,7 +40,7 @@ def text_ids(path: str) -> np.ndarray:
         return np.asarray(Tokenizer(proto).encode(f.read(), add_bos=True), np.int32)
 
 
-@pytest.mark.parametrize("by", ["gate", "abs_gelu", "abs_act"])
+@pytest.mark.parametrize("by", ["gate", "abs_gelu", "abs_act", "sqrt_abs_act"])
 def test_calibrated_fraction_is_realised_in_the_engine(by, tiny, tmp_path):
     path, _ = tiny
     out = tmp_path / "s.spark"

@@ -64,9 +64,7 @@ py::dict ConfigFields(const ModelConfig& c) {
   d["ffn_sparse_quantiles"] = quantiles;
   d["ffn_gate_rank"] = c.ffn_gate_rank;
   d["ffn_select_weighted"] = c.ffn_select_weighted;
-  d["ffn_select_by"] = c.ffn_select_by == ModelConfig::FfnSelect::kGate      ? "gate"
-                       : c.ffn_select_by == ModelConfig::FfnSelect::kAbsGelu ? "abs_gelu"
-                                                                              : "abs_act";
+  d["ffn_select_by"] = ModelConfig::kFfnSelectNames[static_cast<size_t>(c.ffn_select_by)];
   d["attn_sparse_topk"] = c.attn_sparse_topk;
   d["attn_sparse_dim"] = c.attn_sparse_dim;
   d["attn_sparse_recent"] = c.attn_sparse_recent;

@@ -1,6 +1,8 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <iterator>
+#include <string>
 
 #include "util/json.h"
 
@@ -93,9 +95,17 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   c.ffn_select_weighted = j.Has("ffn_select_weighted") && j.At("ffn_select_weighted").Bool("config.ffn_select_weighted");
   if (j.Has("ffn_select_by")) {
     const std::string& by = j.At("ffn_select_by").String("config.ffn_select_by");
-    Require(by == "gate" || by == "abs_gelu" || by == "abs_act",
-            "ffn_select_by must be \"gate\", \"abs_gelu\" or \"abs_act\", got \"" + by + "\"");
-    c.ffn_select_by = by == "gate" ? FfnSelect::kGate : by == "abs_gelu" ? FfnSelect::kAbsGelu : FfnSelect::kAbsAct;
+    std::string known;
+    bool found = false;
+    for (size_t i = 0; i < std::size(ModelConfig::kFfnSelectNames); ++i) {
+      const std::string name = ModelConfig::kFfnSelectNames[i];
+      known += (i ? ", \"" : "\"") + name + "\"";
+      if (by == name) {
+        c.ffn_select_by = static_cast<FfnSelect>(i);
+        found = true;
+      }
+    }
+    Require(found, "ffn_select_by must be one of " + known + ", got \"" + by + "\"");
   }
   c.attn_sparse_topk = j.Has("attn_sparse_topk") ? Dim(j, "attn_sparse_topk", true) : 0;
   c.attn_sparse_dim = j.Has("attn_sparse_dim") ? Dim(j, "attn_sparse_dim", true) : 0;
@@ -143,8 +153,8 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
             "ffn_sparse_quantiles needs one entry per layer (or none)");
     for (float q : c.ffn_sparse_quantiles) Require(std::isfinite(q), "ffn_sparse_quantiles must be finite");
     Require(c.ffn_gate_rank < c.d_model && c.ffn_gate_rank < c.d_ff, "ffn_gate_rank must be < d_model and d_ff");
-    Require(c.ffn_select_by != FfnSelect::kAbsAct || c.ffn_gate_rank == 0,
-            "ffn_select_by \"abs_act\" reads the exact gate: ffn_gate_rank must be 0");
+    Require(!c.SelectsByProduct() || c.ffn_gate_rank == 0,
+            "ffn_select_by \"abs_act\" / \"sqrt_abs_act\" read the exact gate: ffn_gate_rank must be 0");
   } else {
     Require(c.ffn_sparse_quantiles.empty() && c.ffn_gate_rank == 0 && !c.ffn_select_weighted &&
                 c.ffn_select_by == FfnSelect::kGate,

@@ -31,10 +31,17 @@ struct ModelConfig {
   std::vector<float> ffn_sparse_quantiles;  // [n_layers] Q_l, or empty: Q(1 - fraction) for all
   size_t ffn_gate_rank = 0;                 // 0: select on the exact gate; R: on B (A x)
   bool ffn_select_weighted = false;         // selection score times c_i (tensor ffn_select)
-  // What the sparsified FFN ranks neurons by: p (the gate, or its predictor), |gelu(p)|, or
-  // |gelu(g) * (W_up x)| (the whole product; needs the dense gate and up, only down is sparse).
-  enum class FfnSelect { kGate, kAbsGelu, kAbsAct };
+  // What the sparsified FFN ranks neurons by: p (the gate, or its predictor), |gelu(p)|,
+  // |gelu(g) * (W_up x)| (the whole product; needs the dense gate and up, only down is sparse),
+  // or the square root of that product's magnitude (same order, a less heavy-tailed score for
+  // the statistical threshold). Names as in the file: kFfnSelectNames.
+  enum class FfnSelect { kGate, kAbsGelu, kAbsAct, kSqrtAbsAct };
+  static constexpr const char* kFfnSelectNames[] = {"gate", "abs_gelu", "abs_act", "sqrt_abs_act"};
   FfnSelect ffn_select_by = FfnSelect::kGate;
+  // The selection scores are the whole products gelu(g) * u (gate and up read whole).
+  bool SelectsByProduct() const {
+    return ffn_select_by == FfnSelect::kAbsAct || ffn_select_by == FfnSelect::kSqrtAbsAct;
+  }
   // Sparsified dense attention (rotated keys, pooled predictor): attn_sparse_topk 0 = off.
   size_t attn_sparse_topk = 0, attn_sparse_dim = 0, attn_sparse_recent = 0;
   // Special token ids (the engine runs ids; these are for the caller).

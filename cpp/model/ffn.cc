@@ -61,7 +61,8 @@ void Engine::Ffn(size_t layer, size_t T) {
 }
 
 // Sparsified dense FFN (docs/engine-file.md): p = W_gate x, or the low-rank predictor
-// gate_b (gate_a x); the score s_i is p_i, |gelu(p_i)| or |gelu(g_i) (W_up[i] . x)|, times c_i
+// gate_b (gate_a x); the score s_i is p_i, |gelu(p_i)|, |gelu(g_i) (W_up[i] . x)| or its square
+// root, times c_i
 // if the file has selection weights; keep s_i > theta_l = mean(s) + std(s) * Q_l;
 // y = sum_kept gelu(W_gate[i] . x) (W_up[i] . x) W_down^T[i].
 void Engine::SparseFfn(size_t layer, size_t T) {
@@ -71,7 +72,8 @@ void Engine::SparseFfn(size_t layer, size_t T) {
   const size_t dff = c.d_ff;
   const bool low_rank = c.ffn_gate_rank > 0;
   const Select by = c.ffn_select_by;
-  if (by == Select::kAbsAct) {  // ff_a = gelu(g) * u, the products themselves
+  const bool products = c.SelectsByProduct();
+  if (products) {  // ff_a = gelu(g) * u, the products themselves
     const MatRef* ws[2] = {&L.gate, &L.up};
     float* outs[2] = {ff_a_.get(), ff_b_.get()};
     MatMulMany(pool_, ws, outs, 2, xn_.get(), T);
@@ -95,6 +97,8 @@ void Engine::SparseFfn(size_t layer, size_t T) {
       }
       if (by != Select::kGate)
         for (size_t i = 0; i < dff; ++i) s[i] = std::fabs(s[i]);
+      if (by == Select::kSqrtAbsAct)
+        for (size_t i = 0; i < dff; ++i) s[i] = std::sqrt(s[i]);
       if (L.select)
         for (size_t i = 0; i < dff; ++i) s[i] *= L.select[i];
       score = s;
@@ -111,7 +115,7 @@ void Engine::SparseFfn(size_t layer, size_t T) {
     total += n;
   }
   stats_[layer].ffn_active += static_cast<double>(total);
-  SparseFfnTail(by == Select::kAbsAct ? nullptr : &L.up, xn_.get(), low_rank ? &L.gate : nullptr,
+  SparseFfnTail(products ? nullptr : &L.up, xn_.get(), low_rank ? &L.gate : nullptr,
                 L.down_t, T, total);
 }
 

@@ -18,7 +18,7 @@ __all__ = ["ModelConfig", "preset", "PRESETS", "LAYER_GLOBAL", "LAYER_LOCAL"]
 
 LAYER_GLOBAL = "global"
 LAYER_LOCAL = "local"
-FFN_SELECT = ("gate", "abs_gelu", "abs_act")
+FFN_SELECT = ("gate", "abs_gelu", "abs_act", "sqrt_abs_act")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class ModelConfig:
     ffn_gate_rank: int = 0                      # 0: select on the exact gate; R: on B (A x)
     ffn_select_weighted: bool = False           # score times c_i (tensor ffn_select)
     ffn_select_by: str = "gate"                 # score: "gate" p, "abs_gelu" |gelu(p)|, or
-                                                # "abs_act" |gelu(g) (W_up x)| (dense gate, up)
+                                                # "abs_act" |gelu(g) (W_up x)| (dense gate, up),
+                                                # "sqrt_abs_act" its square root
     # Sparsified dense attention (rotated keys, pooled top-k): attn_sparse_topk 0 = off.
     attn_sparse_topk: int = 0                   # K, e.g. 128
     attn_sparse_dim: int = 0                    # predictor dims r_a of the rotated keys

@@ -161,8 +161,8 @@ def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down
     """Sparsified dense GeGLU of each token: (y [T, D], kept count per token [T]).
 
     p = gate_b @ (gate_a @ x) if a low-rank predictor is given, else p = W_gate x;
-    the score is r = p ("gate"), |gelu_tanh(p)| ("abs_gelu") or |gelu_tanh(W_gate x) (W_up x)|
-    ("abs_act"); s = select * r (select: per-neuron weights, default 1);
+    the score is r = p ("gate"), |gelu_tanh(p)| ("abs_gelu"), |gelu_tanh(W_gate x) (W_up x)|
+    ("abs_act") or its square root ("sqrt_abs_act"); s = select * r (select: per-neuron weights, default 1);
     theta = mean(s) + std(s) * quantile;
     kept = {i : s_i > theta}; y = sum_{i kept} gelu_tanh(W_gate[i] . x) (W_up[i] . x) W_down_t[i].
     w_gate, w_up, w_down_t: [F, D] (neuron-major; w_down_t is W_down transposed).
@@ -173,8 +173,10 @@ def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down
         p = gate_b @ (gate_a @ x[t]) if gate_a is not None else w_gate @ x[t]
         if select_by == "abs_gelu":
             p = np.abs(gelu_tanh(p))
-        elif select_by == "abs_act":
+        elif select_by in ("abs_act", "sqrt_abs_act"):
             p = np.abs(gelu_tanh(w_gate @ x[t]) * (w_up @ x[t]))
+            if select_by == "sqrt_abs_act":
+                p = np.sqrt(p)
         s = p * select if select is not None else p
         theta = float(np.mean(s) + np.std(s) * quantile)
         kept = np.nonzero(s > theta)[0]

@@ -65,7 +65,7 @@ def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
             whole = ["ffn_gate_a", "ffn_gate_b", "ffn_select"]
             kept = ["ffn_down_t"]
             (kept if cfg.ffn_gate_rank else whole).append("ffn_gate")
-            (whole if cfg.ffn_select_by == "abs_act" else kept).append("ffn_up")
+            (whole if cfg.ffn_select_by in ("abs_act", "sqrt_abs_act") else kept).append("ffn_up")
             f += sum(_with_scale(tb, p + name) for name in whole)
             f += float(ffn_active[layer]) * sum(_with_scale(tb, p + name) for name in kept)
         else:

@@ -44,7 +44,7 @@ class SparsifySpec:
     """What to sparsify. ffn: kept FFN fraction F (1.0 = dense FFN); attn: tokens K per query
     (0 = dense attention); rank: low-rank gate predictor R (0 = the exact gate selects);
     weighted: WINA-style selection weights; by: what ranks the neurons ("gate", "abs_gelu",
-    "abs_act"; see ModelConfig.ffn_select_by); attn_dim: predictor dims r_a (0 = head_dim / 4);
+    "abs_act", "sqrt_abs_act"; see ModelConfig.ffn_select_by); attn_dim: predictor dims r_a (0 = head_dim / 4);
     recent: newest tokens always attended."""
 
     ffn: float = 1.0
@@ -66,8 +66,8 @@ class SparsifySpec:
         if self.by not in FFN_SELECT:
             raise ConversionError(f"--sparsify by must be one of {', '.join(FFN_SELECT)}, got "
                                   f"{self.by!r}")
-        if self.by == "abs_act" and self.rank:
-            raise ConversionError("--sparsify by=abs_act reads the exact gate: no rank=R")
+        if self.by in ("abs_act", "sqrt_abs_act") and self.rank:
+            raise ConversionError(f"--sparsify by={self.by} reads the exact gate: no rank=R")
         if self.ffn == 1.0 and self.attn == 0:
             raise ConversionError("--sparsify needs ffn=F < 1 and/or attn=K > 0")
 
@@ -87,7 +87,7 @@ class SparsifySpec:
                 continue
             if key not in kinds or not eq:
                 raise ConversionError(f"--sparsify: cannot read {item.strip()!r}; known: "
-                                      f"ffn=F, attn=K, by=gate|abs_gelu|abs_act, rank=R, "
+                                      f"ffn=F, attn=K, by={'|'.join(FFN_SELECT)}, rank=R, "
                                       f"wina, attn_dim=D, recent=N")
             try:
                 values[key] = kinds[key](value)
@@ -238,6 +238,8 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
                 score = np.abs(gelu_tanh(score))
             elif spec.by == "abs_act":
                 score = np.abs(act)
+            elif spec.by == "sqrt_abs_act":
+                score = np.sqrt(np.abs(act))
             if spec.weighted:
                 c = np.linalg.norm(w_down, axis=0).astype(np.float32)  # norm of each down row
                 c /= max(float(c.mean()), 1e-30)
