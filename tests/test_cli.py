@@ -3,6 +3,7 @@ interactive chat driven through a pseudo-terminal."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -65,8 +66,11 @@ def test_missing_model_file():
 
 
 def _chat(model_path: str, *extra: str) -> pexpect.spawn:
+    # SIGINT back to its default in the child: a runner started in the background (nohup ... &)
+    # ignores it, the child would inherit that, and Ctrl-C would never reach the chat.
     child = pexpect.spawn(CLI[0], CLI[1:] + ["chat", "-m", model_path, "--temperature", "0",
-                                             *extra], encoding="utf-8", timeout=60)
+                                             *extra], encoding="utf-8", timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect("> ")
     return child
 
@@ -105,10 +109,7 @@ def test_chat_ctrl_c_stops_the_answer_and_keeps_the_session(model_path):
     child = _chat(model_path, "-n", "100000", "-c", "60000", "--min-p", "0")
     child.sendline("Tell me everything.")
     child.expect("everything\\.\r\n")  # the terminal's echo of the line
-    # 200 characters of the answer, so the streaming loop surely runs. (Once, on a loaded
-    # machine, a Ctrl-C sent after the first character was lost and the answer ran to the end
-    # of the context; the cause was not found.)
-    child.expect("[\\s\\S]{200}", timeout=60)
+    child.expect(".", timeout=60)     # the answer has started streaming
     child.sendintr()
     child.expect("stopped")
     child.expect("> ")
