@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from spark_infer import _core
-from spark_infer.config import ModelConfig
+from spark_infer.config import FFN_SELECT, ModelConfig
 from spark_infer.fileformat import (read_engine_file, read_engine_header, tensor_specs,
                                     write_engine_file)
 from spark_infer.weights import quantize_q4
@@ -148,6 +148,13 @@ def engine_accepts(d: dict) -> bool:
 def test_validators_agree_on_each_change(field, value):
     d = {**BASE.to_dict(), field: value}
     assert python_accepts(d) == engine_accepts(d)
+
+
+@pytest.mark.parametrize("by", [*FFN_SELECT, "sqrt", "ABS_ACT"])
+def test_validators_agree_on_the_ffn_selection_names(by):
+    # config.py's FFN_SELECT and the engine's kFfnSelectNames: the same names, both ways.
+    d = {**KINDS["sparse_ffn"].to_dict(), "ffn_select_by": by}
+    assert python_accepts(d) == engine_accepts(d) == (by in FFN_SELECT)
 
 
 def test_global_only_model_may_have_no_window():

@@ -95,10 +95,11 @@ void Engine::SparseFfn(size_t layer, size_t T) {
       } else {
         std::copy(p, p + dff, s);
       }
-      if (by != Select::kGate)
+      if (by == Select::kSqrtAbsAct) {
+        for (size_t i = 0; i < dff; ++i) s[i] = std::sqrt(std::fabs(s[i]));
+      } else if (by != Select::kGate) {
         for (size_t i = 0; i < dff; ++i) s[i] = std::fabs(s[i]);
-      if (by == Select::kSqrtAbsAct)
-        for (size_t i = 0; i < dff; ++i) s[i] = std::sqrt(s[i]);
+      }
       if (L.select)
         for (size_t i = 0; i < dff; ++i) s[i] *= L.select[i];
       score = s;

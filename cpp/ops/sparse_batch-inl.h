@@ -27,8 +27,9 @@ namespace hn = hwy::HWY_NAMESPACE;
 // the next block's segments during the current block made V 1.5x faster from DRAM (13.7 -> 20.8
 // GFLOP/s per core, bf16, AVX3). K2 reads whole rows in order, and still gains from software
 // prefetch: RowDotTokens fetches the next row line by line as it walks its own (K2 [13824, 1280]
-// bf16 from DRAM, T=64, 8 %, 1 thread, AVX3 on the Zen 4 VM: 26.5 -> 33.9 GFLOP/s; 2 threads
-// 22-23 -> 28-30, machine loaded); the next row two ahead was no better.
+// bf16 from DRAM, T=64, 8 %, AVX3 on the Zen 4 VM, GFLOP/s: 1 thread 25-28 -> 35, 2 threads
+// 44-54 -> 66-68; bench/results/kernels-chunk-k2-prefetch-2026-12-07.txt); the next row two
+// ahead was no better.
 template <class P>
 HWY_INLINE void PrefetchElems(P p, size_t n) {
   const uint8_t* b = BytePtr(p);
