@@ -16,8 +16,8 @@ import pytest
 
 from spark_infer import _core, reference
 from spark_infer.config import ModelConfig
-from spark_infer.fileformat import read_engine_file
-from spark_infer.random_model import make_random_model
+from spark_infer.fileformat import read_engine_file, tensor_specs, write_engine_file
+from spark_infer.random_model import make_random_model, random_tensor_source
 
 
 REL_TOL = 1e-4
@@ -90,7 +90,8 @@ KINDS = {
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    """Engine files written once per (kind, dtype), with their dequantized weights."""
+    """Engine files written once per (kind, dtype), with their dequantized weights. dtype "mix":
+    the matrices in q4, q5 and int8 in turn (as a quantized GGUF's mix)."""
     cache: dict = {}
     root = tmp_path_factory.mktemp("models")
 
@@ -98,7 +99,14 @@ def model_files(tmp_path_factory):
         key = (kind, dtype)
         if key not in cache:
             path = str(root / f"{kind}-{dtype}.spark")
-            make_random_model(path, KINDS[kind], dtype=dtype, seed=7)
+            if dtype == "mix":
+                cfg = KINDS[kind]
+                names = [t.name for t in tensor_specs(cfg) if t.is_matrix]
+                mix = {n: ("q4", "q5", "int8")[i % 3] for i, n in enumerate(names)}
+                write_engine_file(path, cfg, random_tensor_source(cfg, 7), dtype="q4",
+                                  tensor_dtypes=mix)
+            else:
+                make_random_model(path, KINDS[kind], dtype=dtype, seed=7)
             _, _, weights = read_engine_file(path, dequantize=True)
             cache[key] = (path, weights)
         return cache[key]
@@ -153,15 +161,17 @@ def test_quantized_weights_match_reference_on_dequantized(kind, dtype, model_fil
     assert rel_err(got, expected) < REL_TOL
 
 
+@pytest.mark.parametrize("dtype", ["q4", "q5", "mix"])
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3_gqa4", "spark_all_q4", "sparse_ffn_low_rank_q4",
                                   "sparse_ffn_abs_act", "sparse_attn"])
-def test_q4_weights_match_reference_on_dequantized_on_every_target(kind, target, model_files):
-    """q4 matrices (token_embd too) through every kernel that reads weights (matvec, chunk
-    matmul, masked matvec, sparse vec-mat, the neuron-grouped chunk kernels, the embedding row)
-    against the reference on the dequantized weights: prefill in chunks and every decode step."""
+def test_q4_weights_match_reference_on_dequantized_on_every_target(kind, dtype, target, model_files):
+    """q4 (q5, a q4 / q5 / int8 mix) matrices (token_embd too) through every kernel that reads
+    weights (matvec, chunk matmul, masked matvec, sparse vec-mat, the neuron-grouped chunk
+    kernels, the embedding row) against the reference on the dequantized weights: prefill in
+    chunks and every decode step. q5's decode rounds x as q4's does."""
     cfg = KINDS[kind]
-    path, weights = model_files(kind, "q4")
-    assert _core.Engine(path, context_length=4).weight_type == "q4"
+    path, weights = model_files(kind, dtype)
+    assert _core.Engine(path, context_length=4).weight_type == {"mix": "int8+q4+q5"}.get(dtype, dtype)
     tokens = tokens_for(cfg, 16, seed=2)
     expected = reference.forward(cfg, weights, tokens)
     engine = _core.Engine(path, context_length=16, kv_dtype="f32")

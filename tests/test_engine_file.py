@@ -20,10 +20,10 @@ from spark_infer import _core
 from spark_infer.config import FFN_SELECT, ModelConfig
 from spark_infer.fileformat import (read_engine_file, read_engine_header, tensor_specs,
                                     write_engine_file)
-from spark_infer.weights import quantize_q4
+from spark_infer.weights import quantize_q4, quantize_q5
 from test_engine import KINDS
 
-DTYPES = ("f32", "bf16", "int8", "q4")
+DTYPES = ("f32", "bf16", "int8", "q4", "q5")
 
 
 def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -51,9 +51,25 @@ def decode_q4(blocks: np.ndarray, cols: int) -> np.ndarray:
     return out
 
 
+def decode_q5(blocks: np.ndarray, cols: int) -> np.ndarray:
+    """Q5_0 as docs/engine-file.md spells it: per 22 bytes, f16 d, u32 qh, then byte 6 + j
+    holds the low 4 bits of q_j (low nibble) and q_(j+16) (high nibble), bit i of qh the fifth
+    bit of q_i; w = d (q - 16)."""
+    out = np.empty((blocks.shape[0], cols), np.float32)
+    for r in range(blocks.shape[0]):
+        for b in range(cols // 32):
+            blk = blocks[r, 22 * b: 22 * b + 22]
+            d = float(np.frombuffer(blk[0:2].tobytes(), "<f2")[0])
+            qh = int(np.frombuffer(blk[2:6].tobytes(), "<u4")[0])
+            q = [(int(blk[6 + (i % 16)]) >> (4 * (i // 16)) & 15) | ((qh >> i) & 1) << 4
+                 for i in range(32)]
+            out[r, 32 * b: 32 * b + 32] = np.float32(d) * (np.array(q, np.float32) - 16)
+    return out
+
+
 def writable(cfg: ModelConfig, dtype: str) -> bool:
-    # q4 holds rows of multiples of 32 weights; the writer refuses other shapes.
-    return dtype != "q4" or all(s.shape[-1] % 32 == 0 for s in tensor_specs(cfg) if s.is_matrix)
+    # q4 and q5 hold rows of multiples of 32 weights; the writer refuses other shapes.
+    return dtype not in ("q4", "q5") or all(s.shape[-1] % 32 == 0 for s in tensor_specs(cfg) if s.is_matrix)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -63,7 +79,7 @@ def test_writer_output_round_trips_through_the_engine_reader(tmp_path, kind, dty
     w = random_weights(cfg)
     path = tmp_path / "m.spark"
     if not writable(cfg, dtype):
-        with pytest.raises(ValueError, match="q4 needs rows of a multiple of 32"):
+        with pytest.raises(ValueError, match=f"{dtype} needs rows of a multiple of 32"):
             write_engine_file(path, cfg, w, dtype=dtype)
         return
     write_engine_file(path, cfg, w, dtype=dtype, tokenizer_proto=b"\x00proto")
@@ -88,9 +104,14 @@ def test_writer_output_round_trips_through_the_engine_reader(tmp_path, kind, dty
             np.testing.assert_array_equal(view, x.astype(ml_dtypes.bfloat16).view(np.uint16))
         elif dtype == "int8":
             want = expected_int8(x)
-        else:
+        elif dtype == "q4":
             np.testing.assert_array_equal(view, quantize_q4(x))
             want = decode_q4(np.asarray(view), spec.shape[1])
+        else:   # q5: its blocks apart, [rows, cols / 32, 22]
+            assert view.shape == (spec.shape[0], spec.shape[1] // 32, 22)
+            stored = np.asarray(view).reshape(spec.shape[0], -1)
+            np.testing.assert_array_equal(stored, quantize_q5(x))
+            want = decode_q5(stored, spec.shape[1])
         np.testing.assert_allclose(deq[spec.name], want, rtol=1e-6, atol=0, err_msg=spec.name)
     # The engine opens the same file through the same reader.
     assert _core.Engine(str(path), context_length=4).vocab_size == cfg.vocab_size

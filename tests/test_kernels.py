@@ -226,6 +226,36 @@ def make_q4(rows: int, cols: int, rng: np.random.Generator, integer: bool = Fals
     return blocks.reshape(rows, g * 20), w64, a64, np.abs(d64 * q).reshape(rows, cols)
 
 
+def make_q5(rows: int, cols: int, rng: np.random.Generator, integer: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(blocks uint8 [rows, cols / 32, 22], w float64 [rows, cols], |d| (q + 16), |w|) of q5 (GGML's
+    Q5_0: f16 d, u32 qh with bit j the fifth bit of code j, 16 bytes of low nibbles as q4's;
+    w = d (q - 16)), packed here from random codes and d. The kernels take q5 blocks with their
+    block axis apart (a row's bytes alone could be either type's). Like q4's, the kernels may
+    compute d q + m with m = -16 d, whose terms are bounded by |d| (q + 16), not |w|; decode's
+    integer dot takes q - 16 itself, so its x rounding costs |w| per weight.
+
+    integer=True: d = 0.5 (w in [-8, 7.5], multiples of 1/2), as make_q4's."""
+    assert cols % 32 == 0
+    g = cols // 32
+    q = rng.integers(0, 32, size=(rows, g, 32)).astype(np.uint32)
+    if integer:
+        d = np.full((rows, g), 0.5, np.float16)
+    else:
+        d = (rng.uniform(0.01, 0.15, (rows, g)) * rng.choice([-1, 1], (rows, g))).astype(np.float16)
+    blocks = np.empty((rows, g, 22), np.uint8)
+    blocks[..., 0:2] = d.astype("<f2").view(np.uint8).reshape(rows, g, 2)
+    qh = ((q >> 4) << np.arange(32, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+    blocks[..., 2:6] = qh.astype("<u4").view(np.uint8).reshape(rows, g, 4)
+    blocks[..., 6:] = (q[..., :16] & 15) | ((q[..., 16:] & 15) << 4)
+    d64, q64 = d.astype(np.float64)[..., None], q.astype(np.float64)
+    w64 = (d64 * (q64 - 16)).reshape(rows, cols)
+    return blocks, w64, (np.abs(d64) * (q64 + 16)).reshape(rows, cols), np.abs(w64)
+
+
+MAKE_BLOCKS = {"q4": make_q4, "q5": make_q5}
+
+
 def q4_tol(n_terms: int, abs_sum: np.ndarray) -> np.ndarray:
     return (2 * n_terms + 4) * U * abs_sum
 
@@ -242,11 +272,12 @@ Q4_MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(Q4_COLS)] + [
     (9, 32), (63, 96), (1003, 64), (0, 32)]
 
 
+@pytest.mark.parametrize("fmt", ["q4", "q5"])
 @pytest.mark.parametrize("shape", Q4_MATVEC_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_q4_matvec(target: str, shape: tuple[int, int], rng: np.random.Generator) -> None:
+def test_q4_matvec(target: str, fmt: str, shape: tuple[int, int], rng: np.random.Generator) -> None:
     rows, cols = shape
     for integer in (False, True):
-        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
+        w, w64, a64, dq64 = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
         x = make_x(cols, rng, integer)
         pw, px, out = Placed.input(w), Placed.input(x), Placed.output(rows)
         _core.matvec(pw.a, px.a, out.a)
@@ -262,10 +293,11 @@ def test_q4_matvec(target: str, shape: tuple[int, int], rng: np.random.Generator
 @pytest.mark.parametrize("shape", [(1, 3, 32), (2, 5, 64), (3, 9, 96), (5, 6, 160), (64, 33, 64),
                                    (7, 1003, 32), (3, 4, 13824), (0, 4, 32)],
                          ids=lambda s: "T{}_{}x{}".format(*s))
-def test_q4_matmul(target: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("fmt", ["q4", "q5"])
+def test_q4_matmul(target: str, fmt: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
     T, rows, cols = shape
     for integer in (False, True):
-        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
+        w, w64, a64, dq64 = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
         x = make_x((T, cols), rng, integer)
         pw, px, out = Placed.input(w), Placed.input(x), Placed.output((T, rows))
         _core.matmul(pw.a, px.a, out.a)
@@ -284,12 +316,13 @@ Q4_SPARSE_SHAPES = [(1, 32, 1), (7, 32, 0), (9, 64, 5), (64, 96, 8), (100, 160, 
                     (50, 1056, 13), (16, 13824, 3), (13824, 32, 1106)]
 
 
+@pytest.mark.parametrize("fmt", ["q4", "q5"])
 @pytest.mark.parametrize("shape", Q4_SPARSE_SHAPES, ids=lambda s: "{}x{}_n{}".format(*s))
-def test_q4_masked_matvec_and_sparse_vecmat(target: str, shape: tuple[int, int, int],
+def test_q4_masked_matvec_and_sparse_vecmat(target: str, fmt: str, shape: tuple[int, int, int],
                                             rng: np.random.Generator) -> None:
     rows, cols, n = shape
     for integer in (False, True):
-        w, w64, a64, dq64 = make_q4(rows, cols, rng, integer)
+        w, w64, a64, dq64 = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
         x, u = make_x(cols, rng, integer), make_x(n, rng, integer)
         idx = make_idx(rows, n, rng)
         pw, px, pu, pi = Placed.input(w), Placed.input(x), Placed.input(u), Placed.input(idx)
@@ -308,14 +341,16 @@ def test_q4_masked_matvec_and_sparse_vecmat(target: str, shape: tuple[int, int, 
             assert_within(out_s.a, u64 @ w64[idx], q4_tol(n, np.abs(u64) @ a64[idx]))
 
 
-def test_q4_sparse_kernels_never_read_unlisted_rows(target: str, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("fmt", ["q4", "q5"])
+def test_q4_sparse_kernels_never_read_unlisted_rows(target: str, fmt: str,
+                                                    rng: np.random.Generator) -> None:
     rows, cols, n = 1000, 96, 80
-    w = make_q4(rows, cols, rng)[0]
+    w = MAKE_BLOCKS[fmt](rows, cols, rng)[0]
     idx = make_idx(rows, n, rng)
     x, u = make_x(cols, rng, False), make_x(n, rng, False)
     w2 = w.copy()
     unlisted = np.setdiff1d(np.arange(rows), idx)
-    # f16 NaN parameters (SSE4's emulated f16 widening reads them as -131008), codes 15.
+    # f16 NaN parameters (SSE4's emulated f16 widening reads them as -131008), codes 15 (31).
     w2[unlisted] = 0xFF
     for fn, vec, out_len in ((_core.masked_matvec, x, n), (_core.sparse_vecmat, u, cols)):
         clean, poisoned = np.empty(out_len, np.float32), np.empty(out_len, np.float32)
@@ -336,6 +371,13 @@ def test_q4_bad_weights() -> None:
         _core.matvec(np.zeros((4, 30), np.uint8), x, np.empty(4, np.float32))
     with pytest.raises(ValueError, match="scale is only for int8"):
         _core.matvec(np.zeros((4, 20), np.uint8), x, np.empty(4, np.float32),
+                     scale=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="q4 \\(20-byte\\) or q5 \\(22-byte\\) blocks, got 21-byte"):
+        _core.matvec(np.zeros((4, 1, 21), np.uint8), x, np.empty(4, np.float32))
+    with pytest.raises(ValueError, match="2-D weight matrix"):
+        _core.matvec(np.zeros((4, 1, 22), np.float32), x, np.empty(4, np.float32))
+    with pytest.raises(ValueError, match="scale is only for int8"):
+        _core.matvec(np.zeros((4, 1, 22), np.uint8), x, np.empty(4, np.float32),
                      scale=np.ones(4, np.float32))
 
 
@@ -789,14 +831,14 @@ def test_softmax(target: str, n: int, rng: np.random.Generator) -> None:
 # ------------------------------------------------------------- threads, GIL, zero-copy
 
 
-@pytest.mark.parametrize("dtype", DTYPES + ["q4"])
+@pytest.mark.parametrize("dtype", DTYPES + ["q4", "q5"])
 def test_thread_count_does_not_change_results(
     dtype: str, threads: Callable[[int], None], rng: np.random.Generator
 ) -> None:
     # Kernels split outputs (rows, index ranges, column tiles) between threads, never a sum: the
     # bits must not depend on the thread count. Shapes give every kernel several parts.
-    if dtype == "q4":
-        w, scale = make_q4(2000, 2304, rng)[0], None
+    if dtype in MAKE_BLOCKS:
+        w, scale = MAKE_BLOCKS[dtype](2000, 2304, rng)[0], None
     else:
         w, scale, _ = make_weights(dtype, 2000, 2304, rng)
     x = make_x(2304, rng, False)

@@ -8,13 +8,15 @@ import pytest
 
 from spark_infer import _core
 from spark_infer.weights import bf16_to_f32, f32_to_bf16, quantize_int8, dequantize_int8, \
-    quantize_q4
+    quantize_q4, quantize_q5
 
 
 def weights(rng, rows, cols, dtype):
     """(w as the kernel takes it, scale or None, values float64, |values| float64 for the error
     bound). q4 is dequantized by gguf's Q4_1 (the same block layout), not by our code; its bound
-    uses |d q| + |m| per weight (the kernels may sum d (q . x) and m sum(x) apart)."""
+    uses |d q| + |m| per weight (the kernels may sum d (q . x) and m sum(x) apart). q5 likewise,
+    by gguf's Q5_0, with m = -16 d (|d q| + |m| <= |w| + 32 |d|), its blocks passed as
+    [rows, cols / 32, 22] (the kernels' way to tell them from q4's)."""
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     if dtype == "f32":
         return w, None, w.astype(np.float64), np.abs(w.astype(np.float64))
@@ -30,6 +32,14 @@ def weights(rng, rows, cols, dtype):
         g = b.reshape(rows, -1, 20)
         m = np.abs(g[..., 2:4].copy().view("<f2")[..., 0].astype(np.float64))
         return b, None, v.astype(np.float64), np.abs(v) + 2 * np.repeat(m, 32, axis=1)
+    if dtype == "q5":
+        from gguf.quants import GGMLQuantizationType, dequantize
+
+        b = quantize_q5(w)
+        v = dequantize(b.reshape(-1), GGMLQuantizationType.Q5_0).reshape(rows, cols)
+        g = b.reshape(rows, -1, 22)
+        d = np.abs(g[..., 0:2].copy().view("<f2")[..., 0].astype(np.float64))
+        return g, None, v.astype(np.float64), np.abs(v) + 32 * np.repeat(d, 32, axis=1)
     q, s = quantize_int8(w)
     v = dequantize_int8(q, s).astype(np.float64)
     return q, s, v, np.abs(v)
@@ -49,13 +59,13 @@ def csr(rng, rows, T, density):
 CASES_MASKED = [(d, r, c, t) for d in ("f32", "bf16", "int8")
                 for r, c, t in [(1, 1, 1), (7, 63, 5), (130, 1000, 17), (64, 13, 64),
                                 (50, 1003, 64)]] + [
-    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (7, 64, 5), (130, 1056, 17), (64, 96, 64),
-                                    (50, 1056, 64)]]
+    (q, r, c, t) for q in ("q4", "q5") for r, c, t in [(1, 32, 1), (7, 64, 5), (130, 1056, 17),
+                                                       (64, 96, 64), (50, 1056, 64)]]
 CASES_SPARSE = [(d, r, c, t) for d in ("f32", "bf16", "int8")
                 for r, c, t in [(1, 1, 1), (9, 63, 4), (200, 1000, 17), (64, 2304, 8),
                                 (300, 1003, 33)]] + [
-    ("q4", r, c, t) for r, c, t in [(1, 32, 1), (9, 96, 4), (200, 1056, 17), (64, 2304, 8),
-                                    (300, 1056, 33)]]
+    (q, r, c, t) for q in ("q4", "q5") for r, c, t in [(1, 32, 1), (9, 96, 4), (200, 1056, 17),
+                                                       (64, 2304, 8), (300, 1056, 33)]]
 
 
 @pytest.mark.parametrize("dtype, rows, cols, T", CASES_MASKED)
@@ -82,9 +92,9 @@ def test_csr_sparse_matmul(target, dtype, rows, cols, T):
     u = rng.standard_normal(len(tokens)).astype(np.float32)
     # Rows no token uses must never be read: poison them.
     unused = np.diff(offsets) == 0
-    if dtype in ("f32", "q4"):
+    if dtype in ("f32", "q4", "q5"):
         w = w.copy()
-        w[unused] = np.nan if dtype == "f32" else 0xFF  # q4: f16 NaN block parameters
+        w[unused] = np.nan if dtype == "f32" else 0xFF  # q4, q5: f16 NaN block parameters
     out = np.full((T, cols), np.nan, np.float32)
     _core.csr_sparse_matmul(w, u, offsets, tokens, out, scale=scale)
     row_of = np.repeat(np.arange(rows), np.diff(offsets))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from spark_infer.weights import (
-    DTYPES, ST_DTYPE, bf16_to_f32, dequantize_int8, dequantize_q4, f32_to_bf16, logical_shape,
-    q4_codes, q4_pack, quantize_int8, quantize_q4, stored_shape)
+    DTYPES, ST_DTYPE, bf16_to_f32, decode, dequantize_int8, dequantize_q4, dequantize_q5,
+    f32_to_bf16, logical_shape, q4_codes, q4_pack, quantize_int8, quantize_q4, quantize_q5,
+    stored_shape, stored_type)
 
 
 # ------------------------------------------------------------------------------ bf16
@@ -185,10 +186,91 @@ def test_q4_pack_is_q4_1():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_stored_shape_holds_the_matrix(dtype):
-    st = ST_DTYPE[dtype]
-    shape = stored_shape((5, 96), st)
-    assert shape == ((5, 60) if dtype == "q4" else (5, 96))
-    assert logical_shape(shape, st) == (5, 96)
+    shape = stored_shape((5, 96), dtype)
+    assert shape == {"q4": (5, 60), "q5": (5, 66)}.get(dtype, (5, 96))
+    assert logical_shape(shape, dtype) == (5, 96)
+    assert stored_type(ST_DTYPE[dtype], shape, 96) == dtype
+
+
+def test_stored_type_refuses_other_row_bytes():
+    with pytest.raises(ValueError, match="neither q4 nor q5"):
+        stored_type("U8", (5, 64), 96)
+    with pytest.raises(ValueError, match="neither q4 nor q5"):
+        stored_type("U8", (5, 60), 95)
+
+
+# ------------------------------------------------------------------------------------ q5
+# GGML's Q5_0 block (docs/engine-file.md): f16 d, u32 qh (bit j: fifth bit of code j), 16 bytes
+# of low nibbles; w = d (q - 16). gguf's numpy dequantizer is the independent decoder.
+
+
+def q5_blocks_from_codes(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Blocks uint8 [n, 22] packed from d [n] (f16 values) and codes q [n, 32] in 0..31."""
+    q = q.astype(np.uint32)
+    out = np.empty((len(d), 22), np.uint8)
+    out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:6] = ((q >> 4) << np.arange(32, dtype=np.uint32)).sum(1, dtype=np.uint32) \
+        .astype("<u4").view(np.uint8).reshape(-1, 4)
+    out[:, 6:] = (q[:, :16] & 15) | ((q[:, 16:] & 15) << 4)
+    return out
+
+
+def test_q5_decoder_matches_gguf():
+    from gguf.quants import GGMLQuantizationType, dequantize
+
+    rng = np.random.default_rng(5)
+    d = rng.uniform(-0.3, 0.3, 64).astype(np.float16)
+    q = rng.integers(0, 32, (64, 32))
+    b = q5_blocks_from_codes(d, q)
+    want = d.astype(np.float64)[:, None] * (q - 16)
+    np.testing.assert_array_equal(dequantize(b.reshape(-1), GGMLQuantizationType.Q5_0)
+                                  .reshape(64, 32), want)
+    np.testing.assert_array_equal(dequantize_q5(b.reshape(2, -1)), want.reshape(2, -1))
+    np.testing.assert_array_equal(decode(b.reshape(2, -1, 22)), want.reshape(2, -1))
+
+
+def test_q5_encoder_follows_the_ggml_rule():
+    """quantize_q5 against the rule written out per block: d = (the first weight of largest
+    |w|) / -16, q = min(31, floor(w / d + 16.5)) (x * (1 / d) in f32, as GGML), and its blocks
+    decode (by gguf) to within d / 2 of each weight (d / 1 at the clipped top code)."""
+    from gguf.quants import GGMLQuantizationType, dequantize
+
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((8, 256)) * rng.uniform(0.01, 3, (8, 1))).astype(np.float32)
+    w[0, :32] = 0.0                      # an all-zero block: d = 0, codes 16
+    w[1, 3] = -np.abs(w[1, :32]).max() - 1  # a negative extreme: d > 0
+    b = quantize_q5(w)
+    assert b.shape == (8, 8 * 22) and b.dtype == np.uint8
+    for r in range(8):
+        for k in range(8):
+            g = w[r, 32 * k:32 * k + 32]
+            m = g[int(np.argmax(np.abs(g)))]
+            d = np.float32(m / np.float32(-16))
+            inv = np.float32(1) / d if d else np.float32(0)
+            q = np.minimum(31, np.floor(g * inv + np.float32(16.5))).astype(np.int64)
+            np.testing.assert_array_equal(b[r, 22 * k:22 * k + 22],
+                                          q5_blocks_from_codes(np.array([d]), q[None])[0])
+    back = dequantize(b.reshape(-1), GGMLQuantizationType.Q5_0).reshape(8, 256)
+    dd = np.abs(np.repeat(b.reshape(8, 8, 22)[..., 0:2].copy().view("<f2")[..., 0]
+                          .astype(np.float64), 32, axis=1))
+    assert np.all(np.abs(back - w) <= dd * 1.0 + 1e-7)
+    np.testing.assert_array_equal(dequantize_q5(b), back)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_q5(np.zeros((2, 40), np.float32))
+    with pytest.raises(ValueError, match="f16 range"):
+        quantize_q5(np.full((1, 32), 7e4, np.float32))
+
+
+def test_q5_round_trip_is_exact_on_q5_values():
+    """Weights that are a Q5_0 block's values (d (q - 16), f16 d, a code 0 at the largest |w|,
+    as GGML's encoder always leaves one) come back as the same bytes."""
+    rng = np.random.default_rng(7)
+    d = rng.uniform(-0.3, 0.3, 200).astype(np.float16)
+    q = rng.integers(0, 32, (200, 32))
+    q[np.arange(200), rng.integers(0, 32, 200)] = 0
+    b = q5_blocks_from_codes(d, q)
+    w = dequantize_q5(b.reshape(1, -1)).reshape(200, 32)
+    np.testing.assert_array_equal(quantize_q5(w.reshape(1, -1)).reshape(200, 22), b)
 
 
 def test_kv_cache_bf16_rounding_equals_the_encoder():

@@ -52,15 +52,28 @@ T* Checked(const py::array& a, const char* name, std::vector<py::ssize_t> dims,
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// A weight matrix [rows, cols]: float32, uint16 (bf16 bits), int8 with scale float32 [rows], or
-// uint8 [rows, cols / 32 * 20]: q4 blocks (weights/types.h), cols = 32 per 20 bytes.
+// A weight matrix [rows, cols]: float32, uint16 (bf16 bits), int8 with scale float32 [rows],
+// uint8 [rows, cols / 32 * 20]: q4 blocks (weights/types.h), cols = 32 per 20 bytes, or uint8
+// [rows, cols / 32, 22]: q5 blocks (the block axis apart, since a row's bytes alone can be
+// either type's: 440 bytes are 22 q4 blocks or 20 q5 ones; [rows, cols / 32, 20] is q4).
 inline MatRef CheckedWeights(const py::array& w, const std::optional<py::array>& scale) {
   MatRef m;
-  if (w.ndim() != 2) throw py::value_error("w: expected a 2-D weight matrix, got shape " + ShapeString(w));
+  const bool blocks3 = w.ndim() == 3 && w.dtype().is(py::dtype::of<uint8_t>());
+  if (w.ndim() != 2 && !blocks3)
+    throw py::value_error("w: expected a 2-D weight matrix (or uint8 [rows, blocks, 20 or 22] q4 / q5 blocks), got shape " +
+                          ShapeString(w));
   m.rows = static_cast<size_t>(w.shape(0));
   m.cols = static_cast<size_t>(w.shape(1));
   const py::ssize_t R = w.shape(0), C = w.shape(1);
-  if (w.dtype().is(py::dtype::of<float>())) {
+  if (blocks3) {
+    const py::ssize_t B = w.shape(2);
+    if (B != static_cast<py::ssize_t>(kQ4BlockBytes) && B != static_cast<py::ssize_t>(kQ5BlockBytes))
+      throw py::value_error("w: uint8 [rows, blocks, bytes] weights are q4 (20-byte) or q5 (22-byte) blocks, got " +
+                            std::to_string(B) + "-byte blocks");
+    m.type = B == static_cast<py::ssize_t>(kQ4BlockBytes) ? WeightType::kQ4 : WeightType::kQ5;
+    m.cols = static_cast<size_t>(C) * kQ4Group;
+    m.data = Checked<uint8_t>(w, "w", {R, C, B});
+  } else if (w.dtype().is(py::dtype::of<float>())) {
     m.type = WeightType::kF32;
     m.data = Checked<float>(w, "w", {R, C});
   } else if (w.dtype().is(py::dtype::of<uint16_t>())) {
@@ -77,7 +90,7 @@ inline MatRef CheckedWeights(const py::array& w, const std::optional<py::array>&
     m.cols = static_cast<size_t>(C) / kQ4BlockBytes * kQ4Group;
     m.data = Checked<uint8_t>(w, "w", {R, C});
   } else {
-    throw py::type_error("w: expected float32, uint16 (bf16 bits), int8 or uint8 (q4 blocks) weights, got " +
+    throw py::type_error("w: expected float32, uint16 (bf16 bits), int8 or uint8 (q4 / q5 blocks) weights, got " +
                          std::string(py::str(w.dtype())));
   }
   if (scale) {

@@ -100,7 +100,8 @@ Arguments:
       .def_property_readonly("kv_ring_rows", &Engine::kv_ring_rows,
                              "Rows of the sliding-window layers' ring buffers (0: no rings).")
       .def_property_readonly("kv_dtype", [](const Engine& e) { return WeightTypeName(e.kv_type()); })
-      .def_property_readonly("weight_type", [](const Engine& e) { return WeightTypeName(e.matrix_type()); })
+      .def_property_readonly("weight_type", &Engine::matrix_types,
+                             "The matrices' type (token_embd aside): \"q4\", or a mix \"int8+q4+q5\".")
       .def_property("threads", &Engine::threads, &Engine::set_threads, "Kernel threads of this engine (its own pool; default: the physical cores).")
       .def_property("chunk_sparse_cache_bytes", &Engine::chunk_sparse_cache_bytes,
                     &Engine::set_chunk_sparse_cache_bytes,

@@ -59,7 +59,7 @@ class Engine {
   size_t weight_bytes() const { return weights_.bytes; }
   size_t kv_bytes() const { return kv_.Bytes(); }
   WeightType kv_type() const { return kv_.type; }
-  WeightType matrix_type() const { return weights_.matrix_type; }
+  const std::string& matrix_types() const { return weights_.matrix_types; }
   size_t max_chunk() const { return T_; }
   int threads() const { return pool_.threads(); }
   // n in [1, ThreadPool::kMaxThreads]; std::invalid_argument otherwise.

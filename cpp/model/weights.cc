@@ -35,27 +35,31 @@ class Loader {
   }
 
   MatRef Matrix(const std::string& name, size_t rows, size_t cols) {
-    // q4 is stored as U8 [rows, cols / 32 * 20] (its blocks), every other type as [rows, cols].
-    const bool q4 = f_.Get(name).dtype == WeightTypeDtype(WeightType::kQ4);
-    if (q4 && cols % kQ4Group != 0)
-      throw FormatError(f_.path() + ": tensor '" + name + "' is q4 (U8), but its rows of " +
-                        std::to_string(cols) + " weights are not a multiple of 32");
-    const TensorInfo& t = Checked(name, {rows, q4 ? RowBytes(WeightType::kQ4, cols) : cols});
+    // q4 and q5 are stored as U8 [rows, cols / 32 * 20 or 22] (their blocks; the row bytes tell
+    // which), every other type as [rows, cols].
+    const TensorInfo& info = f_.Get(name);
     MatRef m;
-    m.data = t.data;
     m.rows = rows;
     m.cols = cols;
-    if (!WeightTypeFromDtype(t.dtype, &m.type))
-      throw FormatError(f_.path() + ": tensor '" + name + "' has dtype " + t.dtype +
-                        "; matrices must be F32, BF16, I8 or U8 (q4)");
-    if (m.type == WeightType::kI8) m.scale = Scale(name + ".scale", rows);
-    // docs/engine-file.md: all matrices but token_embd share one dtype.
-    if (name != "token_embd") {
-      if (matrix_dtype_.empty()) matrix_dtype_ = t.dtype;
-      if (t.dtype != matrix_dtype_)
-        throw FormatError(f_.path() + ": tensor '" + name + "' is " + t.dtype + ", but other matrices are " +
-                          matrix_dtype_ + "; all matrices but token_embd share one dtype");
+    size_t stored_cols = cols;
+    if (info.dtype == "U8") {
+      const size_t row_bytes = info.shape.size() == 2 ? info.shape[1] : 0;
+      if (!BlockTypeOfRowBytes(cols, row_bytes, &m.type))
+        throw FormatError(f_.path() + ": tensor '" + name + "' is U8 (q4 or q5 blocks) of shape " +
+                          ShapeStr(info.shape) + ", but rows of " + std::to_string(cols) + " weights need " +
+                          (cols % kQ4Group != 0
+                               ? std::string("a multiple of 32 weights")
+                               : std::to_string(RowBytes(WeightType::kQ4, cols)) + " (q4) or " +
+                                     std::to_string(RowBytes(WeightType::kQ5, cols)) + " (q5) bytes"));
+      stored_cols = RowBytes(m.type, cols);
+    } else if (!WeightTypeFromDtype(info.dtype, &m.type)) {
+      throw FormatError(f_.path() + ": tensor '" + name + "' has dtype " + info.dtype +
+                        "; matrices must be F32, BF16, I8 or U8 (q4 / q5)");
     }
+    const TensorInfo& t = Checked(name, {rows, stored_cols});
+    m.data = t.data;
+    if (m.type == WeightType::kI8) m.scale = Scale(name + ".scale", rows);
+    if (name != "token_embd") types_.insert(m.type);
     return m;
   }
 
@@ -88,12 +92,13 @@ class Loader {
   }
 
   size_t bytes() const { return bytes_; }
+  const std::set<WeightType>& types() const { return types_; }
 
  private:
   const SafetensorsFile& f_;
   size_t bytes_ = 0;
   std::set<std::string> used_;
-  std::string matrix_dtype_;
+  std::set<WeightType> types_;  // of the matrices but token_embd
 };
 
 }  // namespace
@@ -142,7 +147,8 @@ ModelWeights ModelWeights::Load(const SafetensorsFile& file, const ModelConfig& 
     w.layers.push_back(L);
   }
   ld.CheckNothingElse();
-  w.matrix_type = w.layers.empty() ? w.embed.type : w.layers[0].q.type;
+  for (WeightType t : ld.types()) w.matrix_types += (w.matrix_types.empty() ? "" : "+") + std::string(WeightTypeName(t));
+  if (w.matrix_types.empty()) w.matrix_types = WeightTypeName(w.embed.type);
   w.bytes = ld.bytes();
   return w;
 }

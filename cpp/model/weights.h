@@ -40,7 +40,9 @@ struct ModelWeights {
   const float* final_norm = nullptr;  // [d_model]
   std::vector<LayerWeights> layers;
   size_t bytes = 0;                   // all weight bytes in use
-  WeightType matrix_type = WeightType::kF32;
+  // The types of the matrices but token_embd, "+"-joined in WeightType order when they differ
+  // (a quantized GGUF's mix, e.g. "int8+q4+q5"); token_embd's when there are no layers.
+  std::string matrix_types;
 
   // Throws FormatError naming the tensor on any mismatch.
   static ModelWeights Load(const SafetensorsFile& file, const ModelConfig& config);

@@ -1,5 +1,5 @@
 // matvec-inl.h (per target): out[t, r] = W[r, :] . x[t, :] for rows r in [r0, r1), tokens t < T.
-//   W: [rows, cols] row-major, f32 / bf16 / int8 (times scale[r]) / q4; x: [T, cols] f32;
+//   W: [rows, cols] row-major, f32 / bf16 / int8 (times scale[r]) / q4 / q5; x: [T, cols] f32;
 //   out: [T, out_stride] f32.
 // Decode (T = 1) uses a 4-row tile with two accumulators per row, its rows a quarter of the
 // range apart (4 long sequential weight streams, each also prefetched 512 B ahead); chunks (T > 1) use register tiles of kR rows
@@ -59,7 +59,7 @@ HWY_INLINE void PrefetchStep(const P* rows, size_t i, size_t step) {
   }
 }
 
-// `const W*` weight pointers keep HWY_RESTRICT when copied into locals; Q4Ptr is a struct.
+// `const W*` weight pointers keep HWY_RESTRICT when copied into locals; Q4Ptr, Q5Ptr are structs.
 template <class P>
 struct RestrictT {
   using type = P;
@@ -140,6 +140,23 @@ HWY_INLINE void DotRows4(const P* rows, size_t cols, const float* HWY_RESTRICT x
   for (size_t r = 0; r < 4; ++r) out[r] = s[r];
 }
 
+// The block-walking decode tiles' prefetch, called at every block g: one prefetch per 64 bytes
+// of progress, of the next tile's rows (`next`), or else kAheadBytes ahead in each of the rows
+// b while that stays within ahead_limit weights (DotRows4's contract).
+template <class P>
+HWY_INLINE void PrefetchBlockStep(const uint8_t* HWY_RESTRICT const* b, const P* next, size_t g,
+                                  size_t ahead_limit) {
+  constexpr size_t kBytes = BlockBytes(P());
+  const size_t off = g * kBytes;
+  if (off % 64 >= kBytes) return;
+  const size_t ahead_blocks = kAheadBytes / kBytes;
+  if (next != nullptr) {
+    for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(next[r].Block() + off);
+  } else if ((g + ahead_blocks + 1) * kQ4Group <= ahead_limit) {
+    for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(b[r] + off + ahead_blocks * kBytes);
+  }
+}
+
 // q4 decode tile: DotRows4's contract with x quantized (Q4X), block by block. Per row and
 // block, sum_i (d c_i + m) x_i ~ d s (c . q) + m sum(x): the integer dot in int32 lanes, then
 // one FMA with d s per block. Rows start at block boundaries (cols % 32 == 0).
@@ -159,17 +176,10 @@ HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HW
   float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;   // sum over blocks of m sum(x)
 #endif
   const size_t blocks = cols / kQ4Group;
-  const size_t ahead_blocks = kAheadBytes / kQ4BlockBytes;
   const auto low4 = hn::Set(d16, 15);
   for (size_t g = 0; g < blocks; ++g) {
     const size_t off = g * kQ4BlockBytes;
-    if (off % 64 < kQ4BlockBytes) {  // one prefetch per 64 bytes of progress
-      if (next != nullptr) {
-        for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(next[r].Block() + off);
-      } else if ((g + ahead_blocks + 1) * kQ4Group <= ahead_limit) {
-        for (size_t r = 0; r < kDecodeRows; ++r) hwy::Prefetch(b[r] + off + ahead_blocks * kQ4BlockBytes);
-      }
-    }
+    PrefetchBlockStep(b, next, g, ahead_limit);
     const int16_t* HWY_RESTRICT qg = x.q + g * kQ4Group;
     // Two int32 sums per row: ReorderWidenMulAccumulate may split lanes between them (x86
     // uses only the first); RearrangeToOddPlusEven joins them.
@@ -246,6 +256,69 @@ HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HW
 }
 #endif
 
+// Bit j of an int16 in lane j (q5's qh bits, half a block at a time).
+alignas(32) static constexpr int16_t kQ5Bit16[16] = {
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+    static_cast<int16_t>(static_cast<uint16_t>(0x8000))};
+
+// q5 decode tile: DotRows4's contract with x quantized (Q4X), block by block. Per row and
+// block, sum_i d (c_i - 16) x_i ~ d s ((c - 16) . q): the codes minus 16 (-16..15) meet q in
+// int16 multiply-adds as q4's codes do (|sum| <= 32 * 16 * 32767 < 2^24: exact in int32 and in
+// its f32 conversion), then one FMA with d s per block; a symmetric block has no m term.
+HWY_INLINE void DotRows4(const Q5Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out,
+                         const Q5Ptr* next, size_t ahead_limit) {
+  const hn::CappedTag<int16_t, 16> d16;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Rebind<float, decltype(d32)> df;
+  const hn::Rebind<uint8_t, decltype(d16)> d8;
+  const size_t N16 = hn::Lanes(d16);
+  const uint8_t* HWY_RESTRICT b[kDecodeRows];
+  for (size_t r = 0; r < kDecodeRows; ++r) b[r] = rows[r].Block();
+  auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;  // sum over blocks of d s ((c - 16) . q)
+  const size_t blocks = cols / kQ4Group;
+  const auto low4 = hn::Set(d16, 15), sixteen = hn::Set(d16, 16);
+  for (size_t g = 0; g < blocks; ++g) {
+    const size_t off = g * kQ5BlockBytes;
+    PrefetchBlockStep(b, next, g, ahead_limit);
+    const int16_t* HWY_RESTRICT qg = x.q + g * kQ4Group;
+    auto s0 = hn::Zero(d32), s1 = s0, s2 = s0, s3 = s0;
+    auto t0 = s0, t1 = s0, t2 = s0, t3 = s0;
+    for (size_t v = 0; v < 16; v += N16) {
+      const auto ql = hn::LoadU(d16, qg + v), qh = hn::LoadU(d16, qg + 16 + v);
+      const auto bits = hn::LoadU(d16, kQ5Bit16 + v);
+      auto dot = [&](const uint8_t* blk, hn::Vec<decltype(d32)>& s, hn::Vec<decltype(d32)>& t) {
+        uint32_t h;
+        memcpy(&h, blk + off + 2, 4);
+        const auto c = hn::PromoteTo(d16, hn::LoadU(d8, blk + off + 6 + v));
+        const auto lo = hn::And(c, low4), hi = hn::ShiftRight<4>(c);
+        const auto hl = hn::TestBit(hn::Set(d16, static_cast<int16_t>(h & 0xFFFF)), bits);
+        const auto hh = hn::TestBit(hn::Set(d16, static_cast<int16_t>(h >> 16)), bits);
+        s = hn::ReorderWidenMulAccumulate(d32, hn::IfThenElse(hl, lo, hn::Sub(lo, sixteen)), ql, s, t);
+        s = hn::ReorderWidenMulAccumulate(d32, hn::IfThenElse(hh, hi, hn::Sub(hi, sixteen)), qh, s, t);
+      };
+      dot(b[0], s0, t0);
+      dot(b[1], s1, t1);
+      dot(b[2], s2, t2);
+      dot(b[3], s3, t3);
+    }
+    const float step = x.step_sum[2 * g];
+    auto finish = [&](const uint8_t* blk, hn::Vec<decltype(d32)> s, hn::Vec<decltype(d32)> t,
+                      hn::Vec<decltype(df)>& a) {
+      float d, m;
+      Q5Params(blk + off, &d, &m);
+      a = hn::MulAdd(hn::ConvertTo(df, hn::RearrangeToOddPlusEven(s, t)), hn::Set(df, d * step), a);
+    };
+    finish(b[0], s0, t0, a0);
+    finish(b[1], s1, t1, a1);
+    finish(b[2], s2, t2, a2);
+    finish(b[3], s3, t3, a3);
+  }
+  out[0] = SumLanes(df, a0);
+  out[1] = SumLanes(df, a1);
+  out[2] = SumLanes(df, a2);
+  out[3] = SumLanes(df, a3);
+}
+
 // out[r + t * out_tok_stride] = rows[r] . x[t] for r < kR, t < kT; each row has `cols` weights.
 // One accumulator per (row, token): kR * kT independent chains, in registers (see below).
 template <size_t kR, size_t kT, class P>
@@ -285,13 +358,13 @@ HWY_INLINE void DotTile(const P* rows, size_t cols, const float* HWY_RESTRICT x,
   }
 }
 
-// q4 chunk tile: DotTile's contract, block by block. Each block's d and m are read once per
+// q4 / q5 chunk tile: DotTile's contract, block by block. Each block's d and m are read once per
 // row (not once per vector, as the generic LoadF32 does), each code vector is widened once and
 // dequantized, w = d q + m, then meets the kT tokens' x. The per-element arithmetic (one FMA
 // for w, one into the (row, token) accumulator) does not depend on kR or kT.
-template <size_t kR, size_t kT>
-HWY_INLINE void DotTile(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRICT x,
-                        size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
+template <size_t kR, size_t kT, class P>
+HWY_INLINE void BlockDotTile(const P* rows, size_t cols, const float* HWY_RESTRICT x,
+                             size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
   const hn::CappedTag<float, 16> df;  // a vector never spans the two nibble halves of a block
   const size_t NF = hn::Lanes(df);
   hn::Vec<decltype(df)> acc[kR][kT];
@@ -304,12 +377,12 @@ HWY_INLINE void DotTile(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRIC
   }
   const size_t blocks = cols / kQ4Group;
   for (size_t g = 0; g < blocks; ++g) {
-    const size_t off = g * kQ4BlockBytes;
+    const size_t off = g * BlockBytes(P());
     hn::Vec<decltype(df)> vd[kR], vm[kR];
     HWY_UNROLL(16)
     for (size_t r = 0; r < kR; ++r) {
       float d, m;
-      Q4Params(b[r] + off, &d, &m);
+      BlockParams(P(), b[r] + off, &d, &m);
       vd[r] = hn::Set(df, d);
       vm[r] = hn::Set(df, m);
     }
@@ -318,7 +391,7 @@ HWY_INLINE void DotTile(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRIC
       hn::Vec<decltype(df)> wl[kR], wh[kR];
       HWY_UNROLL(16)
       for (size_t r = 0; r < kR; ++r) {
-        Q4CodePair(df, b[r] + off + 4 + v, wl[r], wh[r]);
+        BlockCodes(P(), df, b[r] + off, v, wl[r], wh[r]);
         wl[r] = hn::MulAdd(wl[r], vd[r], vm[r]);
         wh[r] = hn::MulAdd(wh[r], vd[r], vm[r]);
       }
@@ -339,6 +412,17 @@ HWY_INLINE void DotTile(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRIC
     HWY_UNROLL(16)
     for (size_t t = 0; t < kT; ++t) out[r + t * out_tok_stride] = SumLanes(df, acc[r][t]);
   }
+}
+
+template <size_t kR, size_t kT>
+HWY_INLINE void DotTile(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRICT x,
+                        size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
+  BlockDotTile<kR, kT>(rows, cols, x, x_stride, out, out_tok_stride);
+}
+template <size_t kR, size_t kT>
+HWY_INLINE void DotTile(const Q5Ptr* rows, size_t cols, const float* HWY_RESTRICT x,
+                        size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
+  BlockDotTile<kR, kT>(rows, cols, x, x_stride, out, out_tok_stride);
 }
 
 // Rows per chunk tile: kR x 4 accumulators plus kR weight vectors and one x vector must fit

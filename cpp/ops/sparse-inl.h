@@ -1,5 +1,5 @@
 // sparse-inl.h (per target): vector-masked matvec and column-tiled sparse vec-mat.
-// W: [rows, cols] row-major (neuron-major for Spark), f32 / bf16 / int8 (times scale[row]) / q4.
+// W: [rows, cols] row-major (neuron-major for Spark), f32 / bf16 / int8 (times scale[row]) / q4 / q5.
 
 #if defined(SPARK_OPS_SPARSE_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SPARK_OPS_SPARSE_INL_H_
@@ -122,21 +122,23 @@ HWY_INLINE void SparseVecMatT(P w, const float* HWY_RESTRICT scale,
   }
 }
 
-// q4: SparseVecMatT's contract, block by block. Per gathered row and block, d and m are read
+// q4 / q5: SparseVecMatT's contract, block by block. Per gathered row and block, d and m are read
 // once (the generic path reads them for every vector): out[c] += (u d) q_c for each of the 4
 // rows of a group, after out[c] += sum_r u_r m_r for the group. The per-column arithmetic does
 // not depend on c0 and c1, which must be multiples of 32 (whole blocks; every caller's tiles
 // are: thread tiles are multiples of 64 columns and end at cols); others take the generic path.
 // 1 thread, V [8192, 2304], 1/8 of the rows: 0.265 -> 0.168 ms (int8 0.086, bf16 0.114: the
 // widening of codes makes q4 compute-bound here).
-HWY_INLINE void SparseVecMatT(Q4Ptr w, const float* HWY_RESTRICT scale, size_t cols,
-                              const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx,
-                              size_t n, float* HWY_RESTRICT out, size_t c0, size_t c1) {
+template <class P>
+HWY_INLINE void BlockSparseVecMatT(P w, const float* HWY_RESTRICT scale, size_t cols,
+                                   const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx,
+                                   size_t n, float* HWY_RESTRICT out, size_t c0, size_t c1) {
   if (c0 % kQ4Group != 0 || c1 % kQ4Group != 0)
-    return SparseVecMatT<Q4Ptr>(w, scale, cols, u, idx, n, out, c0, c1);
+    return SparseVecMatT<P>(w, scale, cols, u, idx, n, out, c0, c1);
+  constexpr size_t kBlockBytes = BlockBytes(P());
   const hn::CappedTag<float, 16> df;  // a vector never spans the two nibble halves of a block
   const size_t NF = hn::Lanes(df);
-  const size_t row_bytes = RowBytes(WeightType::kQ4, cols);
+  const size_t row_bytes = cols / kQ4Group * kBlockBytes;
   for (size_t c = c0; c < c1; ++c) out[c] = 0.0f;
   auto row = [&](size_t j) { return w.base + static_cast<size_t>(idx[j]) * row_bytes; };
   // Adds rows j0 .. j0 + kRows - 1 (kRows <= 4) into out[c0, c1).
@@ -146,15 +148,15 @@ HWY_INLINE void SparseVecMatT(Q4Ptr w, const float* HWY_RESTRICT scale, size_t c
     for (size_t r = 0; r < kRows; ++r) b[r] = row(j0 + r);
     const bool have_next = kRows == 4 && j0 + 8 <= n;
     for (size_t g = c0 / kQ4Group; g < c1 / kQ4Group; ++g) {
-      const size_t off = g * kQ4BlockBytes;
-      if (have_next && off % 64 < kQ4BlockBytes) {
+      const size_t off = g * kBlockBytes;
+      if (have_next && off % 64 < kBlockBytes) {
         for (size_t r = 0; r < 4; ++r) hwy::Prefetch(row(j0 + 4 + r) + off);
       }
       hn::Vec<decltype(df)> vd[kRows];
       float msum = 0.0f;
       for (size_t r = 0; r < kRows; ++r) {
         float d, m;
-        Q4Params(b[r] + off, &d, &m);
+        BlockParams(P(), b[r] + off, &d, &m);
         vd[r] = hn::Set(df, u[j0 + r] * d);
         msum += u[j0 + r] * m;
       }
@@ -164,7 +166,7 @@ HWY_INLINE void SparseVecMatT(Q4Ptr w, const float* HWY_RESTRICT scale, size_t c
         auto lo = hn::Add(hn::LoadU(df, o + v), vm), hi = hn::Add(hn::LoadU(df, o + 16 + v), vm);
         for (size_t r = 0; r < kRows; ++r) {
           hn::Vec<decltype(df)> ql, qh;
-          Q4CodePair(df, b[r] + off + 4 + v, ql, qh);
+          BlockCodes(P(), df, b[r] + off, v, ql, qh);
           lo = hn::MulAdd(vd[r], ql, lo);
           hi = hn::MulAdd(vd[r], qh, hi);
         }
@@ -176,6 +178,16 @@ HWY_INLINE void SparseVecMatT(Q4Ptr w, const float* HWY_RESTRICT scale, size_t c
   size_t j = 0;
   for (; j + 4 <= n; j += 4) add_rows(j, std::integral_constant<size_t, 4>());
   for (; j < n; ++j) add_rows(j, std::integral_constant<size_t, 1>());
+}
+HWY_INLINE void SparseVecMatT(Q4Ptr w, const float* HWY_RESTRICT scale, size_t cols,
+                              const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx,
+                              size_t n, float* HWY_RESTRICT out, size_t c0, size_t c1) {
+  BlockSparseVecMatT(w, scale, cols, u, idx, n, out, c0, c1);
+}
+HWY_INLINE void SparseVecMatT(Q5Ptr w, const float* HWY_RESTRICT scale, size_t cols,
+                              const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx,
+                              size_t n, float* HWY_RESTRICT out, size_t c0, size_t c1) {
+  BlockSparseVecMatT(w, scale, cols, u, idx, n, out, c0, c1);
 }
 
 }  // namespace HWY_NAMESPACE

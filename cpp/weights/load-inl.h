@@ -2,7 +2,7 @@
 // equivalent for tails. Shared by every weight-reading kernel; the layouts are types.h. Also
 // the input side of q4's integer dot (Q4X: x rounded to int16 per block).
 //
-// Kernels take weights as a "pointer" P: `const W*` for f32/bf16/int8, Q4Ptr for q4; both
+// Kernels take weights as a "pointer" P: `const W*` for f32/bf16/int8, Q4Ptr / Q5Ptr for q4 / q5; all
 // support p + k, p[k] (a value ScalarF32 turns into a float), LoadF32(df, p) and the byte
 // helpers BytePtr / BytesOf / ElemsOf (prefetch pacing).
 //
@@ -79,42 +79,101 @@ HWY_INLINE void Q4Params(const uint8_t* HWY_RESTRICT b, float* d, float* m) {
 #endif
 }
 
-// q4 weights [e, e + Lanes(df)). Vectors that start at a multiple of their width within a
-// block (what every kernel loads: rows and column tiles start at multiples of 32) lie in one
-// half of it and take the fast path; others are assembled lane by lane.
+// q5 (Q5_0 blocks): d of the block at b, and m = -16 d, so that w = d q + m as in q4 (exact:
+// -16 d is a power-of-two multiple, and d q + m = d (q - 16) is exact in f32 for an f16 d).
+// Q4Params reads d and the low half of qh; the latter is dropped.
+HWY_INLINE void Q5Params(const uint8_t* HWY_RESTRICT b, float* d, float* m) {
+  float unused;
+  Q4Params(b, d, &unused);
+  *m = -16.0f * *d;
+}
+
+// Bit j of a u32 in lane j (the q5 qh bits of weights j and j + 16 are tested against these).
+alignas(64) static constexpr uint32_t kQ5Bit32[32] = {
+    1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+    1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+    1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+    1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+
+// q5 codes (0..31), as f32, of weights [v, v + Lanes(df)) and [16 + v, 16 + v + Lanes(df)) of
+// the block at b (v + Lanes(df) <= 16): the nibbles as q4's, plus 16 where the qh bit is set.
 template <class DF>
-HWY_INLINE hn::Vec<DF> LoadF32(DF df, Q4Ptr p) {
+HWY_INLINE void Q5CodePair(DF df, const uint8_t* HWY_RESTRICT b, size_t v, hn::Vec<DF>& lo,
+                           hn::Vec<DF>& hi) {
+  const hn::Rebind<int32_t, DF> di;
+  const hn::Rebind<uint32_t, DF> du;
+  const hn::Rebind<uint8_t, DF> d8;
+  const auto c = hn::PromoteTo(di, hn::LoadU(d8, b + 6 + v));
+  uint32_t qh;
+  memcpy(&qh, b + 2, 4);
+  const auto vqh = hn::Set(du, qh);
+  const auto sixteen = hn::Set(di, 16);
+  const auto hl = hn::RebindMask(di, hn::TestBit(vqh, hn::LoadU(du, kQ5Bit32 + v)));
+  const auto hh = hn::RebindMask(di, hn::TestBit(vqh, hn::LoadU(du, kQ5Bit32 + 16 + v)));
+  lo = hn::ConvertTo(df, hn::Or(hn::And(c, hn::Set(di, 15)), hn::IfThenElseZero(hl, sixteen)));
+  hi = hn::ConvertTo(df, hn::Or(hn::ShiftRight<4>(c), hn::IfThenElseZero(hh, sixteen)));
+}
+
+// The block types (q4, q5) to the kernels that work block by block: w = d c + m per block,
+// c the codes of weights [v, v + N) and [16 + v, 16 + v + N) (BlockCodes).
+HWY_INLINE constexpr size_t BlockBytes(Q4Ptr) { return kQ4BlockBytes; }
+HWY_INLINE constexpr size_t BlockBytes(Q5Ptr) { return kQ5BlockBytes; }
+HWY_INLINE void BlockParams(Q4Ptr, const uint8_t* HWY_RESTRICT b, float* d, float* m) { Q4Params(b, d, m); }
+HWY_INLINE void BlockParams(Q5Ptr, const uint8_t* HWY_RESTRICT b, float* d, float* m) { Q5Params(b, d, m); }
+template <class DF>
+HWY_INLINE void BlockCodes(Q4Ptr, DF df, const uint8_t* HWY_RESTRICT b, size_t v, hn::Vec<DF>& lo,
+                           hn::Vec<DF>& hi) {
+  Q4CodePair(df, b + 4 + v, lo, hi);
+}
+template <class DF>
+HWY_INLINE void BlockCodes(Q5Ptr, DF df, const uint8_t* HWY_RESTRICT b, size_t v, hn::Vec<DF>& lo,
+                           hn::Vec<DF>& hi) {
+  Q5CodePair(df, b, v, lo, hi);
+}
+
+// q4 / q5 weights [e, e + Lanes(df)). Vectors that start at a multiple of their width within
+// a block (what every kernel loads: rows and column tiles start at multiples of 32) lie in one
+// half of it and take the fast path; others are assembled lane by lane.
+template <class DF, class P>
+HWY_INLINE hn::Vec<DF> LoadBlockF32(DF df, P p) {
   const size_t NF = hn::Lanes(df);
   const size_t j = p.e % kQ4Group;
   if (NF <= 16 && j % NF == 0) {
     const uint8_t* b = p.Block();
     float d, m;
-    Q4Params(b, &d, &m);
+    BlockParams(P(), b, &d, &m);
     hn::Vec<DF> lo, hi;
-    Q4CodePair(df, b + 4 + (j & 15), lo, hi);
+    BlockCodes(P(), df, b, j & 15, lo, hi);
     return hn::MulAdd(j >= 16 ? hi : lo, hn::Set(df, d), hn::Set(df, m));
   }
   HWY_ALIGN float tmp[HWY_MAX_BYTES / sizeof(float)];
   for (size_t k = 0; k < NF; ++k) tmp[k] = p[k];
   return hn::Load(df, tmp);
 }
+template <class DF>
+HWY_INLINE hn::Vec<DF> LoadF32(DF df, Q4Ptr p) { return LoadBlockF32(df, p); }
+template <class DF>
+HWY_INLINE hn::Vec<DF> LoadF32(DF df, Q5Ptr p) { return LoadBlockF32(df, p); }
 
 // Byte address and byte counts of weight positions, for prefetching.
 template <class W>
 HWY_INLINE const uint8_t* BytePtr(const W* p) { return reinterpret_cast<const uint8_t*>(p); }
 HWY_INLINE const uint8_t* BytePtr(Q4Ptr p) { return p.Block(); }
+HWY_INLINE const uint8_t* BytePtr(Q5Ptr p) { return p.Block(); }
 template <class W>
 HWY_INLINE size_t BytesOf(const W*, size_t n) { return n * sizeof(W); }
 HWY_INLINE size_t BytesOf(Q4Ptr, size_t n) { return n * kQ4BlockBytes / kQ4Group; }
+HWY_INLINE size_t BytesOf(Q5Ptr, size_t n) { return n * kQ5BlockBytes / kQ4Group; }
 template <class W>
 HWY_INLINE size_t ElemsOf(const W*, size_t bytes) { return bytes / sizeof(W); }
 HWY_INLINE size_t ElemsOf(Q4Ptr, size_t bytes) { return bytes * kQ4Group / kQ4BlockBytes; }
+HWY_INLINE size_t ElemsOf(Q5Ptr, size_t bytes) { return bytes * kQ4Group / kQ5BlockBytes; }
 
 HWY_INLINE float ScalarF32(float v) { return v; }
 HWY_INLINE float ScalarF32(hwy::bfloat16_t v) { return hwy::F32FromBF16(v); }
 HWY_INLINE float ScalarF32(int8_t v) { return static_cast<float>(v); }
 
-// Calls f(p, scale) with the typed weight pointer of w (`const W*`, or Q4Ptr) and its int8 row
+// Calls f(p, scale) with the typed weight pointer of w (`const W*`, Q4Ptr or Q5Ptr) and its int8 row
 // scales (null for other types): every kernel's dispatch on the weight type.
 template <class F>
 HWY_INLINE void VisitWeights(const MatRef& w, const F& f) {
@@ -127,6 +186,8 @@ HWY_INLINE void VisitWeights(const MatRef& w, const F& f) {
       return f(static_cast<const int8_t*>(w.data), w.scale);
     case WeightType::kQ4:
       return f(Q4Ptr{static_cast<const uint8_t*>(w.data), 0}, nullptr);
+    case WeightType::kQ5:
+      return f(Q5Ptr{static_cast<const uint8_t*>(w.data), 0}, nullptr);
   }
 }
 
@@ -173,10 +234,12 @@ HWY_INLINE Q4X QuantizeQ4X(const float* HWY_RESTRICT x, size_t cols) {
   return Q4X{q.data(), step_sum.data()};
 }
 
-// Decode input of a weight pointer: x itself, or x quantized for q4 (see Q4X).
+// Decode input of a weight pointer: x itself, or x quantized for q4 and q5 (see Q4X; q5's codes
+// minus 16, in -16..15, meet q in the same exact int16 multiply-adds).
 template <class W>
 HWY_INLINE const float* DecodeInput(const W*, const float* x, size_t) { return x; }
 HWY_INLINE Q4X DecodeInput(Q4Ptr, const float* x, size_t cols) { return QuantizeQ4X(x, cols); }
+HWY_INLINE Q4X DecodeInput(Q5Ptr, const float* x, size_t cols) { return QuantizeQ4X(x, cols); }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace spark

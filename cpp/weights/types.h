@@ -10,6 +10,10 @@
 //         block is 20 bytes, f16 d, f16 m (little-endian), then 16 bytes of codes; byte j
 //         holds weight j in its low nibble and weight j + 16 in its high nibble; w = d * q + m.
 //         cols % 32 == 0, so row r is blocks [r * cols / 32, (r + 1) * cols / 32).
+//   kQ5   (U8 [rows, cols / 32 * 22]) 5-bit, symmetric, in blocks of 32 (GGML's Q5_0 block): each
+//         block is 22 bytes, f16 d, 4 bytes qh (a little-endian u32: bit j is the fifth bit of
+//         weight j), then 16 code bytes as in kQ4 (low nibble weight j, high nibble j + 16);
+//         w = d * (q - 16), q in 0..31. Told apart from kQ4 (also U8) by the row bytes.
 // Rows stay contiguous in every type, so a kernel that skips rows never touches their bytes.
 #ifndef SPARK_WEIGHTS_TYPES_H_
 #define SPARK_WEIGHTS_TYPES_H_
@@ -22,26 +26,46 @@
 
 namespace spark {
 
-enum class WeightType : int { kF32 = 0, kBF16 = 1, kI8 = 2, kQ4 = 3 };
+enum class WeightType : int { kF32 = 0, kBF16 = 1, kI8 = 2, kQ4 = 3, kQ5 = 4 };
 
 // kQ4 block geometry.
 constexpr size_t kQ4Group = 32;       // weights per block
 constexpr size_t kQ4BlockBytes = 20;  // f16 d, f16 m, 16 code bytes
+// kQ5: blocks of kQ4Group weights too.
+constexpr size_t kQ5BlockBytes = 22;  // f16 d, u32 qh, 16 code bytes
 
-// Bytes of one element; kQ4 has no whole-byte element (see RowBytes).
+// Bytes of one element; kQ4 and kQ5 have no whole-byte element (see RowBytes).
 inline size_t WeightTypeBytes(WeightType t) {
   return t == WeightType::kF32 ? 4 : t == WeightType::kBF16 ? 2 : 1;
 }
-// Bytes of a row of `cols` weights (kQ4: cols must be a multiple of kQ4Group).
+// Bytes of a row of `cols` weights (kQ4, kQ5: cols must be a multiple of kQ4Group).
 inline size_t RowBytes(WeightType t, size_t cols) {
-  return t == WeightType::kQ4 ? cols / kQ4Group * kQ4BlockBytes : cols * WeightTypeBytes(t);
+  return t == WeightType::kQ4   ? cols / kQ4Group * kQ4BlockBytes
+         : t == WeightType::kQ5 ? cols / kQ4Group * kQ5BlockBytes
+                                : cols * WeightTypeBytes(t);
 }
 inline const char* WeightTypeName(WeightType t) {
-  return t == WeightType::kF32 ? "f32" : t == WeightType::kBF16 ? "bf16" : t == WeightType::kI8 ? "int8" : "q4";
+  return t == WeightType::kF32    ? "f32"
+         : t == WeightType::kBF16 ? "bf16"
+         : t == WeightType::kI8   ? "int8"
+         : t == WeightType::kQ4   ? "q4"
+                                  : "q5";
 }
 // The safetensors dtype an engine file stores a type as, and back (false for any other dtype).
+// U8 reads back as kQ4; its reader tells kQ5 apart by the row bytes (BlockTypeOfRowBytes).
 inline const char* WeightTypeDtype(WeightType t) {
   return t == WeightType::kF32 ? "F32" : t == WeightType::kBF16 ? "BF16" : t == WeightType::kI8 ? "I8" : "U8";
+}
+// The block type (kQ4 or kQ5) whose rows of `cols` weights take `row_bytes`; false for none.
+inline bool BlockTypeOfRowBytes(size_t cols, size_t row_bytes, WeightType* t) {
+  if (cols % kQ4Group != 0) return false;
+  for (WeightType c : {WeightType::kQ4, WeightType::kQ5}) {
+    if (row_bytes == RowBytes(c, cols)) {
+      *t = c;
+      return true;
+    }
+  }
+  return false;
 }
 inline bool WeightTypeFromDtype(const std::string& dtype, WeightType* t) {
   for (WeightType c : {WeightType::kF32, WeightType::kBF16, WeightType::kI8, WeightType::kQ4}) {
@@ -106,6 +130,27 @@ struct Q4Ptr {
   }
 };
 
+// A position in a kQ5 matrix, as Q4Ptr.
+struct Q5Ptr {
+  const uint8_t* base = nullptr;
+  size_t e = 0;
+
+  Q5Ptr operator+(size_t k) const { return Q5Ptr{base, e + k}; }
+  const uint8_t* Block() const { return base + (e / kQ4Group) * kQ5BlockBytes; }
+  float operator[](size_t k) const {
+    const size_t i = e + k;
+    const uint8_t* b = base + (i / kQ4Group) * kQ5BlockBytes;
+    const size_t j = i % kQ4Group;
+    const uint8_t byte = b[6 + (j & 15)];
+    uint16_t d;
+    uint32_t qh;
+    memcpy(&d, b, 2);
+    memcpy(&qh, b + 2, 4);
+    const int q = (j < 16 ? (byte & 15) : (byte >> 4)) | static_cast<int>(((qh >> j) & 1u) << 4);
+    return F32FromF16Bits(d) * static_cast<float>(q - 16);
+  }
+};
+
 struct MatRef {
   const void* data = nullptr;
   const float* scale = nullptr;  // [rows], kI8 only
@@ -138,6 +183,11 @@ inline void DecodeRow(const MatRef& m, size_t r, float* out) {
       break;
     case WeightType::kQ4: {
       const Q4Ptr p{row, 0};
+      for (size_t c = 0; c < m.cols; ++c) out[c] = p[c];
+      break;
+    }
+    case WeightType::kQ5: {
+      const Q5Ptr p{row, 0};
       for (size_t c = 0; c < m.cols; ++c) out[c] = p[c];
       break;
     }

@@ -186,6 +186,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
           f"vocab {cfg['vocab_size']}")
     print(f"parameters:  {info['parameters'] / 1e6:.1f} M")
     print(f"dtypes:      " + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())))
+    print(f"matrices:    " + ", ".join(f"{k} x{v}" for k, v in sorted(info["matrix_types"].items())))
     ffn = (f"Spark FFN: predictor {cfg['ffn_predictor_dim']}, top {cfg['ffn_topk_fraction']:.1%}"
            if cfg["ffn_predictor_dim"] else "dense GeGLU FFN")
     if cfg.get("ffn_sparse_fraction"):

@@ -7,9 +7,11 @@ Contract:
 - `tensor_specs(cfg)` is the one table of tensors a config implies (name, shape, is_matrix) on
   the Python side: the writer and the tests use it (cpp/model/weights.cc is the reader's).
 - Norm vectors are F32. Matrices are F32, BF16 (round to nearest even), I8 with a `<name>.scale`
-  F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`, or q4: U8 [rows, cols / 32 * 20], blocks
-  of 32 weights along each row in GGML's Q4_1 layout. Each type's layout, encoder and decoder
-  live in `spark_infer.weights`. One dtype for all matrices except `token_embd`, which may differ.
+  F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`, q4: U8 [rows, cols / 32 * 20], blocks
+  of 32 weights along each row in GGML's Q4_1 layout, or q5: U8 [rows, cols / 32 * 22], GGML's
+  Q5_0 blocks (the row bytes tell q4 and q5 apart). Each type's layout, encoder and decoder
+  live in `spark_infer.weights`. Each matrix has its own type (`write_engine_file`'s dtype,
+  embed_dtype and per-tensor tensor_dtypes).
 - Layout written here (the safetensors format allows no holes between tensors): the header is
   padded with spaces so the data starts at a multiple of 64 bytes; tensors follow contiguously,
   F32 first, then BF16, then I8 and U8 (each group in table order), so every tensor starts at a multiple
@@ -33,8 +35,9 @@ from typing import Any, BinaryIO, NamedTuple, Union
 import numpy as np
 
 from .config import ModelConfig
-from .weights import DTYPES, ITEMSIZE as _ITEMSIZE, Q4_GROUP, ST_DTYPE as _ST_DTYPE, decode, encode
-from .weights import logical_shape as _logical_shape, stored_shape as _stored_shape
+from .weights import (BLOCK_BYTES as _BLOCK_BYTES, DTYPES, ITEMSIZE as _ITEMSIZE, Q4_GROUP,
+                      Q5_BLOCK_BYTES as _Q5_BLOCK_BYTES, ST_DTYPE as _ST_DTYPE, decode, encode)
+from .weights import stored_shape as _stored_shape, stored_type as _stored_type
 
 __all__ = [
     "FormatError", "TensorSpec", "RowBlocks", "tensor_specs", "write_engine_file",
@@ -122,33 +125,38 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
 
 class _Entry(NamedTuple):
     name: str
-    shape: tuple[int, ...]
-    st_dtype: str          # safetensors dtype: F32 | BF16 | I8 | U8 (q4 blocks)
+    shape: tuple[int, ...]  # as stored
+    dtype: str             # weight type (DTYPES); "f32" for vectors and scales
     begin: int             # offset within the data section
     end: int
 
+    @property
+    def st_dtype(self) -> str:   # safetensors dtype: F32 | BF16 | I8 | U8 (q4 / q5 blocks)
+        return _ST_DTYPE[self.dtype]
 
-def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str) -> dict[str, _Entry]:
+
+def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str,
+            tensor_dtypes: Mapping[str, str] | None = None) -> dict[str, _Entry]:
     """Offsets of every tensor (and int8 scale) in the data section, F32 first, then BF16, I8."""
     wanted: list[tuple[str, tuple[int, ...], str]] = []
     for spec in tensor_specs(cfg):
         if not spec.is_matrix:
-            wanted.append((spec.name, spec.shape, "F32"))
+            wanted.append((spec.name, spec.shape, "f32"))
             continue
-        code = _ST_DTYPE[embed_dtype if spec.name == "token_embd" else dtype]
-        if code == "U8" and spec.shape[1] % Q4_GROUP:
-            raise ValueError(f"q4 needs rows of a multiple of {Q4_GROUP} weights: tensor "
+        t = (tensor_dtypes or {}).get(spec.name, embed_dtype if spec.name == "token_embd" else dtype)
+        if t in _BLOCK_BYTES and spec.shape[1] % Q4_GROUP:
+            raise ValueError(f"{t} needs rows of a multiple of {Q4_GROUP} weights: tensor "
                              f"{spec.name!r} has shape {spec.shape}")
-        wanted.append((spec.name, _stored_shape(spec.shape, code), code))
-        if code == "I8":
-            wanted.append((spec.name + ".scale", (spec.shape[0],), "F32"))
+        wanted.append((spec.name, _stored_shape(spec.shape, t), t))
+        if t == "int8":
+            wanted.append((spec.name + ".scale", (spec.shape[0],), "f32"))
     # Stable sort by decreasing element size: each tensor starts aligned to its element size.
-    wanted.sort(key=lambda item: -_ITEMSIZE[item[2]])
+    wanted.sort(key=lambda item: -_ITEMSIZE[_ST_DTYPE[item[2]]])
     entries: dict[str, _Entry] = {}
     offset = 0
-    for name, shape, code in wanted:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[code]
-        entries[name] = _Entry(name, shape, code, offset, offset + nbytes)
+    for name, shape, t in wanted:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[_ST_DTYPE[t]]
+        entries[name] = _Entry(name, shape, t, offset, offset + nbytes)
         offset += nbytes
     return entries
 
@@ -224,10 +232,9 @@ def _row_blocks(name: str, value: Any, shape: tuple[int, ...]) -> Iterator[np.nd
 
 
 def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name: str,
-                  value: Any, importance: np.ndarray | None = None) -> None:
+                  value: Any, want: tuple[int, ...], importance: np.ndarray | None = None) -> None:
     entry = entries[name]
     shape = _value_shape(name, value)
-    want = _logical_shape(entry.shape, entry.st_dtype)
     if shape != want:
         raise ValueError(f"tensor {name!r} has shape {shape}, expected {want}")
     row_elems = int(np.prod(entry.shape[1:], dtype=np.int64))   # 1 for a vector
@@ -236,7 +243,7 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
         if not np.all(np.isfinite(block)):
             raise ValueError(f"tensor {name!r} has NaN or infinite values")
         n_rows = block.shape[0]
-        out, scale = encode(block, entry.st_dtype, importance)
+        out, scale = encode(block, entry.dtype, importance)
         if scale is not None:   # int8: the row scales go to `<name>.scale`
             scale_entry = entries[name + ".scale"]
             f.seek(data_start + scale_entry.begin + 4 * row)
@@ -296,15 +303,17 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
                       dtype: str = "bf16", tokenizer_proto: bytes | None = None,
                       embed_dtype: str | None = None,
                       extra_metadata: Mapping[str, str] | None = None,
-                      q4_importance: Mapping[str, np.ndarray] | None = None) -> None:
+                      q4_importance: Mapping[str, np.ndarray] | None = None,
+                      tensor_dtypes: Mapping[str, str] | None = None) -> None:
     """Write an engine file at `path` (atomically: a temporary file renamed at the end).
 
     tensors: every tensor of `tensor_specs(cfg)` as float values (float32 preferred), given as
       - a mapping name -> array or RowBlocks (all names and shapes checked before writing), or
       - a callable (name, shape) -> array or RowBlocks, called once per tensor in table order, or
       - an iterable of (name, array or RowBlocks) pairs, in any order.
-    dtype: matrix dtype, "f32" | "bf16" | "int8" | "q4" (rows must be multiples of 32 weights);
-    embed_dtype: token_embd's (default: dtype).
+    dtype: matrix dtype, "f32" | "bf16" | "int8" | "q4" | "q5" (q4, q5: rows must be multiples
+    of 32 weights); embed_dtype: token_embd's (default: dtype); tensor_dtypes: a type per
+    matrix name, over both (e.g. a quantized GGUF's mix, `convert.gguf.matrix_dtypes`).
     extra_metadata: more `__metadata__` entries (str -> str), e.g. "sparsify" (what a
     sparsifying conversion did); the format's own keys cannot be overridden.
     q4_importance: optional per-matrix column importance [cols] for the q4 fit
@@ -320,7 +329,12 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
                                                                         memoryview)):
         raise ValueError("tokenizer_proto must be bytes (a serialized SentencePiece ModelProto)")
     specs = tensor_specs(cfg)
-    entries = _layout(cfg, dtype, embed_dtype)
+    matrices = {s.name for s in specs if s.is_matrix}
+    for name, t in (tensor_dtypes or {}).items():
+        if name not in matrices:
+            raise ValueError(f"tensor_dtypes names {name!r}, not a matrix of this config")
+        _check_dtype_name(f"tensor_dtypes[{name!r}]", t)
+    entries = _layout(cfg, dtype, embed_dtype, tensor_dtypes)
     for key, value in (extra_metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError("extra_metadata must map str to str")
@@ -337,8 +351,9 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
         with os.fdopen(fd, "w+b") as f:
             f.write(header)
             f.truncate(data_start + data_size)
+            shapes = {s.name: s.shape for s in specs}
             for name, value in source_iter:
-                _write_tensor(f, data_start, entries, name, value,
+                _write_tensor(f, data_start, entries, name, value, shapes[name],
                               (q4_importance or {}).get(name))
         os.chmod(tmp, 0o644)   # mkstemp makes 0600; an engine file is not a secret
         os.replace(tmp, path)
@@ -379,9 +394,10 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
 
     Tensors are the table's names (plus `<name>.scale` for I8 matrices unless dequantized).
     dequantize=False: read-only views over the file's memory map: F32 as float32, BF16 as
-    uint16 bit patterns, I8 as int8, q4 as its uint8 blocks [rows, cols / 32 * 20].
+    uint16 bit patterns, I8 as int8, q4 as its uint8 blocks [rows, cols / 32 * 20], q5 as its
+    uint8 blocks [rows, cols / 32, 22] (the shape the kernels take q5 in).
     dequantize=True: every table tensor as float32 (bf16 widened exactly, int8 times scale, q4
-    by `weights.dequantize_q4`).
+    and q5 by `weights.dequantize_q4` / `dequantize_q5`).
     Raises FormatError (naming the tensor or field) for a file that breaks the contract.
     """
     try:
@@ -396,7 +412,7 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
             tokenizer = base64.b64decode(meta["tokenizer"], validate=True)
         except ValueError as e:
             raise FormatError(f"metadata 'tokenizer' is not base64: {e}") from None
-    views = f.tensors()
+    views = _typed_views(f, cfg)
     out: dict[str, np.ndarray] = {}
     for spec in tensor_specs(cfg):
         if dequantize:
@@ -408,9 +424,22 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
     return cfg, tokenizer, out
 
 
+def _typed_views(f: Any, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The file's tensors by name, q5 matrices with their block axis apart (the engine's
+    reader checked every U8 matrix to hold q4 or q5 rows)."""
+    views = dict(f.tensors())
+    for spec in tensor_specs(cfg):
+        a = views[spec.name]
+        if spec.is_matrix and a.dtype == np.uint8 and spec.shape[1] and \
+                a.shape[1] == spec.shape[1] // Q4_GROUP * _Q5_BLOCK_BYTES:
+            views[spec.name] = a.reshape(a.shape[0], -1, _Q5_BLOCK_BYTES)
+    return views
+
+
 def dequantize_tensor(stored: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """A new float32 array of tensor `name` from the stored ones (`read_engine_file` with
-    dequantize=False): bf16 widened exactly, int8 times its scale, q4 by `weights.dequantize_q4`."""
+    dequantize=False): bf16 widened exactly, int8 times its scale, q4 and q5 by
+    `weights.dequantize_q4` / `dequantize_q5`."""
     a = stored[name]
     return decode(a, stored[name + ".scale"] if a.dtype == np.int8 else None)
 
@@ -420,7 +449,9 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     engine checks it, `open_engine_file`).
 
     Returns {path, file_bytes, format, format_version, config (dict), parameters, dtypes
-    {dtype: tensor count}, has_tokenizer, sparsify (the conversion's record, or None)}. Raises
+    {safetensors dtype: tensor count}, matrix_types {weight type: matrix count, e.g. a quantized
+    GGUF's mix of q4, q5 and int8}, has_tokenizer, sparsify (the conversion's record, or
+    None)}. Raises
     FormatError for a file that is not an engine file (or of an unknown format version),
     FileNotFoundError if it does not exist.
     """
@@ -429,15 +460,20 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     cfg = _config_of(f)
     st_dtypes = f.tensor_dtypes()
     dtypes: dict[str, int] = {}
-    params = 0
-    for name, a in f.tensors().items():
-        st_dtype = st_dtypes[name]
+    for st_dtype in st_dtypes.values():
         dtypes[st_dtype] = dtypes.get(st_dtype, 0) + 1
-        if not name.endswith(".scale"):   # q4 blocks hold 32 weights per 20 bytes
-            params += int(np.prod(_logical_shape(a.shape, st_dtype)))
+    views = f.tensors()
+    params = 0
+    matrix_types: dict[str, int] = {}
+    for spec in tensor_specs(cfg):
+        params += int(np.prod(spec.shape))
+        if spec.is_matrix:
+            t = _stored_type(st_dtypes[spec.name], views[spec.name].shape, spec.shape[1])
+            matrix_types[t] = matrix_types.get(t, 0) + 1
     return {"path": f.path, "file_bytes": f.file_bytes, "format": meta["format"],
             "format_version": meta["format_version"], "config": cfg.to_dict(),
-            "parameters": params, "dtypes": dtypes, "has_tokenizer": bool(meta.get("tokenizer")),
+            "parameters": params, "dtypes": dtypes, "matrix_types": matrix_types,
+            "has_tokenizer": bool(meta.get("tokenizer")),
             "sparsify": _sparsify_record(f.path, meta)}
 
 

@@ -8,7 +8,7 @@ a temporary file, converted, and the temporary file removed.
 Cache directory: ``$SPARK_INFER_CACHE``, else ``$XDG_CACHE_HOME/spark-infer``, else
 ``~/.cache/spark-infer``.  Cache file names carry the dtype (and the embedding / LM-head dtype
 where it differs), the engine-file format version and the converter revision, e.g.
-``gemma3-270m-q4_k_m.bf16.v1c1.spark`` or ``gemma3-270m-q4_k_m.bf16-embed_int8.v1c1.spark``, so a
+``gemma3-270m-q4_k_m.bf16.v1c2.spark`` or ``gemma3-270m-q4_k_m.bf16-embed_int8.v1c2.spark``, so a
 format change never picks up a stale file.
 
 ``gemma3-270m-sparse`` is the same model sparsified on first use (``convert --sparsify``,
@@ -29,7 +29,7 @@ __all__ = ["MODELS", "ModelNotAvailable", "cache_dir", "cached_path", "gguf_path
            "CONVERTER_REVISION"]
 
 # Bump when the converter's output for the same source changes (invalidates cached files).
-CONVERTER_REVISION = 1
+CONVERTER_REVISION = 2   # 2: q4 from a quantized GGUF keeps each matrix's precision (q5, int8)
 
 
 class ModelNotAvailable(RuntimeError):

@@ -5,7 +5,7 @@ and dense engine files -> engine file
 (``docs/engine-file.md``), optionally sparsified on the way (``sparsify.py``).
 
 ``convert(src, out, dtype)`` streams one tensor at a time (dequantized to float32, then written
-as f32 / bf16 / int8 / q4 by ``fileformat.write_engine_file``), so peak memory is about one float32
+as f32 / bf16 / int8 / q4 / q5 by ``fileformat.write_engine_file``), so peak memory is about one float32
 tensor (the 262k x 640 embedding of Gemma 3 270M: 0.7 GB).  Every failure raises
 :class:`ConversionError` naming the tensor, field or file, and leaves no output file behind.
 
@@ -29,8 +29,8 @@ import numpy as np
 from ._errors import ConversionError
 from .sparsify import SparsifySpec
 
-__all__ = ["ConversionError", "convert", "load_source", "load_weights", "source_kind",
-           "SparsifySpec"]
+__all__ = ["ConversionError", "convert", "kept_precision", "load_source", "load_weights",
+           "source_kind", "SparsifySpec"]
 
 
 def source_kind(src: str | os.PathLike) -> str:
@@ -62,14 +62,17 @@ def source_kind(src: str | os.PathLike) -> str:
 
 
 class _Source:
-    """An open checkpoint: ``cfg`` (ModelConfig), ``tokenizer_proto``, ``get(name)``."""
+    """An open checkpoint: ``cfg`` (ModelConfig), ``tokenizer_proto``, ``get(name)``, and
+    ``kinds``: for a quantized source, each matrix's precision ("q4", "q5", "int8" or "float",
+    see ``gguf.precision_kind``) by engine name; None for a float one."""
 
-    def __init__(self, cfg, tokenizer_proto, getter, closer, names):
+    def __init__(self, cfg, tokenizer_proto, getter, closer, names, kinds=None):
         self.cfg = cfg
         self.tokenizer_proto = tokenizer_proto
         self.get = getter
         self.close = closer
         self.names = names
+        self.kinds = kinds
 
 
 def _make_config(fields: dict, where: str):
@@ -110,7 +113,10 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
                     raise ConversionError(f"{f.path}: tensor {gname!r} has non-finite values")
                 return a
 
-            yield _Source(cfg, proto, get, f.close, list(mapping))
+            kinds = {n: g.precision_kind(f.tensors[gn].ggml_type) for n, gn in mapping.items()
+                     if len(f.tensors[gn].shape) == 2}
+            quantized = any(k != "float" for k in kinds.values())
+            yield _Source(cfg, proto, get, f.close, list(mapping), kinds if quantized else None)
         finally:
             f.close()
     elif kind == "engine":
@@ -140,8 +146,40 @@ def _engine_source(src: str | os.PathLike) -> _Source:
         cfg, proto, stored = read_engine_file(src)
     except FormatError as e:
         raise ConversionError(str(e)) from None
+    # A file with q4 / q5 blocks (a quantized GGUF's mix, say) keeps each matrix's type; one of
+    # only float and int8 matrices is a float source for q4.
+    kinds = {s.name: _stored_kind(stored[s.name]) for s in tensor_specs(cfg) if s.is_matrix}
+    quantized = any(k in ("q4", "q5") for k in kinds.values())
     return _Source(cfg, proto, lambda name: dequantize_tensor(stored, name), stored.clear,
-                   [s.name for s in tensor_specs(cfg)])
+                   [s.name for s in tensor_specs(cfg)], kinds if quantized else None)
+
+
+def _stored_kind(a: np.ndarray) -> str:
+    """The precision of a stored matrix as `read_engine_file` gives it (q5: 3-D uint8)."""
+    if a.dtype == np.uint8:
+        return "q5" if a.ndim == 3 else "q4"
+    return "int8" if a.dtype == np.int8 else "float"
+
+
+def kept_precision(kinds: dict[str, str] | None, cfg, dtype: str, embed_dtype: str | None
+                   ) -> dict[str, str]:
+    """The matrix types that keep a quantized source's precision: every matrix of `cfg` asked
+    for in q4 (`dtype`, or `embed_dtype` for token_embd) whose source precision is known
+    (`_Source.kinds`) gets the nearest engine type with at least its bits, as llama.cpp's
+    Q4_K_M is itself a mix: 4-bit blocks -> q4, 5-bit -> q5, 6- and 8-bit and float -> int8.
+    Matrices the source does not hold as they are written (a sparsified model's transposed
+    ffn_down_t, its predictors) are not in `kinds`: they get the requested type."""
+    from ..fileformat import tensor_specs
+
+    if not kinds:
+        return {}
+    keep = {"q4": "q4", "q5": "q5", "int8": "int8", "float": "int8"}
+    out = {}
+    for spec in tensor_specs(cfg):
+        asked = (embed_dtype or dtype) if spec.name == "token_embd" else dtype
+        if spec.is_matrix and asked == "q4" and spec.name in kinds:
+            out[spec.name] = keep[kinds[spec.name]]
+    return out
 
 
 def load_weights(src: str | os.PathLike):
@@ -158,8 +196,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     """Convert a GGUF file, an HF checkpoint directory or an engine file into an engine file at
     ``out``.
 
-    dtype: matrix dtype ``"f32"``, ``"bf16"``, ``"int8"`` or ``"q4"`` (norms are always f32);
-    embed_dtype: ``token_embd``'s dtype (default: ``dtype``).
+    dtype: matrix dtype ``"f32"``, ``"bf16"``, ``"int8"``, ``"q4"`` or ``"q5"`` (norms are
+    always f32); embed_dtype: ``token_embd``'s dtype (default: ``dtype``). From a quantized
+    source (a quantized GGUF, or an engine file with q4 / q5 matrices) q4 keeps each matrix's
+    own precision (``kept_precision``: Q4_K -> q4, Q5_0 -> q5, Q6_K / Q8_0 -> int8); from a
+    float source every q4 matrix is q4.
     sparsify: e.g. ``"ffn=0.5"`` or ``"ffn=0.5,attn=128"`` (see SparsifySpec.parse): a dense
       model becomes a sparsified one (training-free; docs/engine-file.md).
     calibrate: a UTF-8 text file; with it the FFN's per-layer quantiles are calibrated so the
@@ -189,15 +230,28 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
         if spec is not None:
             sp = _sparsify_source(s, spec, calibrate)
             cfg, get, metadata = sp.cfg, sp.get, sp.metadata()
-        elif q4 and s.tokenizer_proto is not None and not (
+        kept = kept_precision(s.kinds, cfg, dtype, embed_dtype)
+        # q4 matrices that were 4-bit blocks come back exactly from any fit: only others need
+        # the weighted one.
+        from ..fileformat import tensor_specs
+
+        refit = any(kept.get(t.name, (embed_dtype or dtype) if t.name == "token_embd" else dtype)
+                    == "q4" and (s.kinds or {}).get(t.name) != "q4"
+                    for t in tensor_specs(cfg) if t.is_matrix)
+        if kept:
+            metadata = dict(metadata or {})
+            metadata["quantize"] = json.dumps({"kept_source_precision": {
+                t: sum(v == t for v in kept.values()) for t in sorted(set(kept.values()))}})
+        if spec is None and refit and s.tokenizer_proto is not None and not (
                 cfg.is_spark_ffn or cfg.is_spark_attn or cfg.is_sparse_ffn or cfg.is_sparse_attn):
             from .importance import activation_importance
 
             ids, name = _calibration_ids(s, calibrate)
             importance = activation_importance(cfg, get, ids)
-            metadata = {"quantize": json.dumps({
+            metadata = dict(metadata or {})
+            metadata["quantize"] = json.dumps(json.loads(metadata.get("quantize", "{}")) | {
                 "q4_fit": "least squares weighted by the inputs' mean squares",
-                "calibration": {"text": name, "tokens": len(ids)}})}
+                "calibration": {"text": name, "tokens": len(ids)}})
         bar = None
         if progress:
             from tqdm import tqdm
@@ -214,7 +268,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
         try:
             write_engine_file(out, cfg, source, dtype=dtype, tokenizer_proto=s.tokenizer_proto,
                               embed_dtype=embed_dtype, extra_metadata=metadata,
-                              q4_importance=importance)
+                              q4_importance=importance, tensor_dtypes=kept)
         except ConversionError:
             raise
         except ValueError as e:

@@ -16,9 +16,9 @@ def main(argv: list[str] | None = None) -> int:
                                              "checkpoint directory into an engine file.")
     ap.add_argument("src", help="a .gguf file or a directory with config.json + *.safetensors")
     ap.add_argument("out", help="the engine file to write (*.spark)")
-    ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8", "q4"],
+    ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "int8", "q4", "q5"],
                     help="matrix dtype (default bf16)")
-    ap.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8", "q4"],
+    ap.add_argument("--embed-dtype", default=None, choices=["f32", "bf16", "int8", "q4", "q5"],
                     help="token_embd dtype (default: --dtype)")
     ap.add_argument("--sparsify", default=None, metavar="SPEC",
                     help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128")

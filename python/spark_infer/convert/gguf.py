@@ -556,6 +556,24 @@ def engine_name(gguf_name: str) -> str | None:
     return None
 
 
+# GGML types by the engine type that holds them with at least their bits (`precision_kind`):
+# 5-bit blocks as q5 (Q5_0 exactly, the others re-fitted), 6- and 8-bit ones as int8 (8 bits,
+# a scale per row), every other quantized type (2-4.5 bits: Q4_K, Q4_0, Q4_1, Q2_K, Q3_K,
+# the IQ and TQ types) as q4.
+_FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
+_Q5_TYPES = frozenset({"Q5_0", "Q5_1", "Q5_K"})
+_INT8_TYPES = frozenset({"Q6_K", "Q8_0", "Q8_1", "Q8_K"})
+
+
+def precision_kind(ggml_type: int) -> str:
+    """"float" for a float GGML type, else the engine type that keeps its precision under
+    ``--dtype q4``: "q4", "q5" or "int8" (see above)."""
+    name = ggml_type_name(ggml_type)
+    if name in _FLOAT_TYPES:
+        return "float"
+    return "q5" if name in _Q5_TYPES else "int8" if name in _INT8_TYPES else "q4"
+
+
 def is_norm(gguf_name: str) -> bool:
     if gguf_name == "output_norm.weight":
         return True

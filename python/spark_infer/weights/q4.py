@@ -19,6 +19,19 @@ Q4_BLOCK_BYTES = 20   # f16 d, f16 m, 16 bytes of codes
 _F16_MAX = 65504.0
 
 
+def block_matrix(w: np.ndarray, name: str) -> np.ndarray:
+    """float32 w, checked for a block type `name` (q4, q5): 2-D, rows of a multiple of 32
+    weights, |w| within the f16 range of the block parameters. ValueError otherwise."""
+    w32 = np.asarray(w, dtype=np.float32)
+    if w32.ndim != 2:
+        raise ValueError(f"quantize_{name} wants a 2-D matrix, got shape {w32.shape}")
+    if w32.shape[1] % Q4_GROUP:
+        raise ValueError(f"{name} needs rows of a multiple of {Q4_GROUP} weights, got {w32.shape[1]}")
+    if w32.size and np.max(np.abs(w32)) > _F16_MAX:
+        raise ValueError(f"{name} cannot hold weights beyond the f16 range (|w| > 65504)")
+    return w32
+
+
 def q4_fit(g: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(d, m) float32 per block of g [n, 32]: the step and offset minimizing the weighted
     squared error sum wt (d c + m - w)^2 (wt [n, 32] > 0), best of a few code assignments. A
@@ -96,14 +109,8 @@ def quantize_q4(w: np.ndarray, importance: np.ndarray | None = None) -> np.ndarr
     importance[c] / mean(importance) + 1e-3 (the floor keeps every weight in play).
     cols must be a multiple of 32; |w| must fit f16 (65504).
     """
-    w32 = np.asarray(w, dtype=np.float32)
-    if w32.ndim != 2:
-        raise ValueError(f"quantize_q4 wants a 2-D matrix, got shape {w32.shape}")
+    w32 = block_matrix(w, "q4")
     rows, cols = w32.shape
-    if cols % Q4_GROUP:
-        raise ValueError(f"q4 needs rows of a multiple of {Q4_GROUP} weights, got {cols}")
-    if w32.size and np.max(np.abs(w32)) > _F16_MAX:
-        raise ValueError("q4 cannot hold weights beyond the f16 range (|w| > 65504)")
     g = w32.reshape(-1, Q4_GROUP)
     if importance is None:
         wt = np.ones_like(g)
@@ -117,14 +124,21 @@ def quantize_q4(w: np.ndarray, importance: np.ndarray | None = None) -> np.ndarr
     return q4_encode(g, *q4_fit(g, wt)).reshape(rows, -1)
 
 
+def split_blocks(blocks: np.ndarray, block_bytes: int, name: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(blocks uint8 [rows, n, block_bytes], each block's leading f16 d as float32 [rows, n])
+    of a block type's rows uint8 [rows, n * block_bytes]; ValueError for another shape."""
+    b = np.asarray(blocks, dtype=np.uint8)
+    if b.ndim != 2 or b.shape[1] % block_bytes:
+        raise ValueError(f"{name} blocks are uint8 [rows, k * {block_bytes}], got {b.shape}")
+    g = np.ascontiguousarray(b).reshape(b.shape[0], -1, block_bytes)
+    return g, g[..., 0:2].copy().view("<f2")[..., 0].astype(np.float32)
+
+
 def dequantize_q4(blocks: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] of q4 blocks uint8 [rows, cols / 32 * 20]: w = d * q + m."""
-    b = np.asarray(blocks, dtype=np.uint8)
-    if b.ndim != 2 or b.shape[1] % Q4_BLOCK_BYTES:
-        raise ValueError(f"q4 blocks are uint8 [rows, k * {Q4_BLOCK_BYTES}], got {b.shape}")
-    rows = b.shape[0]
-    g = np.ascontiguousarray(b).reshape(rows, -1, Q4_BLOCK_BYTES)
-    d = g[..., 0:2].copy().view("<f2")[..., 0].astype(np.float32)
+    g, d = split_blocks(blocks, Q4_BLOCK_BYTES, "q4")
+    rows = g.shape[0]
     m = g[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32)
     c = g[..., 4:]
     q = np.concatenate([c & 15, c >> 4], axis=2).astype(np.float32)
