@@ -81,18 +81,21 @@ void Engine::Attention(size_t layer, size_t T) {
     return;
   }
 
-  if (!ra && T * KV < kSplitBelowItems) {
-    SplitAttention(layer, T);
+  if (!ra) {
+    if (T * KV < kSplitBelowItems) {
+      SplitAttention(layer, T);
+    } else {
+      BlockedAttention(layer, T);
+    }
     MatMul(pool_, L.o, att_.get(), T, tmp_.get());
     return;
   }
 
-  // Work items: (token, KV head, sub-group of its query heads). The heads of a sub-group share
-  // one pass over the cached keys (and, for dense attention, the values), so GQA reads each KV
-  // head once per item instead of once per query head. Sub-groups shrink only while there are
-  // fewer than kMinAttentionItems items (Spark decode of a single-KV-head model; dense attention
-  // splits the tokens instead, above), so that two threads share the work; more items would
-  // read the cache more often. The split depends on the shapes only, never on the thread count:
+  // Spark attention. Work items: (token, KV head, sub-group of its query heads). The heads of a
+  // sub-group share one pass over the cached predictor keys, so GQA reads them once per item
+  // instead of once per query head. Sub-groups shrink only while there are fewer than
+  // kMinAttentionItems items (decode of a single-KV-head model), so that two threads share the
+  // work; more items would read the cache more often. The split depends on the shapes only, never on the thread count:
   // the kernels it picks (rows per MatMulRange) and so the results are the same for any count.
   constexpr size_t kMinAttentionItems = 2;
   size_t sub = group;
@@ -112,17 +115,6 @@ void Engine::Attention(size_t layer, size_t T) {
       const MatRef rest = kv_.KRest(layer, g, lo, n);
       const MatRef values = kv_.V(layer, g, lo, n);
       float* scores = s.s1.get();  // [sub, n]
-      if (!ra) {
-        MatMulRange(rest, q0, sub, scores, n, 0, n);
-        for (size_t i = 0; i < sub; ++i) {
-          float* sc = scores + i * n;
-          if (c.attn_softcap > 0) SoftCap(sc, n, c.attn_softcap, sc);
-          Softmax(sc, n, sc);
-        }
-        MultiSparseVecMatRange(values, scores, iota_.data(), n, sub, out0, 0, hd);
-        attended[part] += static_cast<double>(n * sub);
-        continue;
-      }
       // Spark: one pass over the predictor keys for the sub-group, then each head selects its
       // own tokens.
       float* qp = s.q_pred.get();  // [sub, r_a]
@@ -234,6 +226,62 @@ void Engine::SplitAttention(size_t layer, size_t T) {
       }
     }
   }
+  for (double x : attended) stats_[layer].attn_attended += x;
+  stats_[layer].attn_queries += static_cast<double>(T * H);
+}
+
+// Dense attention for chunks with many (token, KV head) pairs (prefill): one work item per
+// (block of AttnBlockTokens() tokens, KV head). The block's query rows (its tokens x the group's
+// heads) meet the keys [a, e) that any of its tokens sees in one matmul, and the values in one
+// multi-row sum, so each cached row is read once per block, not once per token (per token, the
+// keys sat in L2 but every row was converted and loaded again for 4 query heads only). Each row
+// keeps its own visible range [lo, p]: its softmax runs over that range and the rest of the row
+// is 0, which adds nothing to the value sums (the cached values are finite). Per (token, head)
+// the scores, their softmax and the value sum are the same arithmetic as one item per token.
+// Items run blocks in the order 0, nb - 1, 1, nb - 2, ..., so that the pool's contiguous parts
+// mix short (early) and long (late) causal ranges.
+void Engine::BlockedAttention(size_t layer, size_t T) {
+  const ModelConfig& c = config_;
+  const size_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, group = H / KV;
+  const bool local = c.layer_is_local[layer];
+  const size_t B = AttnBlockTokens(), nb = (T + B - 1) / B;
+  auto lo_of = [&](size_t p) {
+    return (local && p + 1 > c.sliding_window) ? p + 1 - c.sliding_window : size_t{0};
+  };
+  std::vector<double> attended(pool_.MaxParts(), 0.0);
+  pool_.ParallelFor(nb * KV, 1, [&](size_t begin, size_t end, int part) {
+    Scratch& s = scratch_[part];
+    for (size_t item = begin; item < end; ++item) {
+      const size_t k = item / KV, g = item % KV;
+      const size_t blk = k % 2 == 0 ? k / 2 : nb - 1 - k / 2;
+      const size_t t0 = blk * B, nt = std::min(B, T - t0), rows = nt * group;
+      const size_t a = lo_of(pos_ + t0), n = pos_ + t0 + nt - a;  // keys [a, a + n)
+      float* q = s.blk.get();                        // [rows, hd]: token-major, then heads
+      float* o = q + group * B * hd;                 // [rows, hd]
+      for (size_t t = 0; t < nt; ++t) {
+        const float* src = q_.get() + ((t0 + t) * H + g * group) * hd;
+        std::copy(src, src + group * hd, q + t * group * hd);
+      }
+      float* scores = s.s1.get();  // [rows, n]
+      MatMulRange(kv_.KRest(layer, g, a, n), q, rows, scores, n, 0, n);
+      for (size_t t = 0; t < nt; ++t) {
+        const size_t p = pos_ + t0 + t, first = lo_of(p) - a, count = p + 1 - lo_of(p);
+        for (size_t i = 0; i < group; ++i) {
+          float* sc = scores + (t * group + i) * n;
+          std::fill(sc, sc + first, 0.0f);
+          if (c.attn_softcap > 0) SoftCap(sc + first, count, c.attn_softcap, sc + first);
+          Softmax(sc + first, count, sc + first);
+          std::fill(sc + first + count, sc + n, 0.0f);
+        }
+        attended[part] += static_cast<double>(count * group);
+      }
+      MultiSparseVecMatRange(kv_.V(layer, g, a, n), scores, iota_.data(), n, rows, o, 0, hd);
+      for (size_t t = 0; t < nt; ++t) {
+        float* dst = att_.get() + ((t0 + t) * H + g * group) * hd;
+        std::copy(o + t * group * hd, o + (t + 1) * group * hd, dst);
+      }
+    }
+  });
   for (double x : attended) stats_[layer].attn_attended += x;
   stats_[layer].attn_queries += static_cast<double>(T * H);
 }

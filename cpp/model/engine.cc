@@ -190,7 +190,9 @@ size_t Engine::CheckedBufferBytes(size_t T, size_t parts) const {
     words = CheckedSum(words, kv / 4 + 1, "engine buffers");
     add({ctx_});
     add({kSplitBelowItems * kSplitMaxBlocks, group, hd + 2});
-    add({parts, 2 * group + 2, ctx_});
+    const size_t blk_rows = group * AttnBlockTokens();  // s1; then s2, sel, idx
+    add({parts, blk_rows + group + 2, ctx_});
+    add({parts, 2 * blk_rows, hd});
     add({parts, (group + 1) * split + group * (hd - split)});
     add({3 * dff + 1});
   } catch (const std::overflow_error&) {
@@ -240,6 +242,11 @@ void Engine::AllocateActivations(size_t T) {
   T_ = T;
 }
 
+size_t Engine::AttnBlockTokens() const {
+  const size_t group = config_.n_heads / config_.n_kv_heads;
+  return config_.KeySplit() == 0 ? std::max<size_t>(1, kAttnBlockRows / group) : 1;
+}
+
 void Engine::EnsureScratch() {
   const size_t parts = static_cast<size_t>(pool_.MaxParts());
   if (scratch_.size() >= parts) return;
@@ -248,7 +255,8 @@ void Engine::EnsureScratch() {
   const size_t split = config_.KeySplit();
   while (scratch_.size() < parts) {
     Scratch s;
-    s.s1 = Floats(group * ctx_);
+    s.s1 = Floats(group * AttnBlockTokens() * ctx_);
+    s.blk = Floats(2 * group * AttnBlockTokens() * config_.head_dim);
     s.q_pred = Floats((group + 1) * split);  // + the pooled query of sparsified attention
     s.q_rest = Floats(group * (config_.head_dim - split));
     s.sel = Floats(ctx_);

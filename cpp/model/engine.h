@@ -116,6 +116,13 @@ class Engine {
                      const MatRef& w_out, size_t T, size_t total);
   void RotatedAttention(size_t layer, size_t T);
   void SplitAttention(size_t layer, size_t T);
+  void BlockedAttention(size_t layer, size_t T);
+  // Dense attention over a chunk (BlockedAttention) takes blocks of tokens whose query heads of
+  // one KV head number at most kAttnBlockRows, so each cached key and value is read once per
+  // block rather than once per token. AttnBlockTokens: tokens per block (1 without dense
+  // attention, which has no blocks).
+  static constexpr size_t kAttnBlockRows = 64;
+  size_t AttnBlockTokens() const;
   // Dense attention splits the visible tokens (SplitAttention) when a call has fewer than this
   // many (token, KV head) pairs: enough items for 16 threads without splitting.
   static constexpr size_t kSplitBelowItems = 16;
@@ -157,10 +164,12 @@ class Engine {
   // SplitAttention's partial results: [kSplitBelowItems, kSplitMaxBlocks, group * (hd + 2)].
   hwy::AlignedFreeUniquePtr<float[]> split_;
 
-  // Per-part attention scratch: s1 and s2 [query heads per KV head, ctx], sel [ctx],
-  // q_pred [query heads per KV head, r_a], q_rest [query heads per KV head, head_dim - r_a].
+  // Per-part attention scratch: s1 [query heads per KV head x AttnBlockTokens(), ctx], s2 [query
+  // heads per KV head, ctx], sel [ctx], q_pred [query heads per KV head, r_a], q_rest [query
+  // heads per KV head, head_dim - r_a], blk [2, query heads per KV head x AttnBlockTokens(),
+  // head_dim] (a block's queries and outputs).
   struct Scratch {
-    hwy::AlignedFreeUniquePtr<float[]> s1, sel, s2, q_pred, q_rest;
+    hwy::AlignedFreeUniquePtr<float[]> s1, sel, s2, q_pred, q_rest, blk;
     std::vector<int32_t> idx;
   };
   std::vector<Scratch> scratch_;

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <algorithm>
+
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "ops/reduce-inl.h"
@@ -191,6 +193,63 @@ HWY_INLINE void TokenSparseColsT(P w, size_t rows, size_t cols, const TokenPair*
   }
 }
 
+// out[g, c] for g in [g0, g0 + kG) and the kC vectors of columns at c: the kG x kC sums stay in
+// registers across the n rows (at most 8 accumulators: AVX2 has 16 registers), each value
+// vector is loaded once for the kG rows of u. Every output is one FMA chain over j in order
+// from 0, as a plain loop would make it, so neither the tiling nor G changes a result.
+template <size_t kG, size_t kC, class P>
+HWY_INLINE void MultiTile(P w, const float* HWY_RESTRICT scale, size_t cols,
+                          const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx, size_t n,
+                          size_t g0, float* HWY_RESTRICT out, size_t c) {
+  const hn::ScalableTag<float> df;
+  const size_t NF = hn::Lanes(df);
+  const float* ug[kG];
+  hn::Vec<decltype(df)> acc[kG][kC];
+  HWY_UNROLL(4)
+  for (size_t k = 0; k < kG; ++k) {
+    ug[k] = u + (g0 + k) * n;
+    HWY_UNROLL(4)
+    for (size_t v = 0; v < kC; ++v) acc[k][v] = hn::Zero(df);
+  }
+  for (size_t j = 0; j < n; ++j) {
+    const size_t r = static_cast<size_t>(idx[j]);
+    const P row = w + r * cols + c;
+    const float s = scale ? scale[r] : 1.0f;
+    hn::Vec<decltype(df)> v[kC];
+    HWY_UNROLL(4)
+    for (size_t i = 0; i < kC; ++i) v[i] = LoadF32(df, row + i * NF);
+    HWY_UNROLL(4)
+    for (size_t k = 0; k < kG; ++k) {
+      const auto a = hn::Set(df, ug[k][j] * s);
+      HWY_UNROLL(4)
+      for (size_t i = 0; i < kC; ++i) acc[k][i] = hn::MulAdd(a, v[i], acc[k][i]);
+    }
+  }
+  HWY_UNROLL(4)
+  for (size_t k = 0; k < kG; ++k) {
+    HWY_UNROLL(4)
+    for (size_t i = 0; i < kC; ++i) hn::StoreU(acc[k][i], df, out + (g0 + k) * cols + c + i * NF);
+  }
+}
+
+// Rows [0, G) of u in tiles of 4, then 2, then 1 (MultiTile), at the kC vectors of columns at c.
+template <size_t kC, class P>
+HWY_INLINE void MultiTiles(P w, const float* HWY_RESTRICT scale, size_t cols,
+                           const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx, size_t n,
+                           size_t G, float* HWY_RESTRICT out, size_t c) {
+  size_t g0 = 0;
+  for (; g0 + 4 <= G; g0 += 4) MultiTile<4, kC>(w, scale, cols, u, idx, n, g0, out, c);
+  if (g0 + 2 <= G) {
+    MultiTile<2, kC>(w, scale, cols, u, idx, n, g0, out, c);
+    g0 += 2;
+  }
+  if (g0 < G) MultiTile<1, kC>(w, scale, cols, u, idx, n, g0, out, c);
+}
+
+// out[g, c] = sum_j u[g, j] W[idx[j], c] (MultiSparseVecMatRange): register tiles of up to 4
+// rows of u x 2 vectors of columns, then single vectors, then scalar columns. A tile reads a
+// strip of each value row; the strips partition the rows, so the values are read once per 4
+// rows of u.
 template <class P>
 HWY_INLINE void MultiSparseVecMatT(P w, const float* HWY_RESTRICT scale,
                                    size_t cols, const float* HWY_RESTRICT u,
@@ -198,23 +257,17 @@ HWY_INLINE void MultiSparseVecMatT(P w, const float* HWY_RESTRICT scale,
                                    float* HWY_RESTRICT out, size_t c0, size_t c1) {
   const hn::ScalableTag<float> df;
   const size_t NF = hn::Lanes(df);
-  for (size_t g = 0; g < G; ++g)
-    for (size_t c = c0; c < c1; ++c) out[g * cols + c] = 0.0f;
-  for (size_t j = 0; j < n; ++j) {
-    const size_t r = static_cast<size_t>(idx[j]);
-    const P row = w + r * cols;
-    const float s = scale ? scale[r] : 1.0f;
-    size_t c = c0;
-    for (; c + NF <= c1; c += NF) {
-      const auto v = LoadF32(df, row + c);
-      for (size_t g = 0; g < G; ++g) {
-        float* o = out + g * cols + c;
-        hn::StoreU(hn::MulAdd(hn::Set(df, u[g * n + j] * s), v, hn::LoadU(df, o)), df, o);
+  size_t c = c0;
+  for (; c + 2 * NF <= c1; c += 2 * NF) MultiTiles<2>(w, scale, cols, u, idx, n, G, out, c);
+  for (; c + NF <= c1; c += NF) MultiTiles<1>(w, scale, cols, u, idx, n, G, out, c);
+  for (; c < c1; ++c) {
+    for (size_t g = 0; g < G; ++g) {
+      float sum = 0.0f;
+      for (size_t j = 0; j < n; ++j) {
+        const size_t r = static_cast<size_t>(idx[j]);
+        sum += u[g * n + j] * (ScalarF32(w[r * cols + c]) * (scale ? scale[r] : 1.0f));
       }
-    }
-    for (; c < c1; ++c) {
-      const float v = ScalarF32(row[c]) * s;
-      for (size_t g = 0; g < G; ++g) out[g * cols + c] += u[g * n + j] * v;
+      out[g * cols + c] = sum;
     }
   }
 }
