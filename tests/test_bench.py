@@ -281,3 +281,12 @@ def test_files_of_one_name_get_their_folder_in_the_label(tmp_path: Path) -> None
     report = json.loads(out.read_text())
     assert [m["label"] for m in report["models"]] == ["a/model.spark", "b/model.spark"]
     assert sorted(r["model"] for r in report["results"]) == ["a/model.spark", "b/model.spark"]
+
+
+def test_q4_mix_is_compared_with_q4_k_m():
+    """A q4 file from the Q4_K_M GGUF holds a mix ("int8+q4+q5", each matrix at its source's
+    precision): its peer is llama.cpp's Q4_K_M, as plain q4's."""
+    from spark_infer.bench.stats import _peer_types
+
+    assert _peer_types("int8+q4+q5") == _peer_types("q4") == ("Q4_K_M",)
+    assert _peer_types("int8") == ("Q8_0",) and _peer_types("q5") == ()

@@ -39,6 +39,7 @@ def test_info(model_path):
     r = run("info", model_path)
     assert r.returncode == 0, r.stderr
     assert "gemma3" in r.stdout and "dense GeGLU FFN" in r.stdout and "F32" in r.stdout
+    assert "matrices:" in r.stdout   # the matrix types and their counts
 
 
 @pytest.mark.parametrize("args, message", [

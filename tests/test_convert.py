@@ -507,3 +507,53 @@ def test_command_line(tmp_path, capsys):
     assert read_engine_file(tmp_path / "c.spark")[0].arch == "gemma3"
     assert main([str(tmp_path / "nope"), str(tmp_path / "d.spark"), "--quiet"]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_gguf_q4_keeps_each_quantized_tensors_precision(tmp_path):
+    """--dtype q4 from a quantized GGUF: Q5_0 matrices stay the file's own blocks (q5, byte for
+    byte), 8-bit and float ones become int8 (the nearest type with at least their bits); from a
+    float GGUF every matrix is q4; an explicit --embed-dtype is taken as asked."""
+    from spark_infer.convert.gguf import load_gguf
+
+    src = tmp_path / "m.gguf"
+    _make_gguf(src, "gemma3", 6)
+    _, _, t = read_engine_file(convert(src, tmp_path / "m.spark", dtype="q4", progress=False))
+    _, _, e = read_engine_file(convert(src, tmp_path / "e.spark", dtype="q4", embed_dtype="bf16",
+                                       progress=False))
+    f, fields, mapping = load_gguf(src)
+    with f:
+        for spec in tensor_specs(ModelConfig(**fields)):
+            if not spec.is_matrix:
+                continue
+            gt = f.tensors[mapping[spec.name]].type_name
+            assert gt == QTYPES.get(spec.name, "F32")
+            if gt == "Q5_0":
+                assert t[spec.name].shape == (spec.shape[0], spec.shape[1] // 32, 22)
+                np.testing.assert_array_equal(t[spec.name].reshape(-1),
+                                              f.raw(mapping[spec.name]), err_msg=spec.name)
+            else:
+                assert t[spec.name].dtype == np.int8, (spec.name, gt)
+    assert e["token_embd"].dtype == np.uint16 and e["blk.0.attn_q"].dtype == np.int8
+    # A float GGUF has no precision to keep: q4 everywhere.
+    _make_gguf(tmp_path / "f.gguf", "gemma3", 6, qtypes={})
+    _, _, q = read_engine_file(convert(tmp_path / "f.gguf", tmp_path / "f.spark", dtype="q4",
+                                       progress=False))
+    assert all(q[s.name].dtype == np.uint8 and q[s.name].ndim == 2
+               for s in tensor_specs(ModelConfig(**_gguf_fields("gemma3", 6))) if s.is_matrix)
+
+
+def test_kept_precision_leaves_re_laid_out_matrices_at_the_asked_type():
+    """A sparsified model's ffn_down_t (ffn_down transposed) and its predictors are not the
+    source's blocks: they get the asked type; q4 is the only type that keeps the source's."""
+    from spark_infer.convert import kept_precision
+
+    cfg = ModelConfig(**_gguf_fields("gemma3", 6)).replace(ffn_sparse_fraction=0.5,
+                                                           ffn_gate_rank=16)
+    kinds = {"token_embd": "int8", "blk.0.ffn_down": "q5", "blk.0.ffn_gate": "q5",
+             "blk.0.attn_q": "q4", "blk.0.attn_k": "float"}
+    assert kept_precision(kinds, cfg, "q4", None) == {
+        "token_embd": "int8", "blk.0.ffn_gate": "q5", "blk.0.attn_q": "q4", "blk.0.attn_k": "int8"}
+    assert kept_precision(kinds, cfg, "q4", "bf16") == {
+        "blk.0.ffn_gate": "q5", "blk.0.attn_q": "q4", "blk.0.attn_k": "int8"}
+    assert kept_precision(kinds, cfg, "int8", "q4") == {"token_embd": "int8"}
+    assert kept_precision(None, cfg, "q4", None) == {}

@@ -442,3 +442,33 @@ def test_make_random_model_cli(tmp_path):
     cfg_file.write_text(tiny_cfg().to_json())
     assert tool.main(["--config", str(cfg_file), "--dtype", "f32", "-o", str(out)]) == 0
     assert read_engine_file(out)[0] == tiny_cfg()
+
+
+def test_tensor_dtypes_mix_matrix_types(tmp_path):
+    """tensor_dtypes gives matrices their own types (a quantized GGUF's mix): each is stored as
+    its type (q5: U8 [rows, cols / 32 * 22], q4 U8 [rows, cols / 32 * 20], int8 with its
+    scale), read back and counted per type; unknown names and types are refused."""
+    cfg = tiny_cfg(vocab_size=40, d_model=64, head_dim=16, d_ff=96)
+    tensors = random_tensors(cfg)
+    names = [s.name for s in tensor_specs(cfg) if s.is_matrix]
+    mix = {n: ("q5", "int8", "q4")[i % 3] for i, n in enumerate(names)}
+    path = tmp_path / "m.spark"
+    write_engine_file(path, cfg, tensors, dtype="bf16", tensor_dtypes=mix)
+    _, header = read_header(path)
+    _, _, raw = read_engine_file(path)
+    for spec in tensor_specs(cfg):
+        if not spec.is_matrix:
+            continue
+        e, t = header[spec.name], mix[spec.name]
+        per_block = {"q4": 20, "q5": 22}.get(t)
+        if per_block:
+            assert e["dtype"] == "U8" and e["shape"] == [spec.shape[0], spec.shape[1] // 32 * per_block]
+        else:
+            assert e["dtype"] == "I8" and spec.name + ".scale" in header
+        assert raw[spec.name].ndim == (3 if t == "q5" else 2)
+    counts = {t: list(mix.values()).count(t) for t in ("q4", "q5", "int8")}
+    assert read_engine_header(path)["matrix_types"] == counts
+    with pytest.raises(ValueError, match="not a matrix of this config"):
+        write_engine_file(path, cfg, tensors, tensor_dtypes={"output_norm": "q4"})
+    with pytest.raises(ValueError, match="must be one of"):
+        write_engine_file(path, cfg, tensors, tensor_dtypes={names[0]: "q3"})

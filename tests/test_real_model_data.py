@@ -13,7 +13,7 @@ import pytest
 import gemma3_real as real
 from spark_infer import models, reference
 from spark_infer.config import preset
-from spark_infer.fileformat import read_engine_file
+from spark_infer.fileformat import dequantize_tensor, read_engine_file, read_engine_header
 from spark_infer.tokenizer import Tokenizer
 
 # HF runs float32 on the same dequantized weights, the reference float64: measured differences
@@ -145,6 +145,48 @@ def test_gguf_file_structure_and_dequantization():
             want = dequantize(raw, t.ggml_type).reshape(t.np_shape)
             np.testing.assert_array_equal(f.dequantize(t.name), want, err_msg=t.name)
         assert ggml_type_name(f.tensors["token_embd.weight"].ggml_type) == "Q8_0"
+
+
+@real.needs_gemma3
+def test_q4_conversion_keeps_each_gguf_tensor():
+    """--dtype q4 from the Q4_K_M GGUF: Q5_0 matrices are the GGUF's own blocks, byte for byte
+    (q5 is GGML's Q5_0 block); Q4_K ones decode to the GGUF's values up to the f16 rounding of
+    q4's d and m (the codes refit exactly; Q4_K's d and m, a super-block scale times 6-bit ones,
+    need not be f16 values): |error| <= 2^-11 (15 |d| + |m|) per block; Q6_K and Q8_0 ones
+    (token_embd among them) are int8. The encoder alone also gives back every Q5_0 block."""
+    from gguf.quants import dequantize
+
+    from spark_infer.convert.gguf import GGUFFile, engine_name
+    from spark_infer.weights import quantize_q5
+
+    _, _, stored = read_engine_file(real.engine_file("q4"))
+    kinds = {}
+    with GGUFFile(real.gguf_file()) as f:
+        for t in f.tensors.values():
+            name = engine_name(t.name)
+            if name is None or len(t.shape) != 2:
+                continue
+            kinds[t.type_name] = kinds.get(t.type_name, 0) + 1
+            a = stored[name]
+            raw = f.raw(t.name).reshape(t.np_shape[0], -1)
+            if t.type_name == "Q5_0":
+                assert a.dtype == np.uint8 and a.shape == (t.np_shape[0], t.np_shape[1] // 32, 22)
+                np.testing.assert_array_equal(a.reshape(raw.shape), raw, err_msg=name)
+                np.testing.assert_array_equal(
+                    quantize_q5(dequantize(raw, t.ggml_type).reshape(t.np_shape)), raw)
+            elif t.type_name == "Q4_K":
+                assert a.dtype == np.uint8 and a.ndim == 2, name
+                g = np.asarray(a).reshape(a.shape[0], -1, 20)
+                dm = np.abs(g[..., 0:4].copy().view("<f2").astype(np.float64))   # |d|, |m|
+                bound = 2.0**-11 * (15 * dm[..., 0] + dm[..., 1]) * (1 + 2.0**-10)
+                err = np.abs(dequantize_tensor(stored, name)
+                             - dequantize(raw, t.ggml_type).reshape(t.np_shape))
+                assert np.all(err.reshape(bound.shape + (32,)) <= bound[..., None]), name
+            else:
+                assert t.type_name in ("Q6_K", "Q8_0") and a.dtype == np.int8, (name, t.type_name)
+    assert kinds == {"Q5_0": 81, "Q4_K": 27, "Q6_K": 9, "Q8_0": 10}
+    info = read_engine_header(real.engine_file("q4"))
+    assert info["matrix_types"] == {"q5": 81, "q4": 27, "int8": 19}
 
 
 # ------------------------------------------------------------------------------- models.py

@@ -94,7 +94,8 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
         an engine file (`spark-infer convert` makes one from GGUF or Hugging Face checkpoints).
       threads: kernel threads (default: the machine's physical cores).
       context_length: positions the KV cache holds (default 4096).
-      dtype: weight type of an embedded model's matrices: "bf16", "int8", "q4" or "f32".
+      dtype: weight type of an embedded model's matrices: "bf16", "int8", "q4", "q5" or "f32"
+        ("q4" keeps each tensor of the quantized GGUF at its own precision: q4, q5 or int8).
       embed_dtype: weight type of its tied embedding / LM head (default: `dtype`). With neither
         given, the embedded default setting (models.DEFAULT_DTYPE, models.DEFAULT_EMBED_DTYPE):
         the fastest measured one whose perplexity stays within 1 % of f32's (README). An

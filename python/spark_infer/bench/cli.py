@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the dtype of one model)")
     parser.add_argument("--vs", nargs=2, metavar=("A", "B"),
                         help="benchmark A and B in alternation and report tok/s(A)/tok/s(B)")
-    parser.add_argument("--dtype", nargs="+", default=["bf16"], choices=["bf16", "int8", "q4", "f32"],
+    parser.add_argument("--dtype", nargs="+", default=["bf16"], choices=["bf16", "int8", "q4", "q5", "f32"],
                         help="weight type(s) of generated/converted models (default bf16)")
     parser.add_argument("--threads", nargs="+", type=int, default=None,
                         help="thread counts (default: the physical cores)")

@@ -73,9 +73,15 @@ def _point(runner: Any, mode: str, threads: int, context: int, samples: list[Sam
     return r
 
 
-# Our weight type -> the peers' types compared with it.
+# Our weight type -> the peers' types compared with it. A mix with q4 ("int8+q4+q5": q4 from
+# the Q4_K_M GGUF, each matrix at its own precision) is the Q4_K_M file's counterpart.
 _PEER_MATCH = {"bf16": ("BF16", "bf16"), "int8": ("Q8_0",), "q4": ("Q4_K_M",),
                "f32": ("F32", "f32")}
+
+
+def _peer_types(dtype: str) -> tuple[str, ...]:
+    parts = dtype.split("+")
+    return _PEER_MATCH["q4"] if len(parts) > 1 and "q4" in parts else _PEER_MATCH.get(dtype, ())
 
 
 def _default_pairs(runners: list[Any]) -> list[tuple[str, str]]:
@@ -88,7 +94,7 @@ def _default_pairs(runners: list[Any]) -> list[tuple[str, str]]:
         if a.source != "real":
             continue
         for p in runners:
-            if p.kind != "engine" and p.dtype in _PEER_MATCH.get(a.dtype, ()):
+            if p.kind != "engine" and p.dtype in _peer_types(a.dtype):
                 pairs.append((a.label, p.label))
     return pairs
 
