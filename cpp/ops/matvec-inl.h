@@ -285,16 +285,28 @@ HWY_INLINE void DotRows4(const Q5Ptr* rows, size_t cols, const Q4X& x, float* HW
     auto t0 = s0, t1 = s0, t2 = s0, t3 = s0;
     for (size_t v = 0; v < 16; v += N16) {
       const auto ql = hn::LoadU(d16, qg + v), qh = hn::LoadU(d16, qg + 16 + v);
+#if HWY_TARGET == HWY_SCALAR
       const auto bits = hn::LoadU(d16, kQ5Bit16 + v);
+#endif
       auto dot = [&](const uint8_t* blk, hn::Vec<decltype(d32)>& s, hn::Vec<decltype(d32)>& t) {
-        uint32_t h;
-        memcpy(&h, blk + off + 2, 4);
         const auto c = hn::PromoteTo(d16, hn::LoadU(d8, blk + off + 6 + v));
         const auto lo = hn::And(c, low4), hi = hn::ShiftRight<4>(c);
+        // Lanes whose fifth bit is clear lose 16: c - 16 = (c & 15) - (bit clear ? 16 : 0).
+        // Vector targets read the bits straight into a mask (AVX3: one mask-register load;
+        // against broadcasting qh and testing a bit per lane, 1 thread, W [2048, 640]
+        // L2-resident, AVX3 on the Zen 4 VM, quiet, alternated builds: 31.6-32.1 -> 33.5-34.0
+        // GFLOP/s; q4 47); v is a multiple of 8 there.
+#if HWY_TARGET == HWY_SCALAR
+        uint32_t h;
+        memcpy(&h, blk + off + 2, 4);
         const auto hl = hn::TestBit(hn::Set(d16, static_cast<int16_t>(h & 0xFFFF)), bits);
         const auto hh = hn::TestBit(hn::Set(d16, static_cast<int16_t>(h >> 16)), bits);
-        s = hn::ReorderWidenMulAccumulate(d32, hn::IfThenElse(hl, lo, hn::Sub(lo, sixteen)), ql, s, t);
-        s = hn::ReorderWidenMulAccumulate(d32, hn::IfThenElse(hh, hi, hn::Sub(hi, sixteen)), qh, s, t);
+#else
+        const auto hl = hn::LoadMaskBits(d16, blk + off + 2 + v / 8);
+        const auto hh = hn::LoadMaskBits(d16, blk + off + 4 + v / 8);
+#endif
+        s = hn::ReorderWidenMulAccumulate(d32, hn::Sub(lo, hn::IfThenZeroElse(hl, sixteen)), ql, s, t);
+        s = hn::ReorderWidenMulAccumulate(d32, hn::Sub(hi, hn::IfThenZeroElse(hh, sixteen)), qh, s, t);
       };
       dot(b[0], s0, t0);
       dot(b[1], s1, t1);
