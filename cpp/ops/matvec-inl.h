@@ -293,9 +293,9 @@ HWY_INLINE void DotRows4(const Q5Ptr* rows, size_t cols, const Q4X& x, float* HW
         const auto lo = hn::And(c, low4), hi = hn::ShiftRight<4>(c);
         // Lanes whose fifth bit is clear lose 16: c - 16 = (c & 15) - (bit clear ? 16 : 0).
         // Vector targets read the bits straight into a mask (AVX3: one mask-register load;
-        // against broadcasting qh and testing a bit per lane, 1 thread, W [2048, 640]
-        // L2-resident, AVX3 on the Zen 4 VM, quiet, alternated builds: 31.6-32.1 -> 33.5-34.0
-        // GFLOP/s; q4 47); v is a multiple of 8 there.
+        // against broadcasting qh and testing a bit per lane, `python bench/block_decode.py`
+        // (1 thread, W [2048, 640] L2-resident, AVX3 on the Zen 4 VM, quiet): 30.4-32.1 ->
+        // 33.2-33.8 GFLOP/s; q4 47). v is a multiple of 8 there.
 #if HWY_TARGET == HWY_SCALAR
         uint32_t h;
         memcpy(&h, blk + off + 2, 4);
