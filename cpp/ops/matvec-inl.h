@@ -370,73 +370,6 @@ HWY_INLINE void DotTile(const P* rows, size_t cols, const float* HWY_RESTRICT x,
   }
 }
 
-// q4 / q5 chunk tile: DotTile's contract, block by block. Each block's d and m are read once per
-// row (not once per vector, as the generic LoadF32 does), each code vector is widened once and
-// dequantized, w = d q + m, then meets the kT tokens' x. The per-element arithmetic (one FMA
-// for w, one into the (row, token) accumulator) does not depend on kR or kT.
-template <size_t kR, size_t kT, class P>
-HWY_INLINE void BlockDotTile(const P* rows, size_t cols, const float* HWY_RESTRICT x,
-                             size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
-  const hn::CappedTag<float, 16> df;  // a vector never spans the two nibble halves of a block
-  const size_t NF = hn::Lanes(df);
-  hn::Vec<decltype(df)> acc[kR][kT];
-  const uint8_t* b[kR];
-  HWY_UNROLL(16)
-  for (size_t r = 0; r < kR; ++r) {
-    b[r] = rows[r].Block();
-    HWY_UNROLL(16)
-    for (size_t t = 0; t < kT; ++t) acc[r][t] = hn::Zero(df);
-  }
-  const size_t blocks = cols / kQ4Group;
-  for (size_t g = 0; g < blocks; ++g) {
-    const size_t off = g * BlockBytes(P());
-    hn::Vec<decltype(df)> vd[kR], vm[kR];
-    HWY_UNROLL(16)
-    for (size_t r = 0; r < kR; ++r) {
-      float d, m;
-      BlockParams(P(), b[r] + off, &d, &m);
-      vd[r] = hn::Set(df, d);
-      vm[r] = hn::Set(df, m);
-    }
-    const float* HWY_RESTRICT xg = x + g * kQ4Group;
-    for (size_t v = 0; v < 16; v += NF) {
-      hn::Vec<decltype(df)> wl[kR], wh[kR];
-      HWY_UNROLL(16)
-      for (size_t r = 0; r < kR; ++r) {
-        BlockCodes(P(), df, b[r] + off, v, wl[r], wh[r]);
-        wl[r] = hn::MulAdd(wl[r], vd[r], vm[r]);
-        wh[r] = hn::MulAdd(wh[r], vd[r], vm[r]);
-      }
-      HWY_UNROLL(16)
-      for (size_t t = 0; t < kT; ++t) {
-        const auto xl = hn::LoadU(df, xg + t * x_stride + v);
-        const auto xh = hn::LoadU(df, xg + t * x_stride + 16 + v);
-        HWY_UNROLL(16)
-        for (size_t r = 0; r < kR; ++r) {
-          acc[r][t] = hn::MulAdd(wl[r], xl, acc[r][t]);
-          acc[r][t] = hn::MulAdd(wh[r], xh, acc[r][t]);
-        }
-      }
-    }
-  }
-  HWY_UNROLL(16)
-  for (size_t r = 0; r < kR; ++r) {
-    HWY_UNROLL(16)
-    for (size_t t = 0; t < kT; ++t) out[r + t * out_tok_stride] = SumLanes(df, acc[r][t]);
-  }
-}
-
-template <size_t kR, size_t kT>
-HWY_INLINE void DotTile(const Q4Ptr* rows, size_t cols, const float* HWY_RESTRICT x,
-                        size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
-  BlockDotTile<kR, kT>(rows, cols, x, x_stride, out, out_tok_stride);
-}
-template <size_t kR, size_t kT>
-HWY_INLINE void DotTile(const Q5Ptr* rows, size_t cols, const float* HWY_RESTRICT x,
-                        size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
-  BlockDotTile<kR, kT>(rows, cols, x, x_stride, out, out_tok_stride);
-}
-
 // Rows per chunk tile: kR x 4 accumulators plus kR weight vectors and one x vector must fit
 // in the register file. AVX-512 has 32: 4 x 4 (21 live); elsewhere 16: 2 x 4 (11 live).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
@@ -445,12 +378,12 @@ constexpr size_t kChunkRows = 4;
 constexpr size_t kChunkRows = 2;
 #endif
 
-// Rows w[0, kR) of `cols` weights for all T tokens, in token groups of 4 (then 2, 1). The per
-// element arithmetic of DotTile does not depend on kR or kT, so neither does the result.
-template <size_t kR, class P>
-HWY_INLINE void RowsAllTokens(P w, size_t cols, const float* HWY_RESTRICT x,
+// f32 rows w[0, kR) of `cols` weights for all T tokens, in token groups of 4 (then 2, 1). The
+// per element arithmetic of DotTile does not depend on kR or kT, so neither does the result.
+template <size_t kR>
+HWY_INLINE void RowsAllTokens(const float* w, size_t cols, const float* HWY_RESTRICT x,
                               size_t T, float* HWY_RESTRICT out, size_t out_stride) {
-  P rows[kR];
+  const float* rows[kR];
   for (size_t r = 0; r < kR; ++r) rows[r] = w + r * cols;
   size_t t = 0;
   for (; t + 4 <= T; t += 4)
@@ -458,6 +391,20 @@ HWY_INLINE void RowsAllTokens(P w, size_t cols, const float* HWY_RESTRICT x,
   for (; t + 2 <= T; t += 2)
     DotTile<kR, 2>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
   if (t < T) DotTile<kR, 1>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
+}
+
+// Other types: the kR rows are decoded to f32 once (DecodeRowF32: exact, int8 before its scale),
+// then meet all T tokens as f32 rows do, so each weight is converted once per chunk, not once
+// per 4 tokens. For q4 / q5 the decode inside the tile cost about as much as the FMAs: Gemma 3
+// 270M `--dtype q4` (its q4 / q5 / int8 mix) prefill of 512 in chunks of 64, 2 threads, AVX3 on
+// the Zen 4 VM: see bench/results/prefill-panel-2026-12-07.txt.
+template <size_t kR, class P>
+HWY_INLINE void RowsAllTokens(P w, size_t cols, const float* HWY_RESTRICT x, size_t T,
+                              float* HWY_RESTRICT out, size_t out_stride) {
+  thread_local std::vector<float> panel;
+  if (panel.size() < kR * cols) panel.resize(kR * cols);
+  for (size_t r = 0; r < kR; ++r) DecodeRowF32(w + r * cols, cols, panel.data() + r * cols);
+  RowsAllTokens<kR>(static_cast<const float*>(panel.data()), cols, x, T, out, out_stride);
 }
 
 template <class P>

@@ -97,19 +97,27 @@ alignas(64) static constexpr uint32_t kQ5Bit32[32] = {
 
 // q5 codes (0..31), as f32, of weights [v, v + Lanes(df)) and [16 + v, 16 + v + Lanes(df)) of
 // the block at b (v + Lanes(df) <= 16): the nibbles as q4's, plus 16 where the qh bit is set.
+// With 8 or 16 lanes (v a multiple of 8) the bits load straight into a mask, as the q5 decode
+// tile does; narrower vectors test a bit per lane.
 template <class DF>
 HWY_INLINE void Q5CodePair(DF df, const uint8_t* HWY_RESTRICT b, size_t v, hn::Vec<DF>& lo,
                            hn::Vec<DF>& hi) {
   const hn::Rebind<int32_t, DF> di;
-  const hn::Rebind<uint32_t, DF> du;
   const hn::Rebind<uint8_t, DF> d8;
   const auto c = hn::PromoteTo(di, hn::LoadU(d8, b + 6 + v));
-  uint32_t qh;
-  memcpy(&qh, b + 2, 4);
-  const auto vqh = hn::Set(du, qh);
   const auto sixteen = hn::Set(di, 16);
-  const auto hl = hn::RebindMask(di, hn::TestBit(vqh, hn::LoadU(du, kQ5Bit32 + v)));
-  const auto hh = hn::RebindMask(di, hn::TestBit(vqh, hn::LoadU(du, kQ5Bit32 + 16 + v)));
+  hn::Mask<decltype(di)> hl, hh;
+  if (hn::Lanes(df) % 8 == 0) {
+    hl = hn::LoadMaskBits(di, b + 2 + v / 8);
+    hh = hn::LoadMaskBits(di, b + 4 + v / 8);
+  } else {
+    const hn::Rebind<uint32_t, DF> du;
+    uint32_t qh;
+    memcpy(&qh, b + 2, 4);
+    const auto vqh = hn::Set(du, qh);
+    hl = hn::RebindMask(di, hn::TestBit(vqh, hn::LoadU(du, kQ5Bit32 + v)));
+    hh = hn::RebindMask(di, hn::TestBit(vqh, hn::LoadU(du, kQ5Bit32 + 16 + v)));
+  }
   lo = hn::ConvertTo(df, hn::Or(hn::And(c, hn::Set(di, 15)), hn::IfThenElseZero(hl, sixteen)));
   hi = hn::ConvertTo(df, hn::Or(hn::ShiftRight<4>(c), hn::IfThenElseZero(hh, sixteen)));
 }
@@ -129,6 +137,27 @@ template <class DF>
 HWY_INLINE void BlockCodes(Q5Ptr, DF df, const uint8_t* HWY_RESTRICT b, size_t v, hn::Vec<DF>& lo,
                            hn::Vec<DF>& hi) {
   Q5CodePair(df, b, v, lo, hi);
+}
+
+// f32 copy of the `cols` weights of a block-type row at p (cols % 32 == 0): w = d c + m per
+// block, d and m read once per block.
+template <class P>
+HWY_INLINE void DecodeBlockRowF32(P p, size_t cols, float* HWY_RESTRICT out) {
+  const hn::CappedTag<float, 16> df;  // a vector never spans the two nibble halves of a block
+  const size_t NF = hn::Lanes(df);
+  const uint8_t* b = p.Block();
+  for (size_t g = 0; g < cols / kQ4Group; ++g, b += BlockBytes(P())) {
+    float d, m;
+    BlockParams(P(), b, &d, &m);
+    const auto vd = hn::Set(df, d), vm = hn::Set(df, m);
+    float* o = out + g * kQ4Group;
+    for (size_t v = 0; v < 16; v += NF) {
+      hn::Vec<decltype(df)> lo, hi;
+      BlockCodes(P(), df, b, v, lo, hi);
+      hn::StoreU(hn::MulAdd(lo, vd, vm), df, o + v);
+      hn::StoreU(hn::MulAdd(hi, vd, vm), df, o + 16 + v);
+    }
+  }
 }
 
 // q4 / q5 weights [e, e + Lanes(df)). Vectors that start at a multiple of their width within
@@ -172,6 +201,18 @@ HWY_INLINE size_t ElemsOf(Q5Ptr, size_t bytes) { return bytes * kQ4Group / kQ5Bl
 HWY_INLINE float ScalarF32(float v) { return v; }
 HWY_INLINE float ScalarF32(hwy::bfloat16_t v) { return hwy::F32FromBF16(v); }
 HWY_INLINE float ScalarF32(int8_t v) { return static_cast<float>(v); }
+
+// f32 copy of the `cols` weights at p (int8: the integers, before the row's scale).
+template <class W>
+HWY_INLINE void DecodeRowF32(const W* HWY_RESTRICT p, size_t cols, float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> df;
+  const size_t NF = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + NF <= cols; i += NF) hn::StoreU(LoadF32(df, p + i), df, out + i);
+  for (; i < cols; ++i) out[i] = ScalarF32(p[i]);
+}
+HWY_INLINE void DecodeRowF32(Q4Ptr p, size_t cols, float* HWY_RESTRICT out) { DecodeBlockRowF32(p, cols, out); }
+HWY_INLINE void DecodeRowF32(Q5Ptr p, size_t cols, float* HWY_RESTRICT out) { DecodeBlockRowF32(p, cols, out); }
 
 // Calls f(p, scale) with the typed weight pointer of w (`const W*`, Q4Ptr or Q5Ptr) and its int8 row
 // scales (null for other types): every kernel's dispatch on the weight type.
