@@ -500,6 +500,23 @@ def test_blocked_prefill_attention_matches_reference(kind, kv_dtype, target, tmp
     np.testing.assert_array_equal(runs[1], runs[0])
 
 
+@pytest.mark.parametrize("kind", ["gemma3_mha", "gemma2", "gemma3_gqa4"])
+def test_decode_value_sums_of_wide_heads_match_reference(kind, target, tmp_path):
+    """Decode's value sums keep 1, 2 or 4 query heads' sums in registers over strips of the value
+    rows (2 vectors wide, then 1, then scalar columns): head_dim 80 takes more than one strip
+    width on every SIMD target. Prefill then decode steps against the reference."""
+    cfg = KINDS[kind].replace(head_dim=80, sliding_window=40)
+    path = str(tmp_path / "m.spark")
+    make_random_model(path, cfg, dtype="bf16", seed=21)
+    _, _, weights = read_engine_file(path, dequantize=True)
+    tokens = tokens_for(cfg, 140, seed=22)
+    expected = reference.forward(cfg, weights, tokens, kv_dtype="bf16")[120:]
+    engine = _core.Engine(path, context_length=160)
+    engine.prefill(tokens[:120], chunk=64)
+    decoded = np.stack([engine.decode(int(t)) for t in tokens[120:]])
+    assert rel_err(decoded, expected) < REL_TOL_BF16_KV, target
+
+
 def test_kv_cache_dtype(model_files):
     path, _ = model_files("gemma3")
     bf16 = _core.Engine(path, context_length=64)
