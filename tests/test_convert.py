@@ -14,6 +14,7 @@ from spark_infer import reference
 from spark_infer.config import ModelConfig
 from spark_infer.convert import ConversionError, convert, load_weights
 from spark_infer.convert.gguf import GGUFFile
+from spark_infer.data import calibration_text_path
 from spark_infer.fileformat import read_engine_file, tensor_specs
 from spark_infer.weights import bf16_to_f32, f32_to_bf16
 from spark_infer.tokenizer import Tokenizer
@@ -534,6 +535,11 @@ def test_gguf_q4_keeps_each_quantized_tensors_precision(tmp_path):
             else:
                 assert t[spec.name].dtype == np.int8, (spec.name, gt)
     assert e["token_embd"].dtype == np.uint16 and e["blk.0.attn_q"].dtype == np.int8
+    # Nothing there is fitted, so a calibration text would go unused: said, not ignored.
+    with pytest.raises(ConversionError, match="--calibrate has nothing to calibrate"):
+        convert(src, tmp_path / "c.spark", dtype="q4", progress=False,
+                calibrate=calibration_text_path())
+    assert not (tmp_path / "c.spark").exists()
     # A float GGUF has no precision to keep: q4 everywhere.
     _make_gguf(tmp_path / "f.gguf", "gemma3", 6, qtypes={})
     _, _, q = read_engine_file(convert(tmp_path / "f.gguf", tmp_path / "f.spark", dtype="q4",

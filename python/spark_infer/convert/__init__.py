@@ -174,12 +174,14 @@ def kept_precision(kinds: dict[str, str] | None, cfg, dtype: str, embed_dtype: s
     if not kinds:
         return {}
     keep = {"q4": "q4", "q5": "q5", "int8": "int8", "float": "int8"}
-    out = {}
-    for spec in tensor_specs(cfg):
-        asked = (embed_dtype or dtype) if spec.name == "token_embd" else dtype
-        if spec.is_matrix and asked == "q4" and spec.name in kinds:
-            out[spec.name] = keep[kinds[spec.name]]
-    return out
+    return {spec.name: keep[kinds[spec.name]] for spec in tensor_specs(cfg)
+            if spec.is_matrix and _asked(spec.name, dtype, embed_dtype) == "q4"
+            and spec.name in kinds}
+
+
+def _asked(name: str, dtype: str, embed_dtype: str | None) -> str:
+    """The type asked for a matrix: embed_dtype (default dtype) for token_embd, else dtype."""
+    return (embed_dtype or dtype) if name == "token_embd" else dtype
 
 
 def load_weights(src: str | os.PathLike):
@@ -235,9 +237,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
         # the weighted one.
         from ..fileformat import tensor_specs
 
-        refit = any(kept.get(t.name, (embed_dtype or dtype) if t.name == "token_embd" else dtype)
-                    == "q4" and (s.kinds or {}).get(t.name) != "q4"
+        refit = any(kept.get(t.name, _asked(t.name, dtype, embed_dtype)) == "q4"
+                    and (s.kinds or {}).get(t.name) != "q4"
                     for t in tensor_specs(cfg) if t.is_matrix)
+        if calibrate is not None and spec is None and not refit:
+            raise ConversionError("--calibrate has nothing to calibrate: every q4 matrix keeps "
+                                  "the quantized source's own blocks (no weighted fit) and there "
+                                  "is no --sparsify")
         if kept:
             metadata = dict(metadata or {})
             metadata["quantize"] = json.dumps({"kept_source_precision": {
