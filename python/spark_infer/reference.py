@@ -344,6 +344,21 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
                        ) -> tuple[np.ndarray, list[LayerStats]]:
     """Causal forward pass over `tokens` at positions 0..T-1: (logits [T, V], stats per layer).
     kv_dtype: how the KV cache holds keys and values, "f32" or "bf16" (see _kv_round)."""
+    hn, w, stats = _final_hidden(cfg, weights, tokens, kv_dtype)
+    logits = softcap(hn @ w["token_embd"].T, cfg.final_softcap)    # tied LM head
+    if cfg.lm_head_screen_margin > 0:
+        logits = screened_logits(logits, softcap(hn @ w["token_embd_screen"].T, cfg.final_softcap),
+                                 cfg.lm_head_screen_margin)
+    return logits, stats
+
+
+def final_hidden(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
+                 tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32") -> np.ndarray:
+    """The final-normed hidden states [T, d_model] the LM head reads, float64."""
+    return _final_hidden(cfg, weights, tokens, kv_dtype)[0]
+
+
+def _final_hidden(cfg, weights, tokens, kv_dtype):
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
         raise ValueError("tokens is empty")
@@ -369,8 +384,26 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
         f, ffn_fraction = _ffn(cfg, i, w, rms_norm(h, w[p + "ffn_norm"], eps))
         h = h + rms_norm(f, w[p + "ffn_post_norm"], eps)
         stats.append(LayerStats(ffn_active_fraction=ffn_fraction, attn_mean_tokens=attn_tokens))
-    logits = rms_norm(h, w["output_norm"], eps) @ w["token_embd"].T   # tied LM head
-    return softcap(logits, cfg.final_softcap), stats
+    return rms_norm(h, w["output_norm"], eps), w, stats
+
+
+# At most this many logits per row are recomputed by the screened head (ties aside).
+SCREEN_MAX_RESCORED = 4096
+
+
+def screened_logits(exact: np.ndarray, screen: np.ndarray, margin: float) -> np.ndarray:
+    """The screened LM head (docs/engine-file.md): per row, the exact logit where the screen's
+    is within `margin` of the row's largest screen logit and among its SCREEN_MAX_RESCORED
+    largest (ties kept), the screen's elsewhere."""
+    return np.where(screen_kept(screen, margin), exact, screen)
+
+
+def screen_kept(screen: np.ndarray, margin: float) -> np.ndarray:
+    """Which logits the screened head recomputes exactly (bool, the shape of `screen`)."""
+    floor = screen.max(axis=-1, keepdims=True) - margin
+    k = min(SCREEN_MAX_RESCORED, screen.shape[-1])
+    kth = -np.partition(-screen, k - 1, axis=-1)[..., k - 1:k]
+    return screen >= np.maximum(floor, kth)
 
 
 def forward(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
