@@ -374,7 +374,7 @@ alignas(32) static constexpr int16_t kQ5Bit16[16] = {
 
 // q5 decode tile: DotRows4's contract with x quantized (Q4X), block by block. Per row and
 // block, sum_i d (c_i - 16) x_i ~ d s ((c - 16) . q): the codes minus 16 (-16..15) meet q in
-// int16 multiply-adds as q4's codes do (|sum| <= 32 * 16 * 32767 < 2^24: exact in int32 and in
+// int16 multiply-adds as q4's codes do (|sum| <= 32 * 16 * 127 < 2^24: exact in int32 and in
 // its f32 conversion), then one FMA with d s per block; a symmetric block has no m term.
 HWY_INLINE void DotRows4(const Q5Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out,
                          const Q5Ptr* next, size_t ahead_limit) {
