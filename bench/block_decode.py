@@ -2,7 +2,7 @@
 
 The q4 and q5 decode tiles (cpp/ops/matvec-inl.h) are compute-bound on this kind of machine, so
 their GFLOP/s here is what their share of a decode step costs. Each result is first checked
-against numpy on the dequantized weights (the kernel rounds x to int16 per block: ~3e-5).
+against numpy on the dequantized weights (the kernel rounds x to int8 per block: ~3e-3).
 
     python bench/block_decode.py [--shape 2048 640] [--rounds 3]
 """
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         _core.matvec(wq, x, out, s)
         want = deq.astype(np.float64) @ x
         err = np.max(np.abs(out - want)) / np.max(np.abs(want))
-        if not err < 1e-3:
+        if not err < 2e-2:  # decode quantizes x to int8 per block (~2^-8 of a block's max)
             raise SystemExit(f"{name}: matvec off by {err:.2e} of the largest output")
     info = machine_info()
     print(f"# {info['cpu']}, Highway {info['highway_target']}, 1 thread, W [{rows}, {cols}], "

@@ -196,9 +196,12 @@ MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(COLS)] + [
 # The blocks are packed here from random codes and parameters, independently of the converter.
 # The kernels may compute d (q . x) + m sum(x) per block, whose f32 rounding is bounded by the
 # terms |d q x| and |m x| rather than |w x| (they can cancel): the tolerance uses
-# |w|~ = |d q| + |m| per weight and 2 cols terms. Decode (matvec, masked matvec) rounds x to
-# int16 per block with a power-of-two step s = 2^e, e = frexp(max|x_block| / 32767)[1] (weights/
-# load-inl.h, Q4X): |x - s round(x / s)| <= s / 2 adds sum |d q| s / 2.
+# |w|~ = |d q| + |m| per weight and 2 cols terms. Decode (matvec, masked matvec: the 4-row tiles)
+# quantizes x per block of 32 to int8 (weights/load-inl.h, Q4X): s = max|x_block| / 127 in f32
+# (1 for a zero block), q = round-half-even(x / s) in f32; each row's integer dot c . q (q4 codes
+# 0..15, q5 codes - 16) is exact, so its reference (decode_reference) is that dot times d s plus
+# m sum(x), and the tolerance only the float sums': on AVX3 both the AVX512_VNNI tile and the
+# plain one run (vnni_modes).
 
 
 def make_q4(rows: int, cols: int, rng: np.random.Generator, integer: bool = False
@@ -260,11 +263,61 @@ def q4_tol(n_terms: int, abs_sum: np.ndarray) -> np.ndarray:
     return (2 * n_terms + 4) * U * abs_sum
 
 
-def q4_x_step(x: np.ndarray) -> np.ndarray:
-    """Per element of x [cols]: half the int16 step of its block (the decode kernels' Q4X)."""
-    amax = np.abs(x.astype(np.float64)).reshape(-1, 32).max(axis=1) / 32767
-    step = np.where(amax > 0, 2.0 ** np.frexp(amax)[1], 0.0)
-    return np.repeat(step / 2, 32)
+def quantize_x_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode's int8 x (Q4X) from its definition: (q int64 [cols / 32, 32], s float32 [cols / 32])."""
+    xb = np.asarray(x, np.float32).reshape(-1, 32)
+    amax = np.abs(xb).max(axis=1)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.rint(xb / s[:, None])  # float32 division; np.rint rounds half to even
+    assert np.all(np.abs(q) <= 127)
+    return q.astype(np.int64), s
+
+
+def block_fields(fmt: str, blocks: np.ndarray, rows: int, cols: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d float64 [rows, g], m float64 [rows, g], c int64 [rows, g, 32]) read from the bytes, with
+    w = d c + m: q4's codes and m; q5's codes minus 16 and m = 0."""
+    b = blocks.reshape(rows, cols // 32, 20 if fmt == "q4" else 22)
+    d = b[..., 0:2].copy().view("<f2")[..., 0].astype(np.float64)
+    first = 4 if fmt == "q4" else 6
+    c = np.concatenate([b[..., first:] & 15, b[..., first:] >> 4], axis=2).astype(np.int64)
+    if fmt == "q4":
+        return d, b[..., 2:4].copy().view("<f2")[..., 0].astype(np.float64), c
+    qh = b[..., 2:6].copy().view("<u4")[..., 0].astype(np.int64)
+    return d, np.zeros_like(d), c + 16 * ((qh[..., None] >> np.arange(32)) & 1) - 16
+
+
+def decode_reference(fmt: str, blocks: np.ndarray, rows: int, cols: int, x: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(expected float64 [rows], tolerance [rows]) of a decode dot of each row with x: per block
+    d s (c . q) + m sum(x), the integer dot exact (int64). The kernels' f32 sums: d s, one FMA
+    per block (in up to 8 lanes), the lanes' sum, and q4's sum of x in f32 (32 terms)."""
+    d, m, c = block_fields(fmt, blocks, rows, cols)
+    q, s = quantize_x_int8(x)
+    s64 = s.astype(np.float64)[None]
+    xb = np.asarray(x, np.float64).reshape(-1, 32)
+    want = (d * s64 * (c * q[None]).sum(axis=2) + m * xb.sum(axis=1)[None]).sum(axis=1)
+    mx = (np.abs(m) * np.abs(xb).sum(axis=1)[None]).sum(axis=1)
+    terms = (np.abs(d) * s64 * np.abs(c * q[None]).sum(axis=2)).sum(axis=1) + mx
+    return want, (2 * (cols // 32) + 16) * U * terms + 34 * U * mx
+
+
+def vnni_modes(target: str) -> list[bool | None]:
+    """The AVX3 decode tiles' paths to run on this CPU (None: the target has one)."""
+    return [True, False] if target == "AVX3" and _core.has_avx512_vnni() else [None]
+
+
+def set_vnni(mode: bool | None) -> None:
+    _core.set_avx512_vnni(_core.has_avx512_vnni() if mode is None else mode)
+
+
+def int8_exact_x(x: np.ndarray) -> np.ndarray:
+    """Integer x (|x| <= 8) with 127 at the start of every block of 32: then decode's step is 1
+    and its int8 q is x itself, so the decode result must be exact as any other kernel's."""
+    x = np.array(x, np.float32)
+    x[..., ::32] = 127
+    return x
 
 
 Q4_COLS = [0, 32, 64, 96, 160, 1056, 13824]
@@ -276,18 +329,91 @@ Q4_MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(Q4_COLS)] + [
 @pytest.mark.parametrize("shape", Q4_MATVEC_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_q4_matvec(target: str, fmt: str, shape: tuple[int, int], rng: np.random.Generator) -> None:
     rows, cols = shape
-    for integer in (False, True):
-        w, w64, a64, dq64 = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
-        x = make_x(cols, rng, integer)
-        pw, px, out = Placed.input(w), Placed.input(x), Placed.output(rows)
-        _core.matvec(pw.a, px.a, out.a)
-        check_io(out, pw, px)
-        x64 = x.astype(np.float64)
-        if integer:
-            np.testing.assert_array_equal(out.a, (w64 @ x64).astype(np.float32))
-        else:
-            assert_within(out.a, w64 @ x64,
-                          q4_tol(cols, a64 @ np.abs(x64)) + dq64 @ q4_x_step(x))
+    for vnni in vnni_modes(target):
+        set_vnni(vnni)
+        for integer in (False, True):
+            w, w64, _, _ = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
+            x = make_x(cols, rng, integer)
+            if integer:
+                x = int8_exact_x(x)
+            pw, px, out = Placed.input(w), Placed.input(x), Placed.output(rows)
+            _core.matvec(pw.a, px.a, out.a)
+            check_io(out, pw, px)
+            if integer:
+                np.testing.assert_array_equal(out.a, (w64 @ x.astype(np.float64)).astype(np.float32))
+            else:
+                assert_within(out.a, *decode_reference(fmt, w, rows, cols, x))
+    set_vnni(None)
+
+
+def special_x(cols: int, rng: np.random.Generator) -> np.ndarray:
+    """x whose blocks cycle through normal, zero, huge (1e30), tiny (1e-30), and a block of a
+    single nonzero."""
+    x = rng.standard_normal(cols).astype(np.float32).reshape(-1, 32)
+    x[1::5] = 0
+    x[2::5] *= np.float32(1e30)
+    x[3::5] *= np.float32(1e-30)
+    x[4::5, 1:] = 0
+    return x.reshape(cols)
+
+
+@pytest.mark.parametrize("fmt", ["q4", "q5"])
+@pytest.mark.parametrize("shape", [(1, 32), (7, 64), (9, 160), (13, 640), (5, 2048), (6, 2048)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+def test_q4_decode_special_x(target: str, fmt: str, shape: tuple[int, int],
+                             rng: np.random.Generator) -> None:
+    """Decode's int8 x on blocks of zeros, huge and tiny values (the step follows each block's
+    own scale), on the AVX3 tiles with and without VNNI; odd row counts and several widths."""
+    rows, cols = shape
+    w = MAKE_BLOCKS[fmt](rows, cols, rng)[0]
+    x = special_x(cols, rng)
+    for vnni in vnni_modes(target):
+        set_vnni(vnni)
+        out = np.empty(rows, np.float32)
+        _core.matvec(w, x, out)
+        assert_within(out, *decode_reference(fmt, w, rows, cols, x))
+        # Each block alone: a huge block must not drown out the others' checks.
+        for k in range(min(cols // 32, 5)):
+            xk = np.zeros_like(x)
+            xk[32 * k:32 * k + 32] = x[32 * k:32 * k + 32]
+            _core.matvec(w, xk, out)
+            assert_within(out, *decode_reference(fmt, w, rows, cols, xk))
+    set_vnni(None)
+
+
+@pytest.mark.parametrize("fmt", ["q4", "q5"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_q4_decode_non_finite_x_gives_nan(target: str, fmt: str, bad: float,
+                                          rng: np.random.Generator) -> None:
+    """A NaN or infinity in x makes its block's step NaN: every decode output is NaN (not a
+    finite number from codes times a clamped q), as an f32 dot would give NaN or +-inf."""
+    rows, cols = 9, 640
+    w = MAKE_BLOCKS[fmt](rows, cols, rng)[0]
+    x = make_x(cols, rng, False)
+    x[100] = bad
+    for vnni in vnni_modes(target):
+        set_vnni(vnni)
+        out = np.empty(rows, np.float32)
+        _core.matvec(w, x, out)
+        assert np.isnan(out).all()
+        idx = np.array([3, 0, 8], np.int32)
+        outm = np.empty(3, np.float32)
+        _core.masked_matvec(w, x, idx, outm)
+        assert np.isnan(outm).all()
+    set_vnni(None)
+
+
+def test_vnni_switch() -> None:
+    if not _core.has_avx512_vnni():
+        assert not _core.use_avx512_vnni()
+        with pytest.raises(ValueError, match="no AVX512_VNNI"):
+            _core.set_avx512_vnni(True)
+        return
+    assert _core.use_avx512_vnni()
+    _core.set_avx512_vnni(False)
+    assert not _core.use_avx512_vnni()
+    _core.set_avx512_vnni(True)
+    assert _core.use_avx512_vnni()
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32), (2, 5, 64), (3, 9, 96), (5, 6, 160), (64, 33, 64),
@@ -297,19 +423,20 @@ def test_q4_matvec(target: str, fmt: str, shape: tuple[int, int], rng: np.random
 def test_q4_matmul(target: str, fmt: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
     T, rows, cols = shape
     for integer in (False, True):
-        w, w64, a64, dq64 = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
+        w, w64, a64, _ = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
         x = make_x((T, cols), rng, integer)
+        if integer and T == 1:
+            x = int8_exact_x(x)
         pw, px, out = Placed.input(w), Placed.input(x), Placed.output((T, rows))
         _core.matmul(pw.a, px.a, out.a)
         check_io(out, pw, px)
         x64 = x.astype(np.float64)
         if integer:
             np.testing.assert_array_equal(out.a, (x64 @ w64.T).astype(np.float32))
+        elif T == 1:  # one token is a decode: x quantized to int8 (see above)
+            assert_within(out.a, *(v[None] for v in decode_reference(fmt, w, rows, cols, x[0])))
         else:
-            tol = q4_tol(cols, np.abs(x64) @ a64.T)
-            if T == 1:  # one token is a decode: x rounded to int16 (see above)
-                tol += (dq64 @ q4_x_step(x[0]))[None, :]
-            assert_within(out.a, x64 @ w64.T, tol)
+            assert_within(out.a, x64 @ w64.T, q4_tol(cols, np.abs(x64) @ a64.T))
 
 
 Q4_SPARSE_SHAPES = [(1, 32, 1), (7, 32, 0), (9, 64, 5), (64, 96, 8), (100, 160, 37),
@@ -321,24 +448,29 @@ Q4_SPARSE_SHAPES = [(1, 32, 1), (7, 32, 0), (9, 64, 5), (64, 96, 8), (100, 160, 
 def test_q4_masked_matvec_and_sparse_vecmat(target: str, fmt: str, shape: tuple[int, int, int],
                                             rng: np.random.Generator) -> None:
     rows, cols, n = shape
-    for integer in (False, True):
-        w, w64, a64, dq64 = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
-        x, u = make_x(cols, rng, integer), make_x(n, rng, integer)
-        idx = make_idx(rows, n, rng)
-        pw, px, pu, pi = Placed.input(w), Placed.input(x), Placed.input(u), Placed.input(idx)
-        out_m, out_s = Placed.output(n), Placed.output(cols)
-        _core.masked_matvec(pw.a, px.a, pi.a, out_m.a)
-        _core.sparse_vecmat(pw.a, pu.a, pi.a, out_s.a)
-        check_io(out_m, pw, px, pi)
-        check_io(out_s, pw, pu, pi)
-        x64, u64 = x.astype(np.float64), u.astype(np.float64)
-        if integer:
-            np.testing.assert_array_equal(out_m.a, (w64[idx] @ x64).astype(np.float32))
-            np.testing.assert_array_equal(out_s.a, (u64 @ w64[idx]).astype(np.float32))
-        else:
-            assert_within(out_m.a, w64[idx] @ x64,
-                          q4_tol(cols, a64[idx] @ np.abs(x64)) + dq64[idx] @ q4_x_step(x))
-            assert_within(out_s.a, u64 @ w64[idx], q4_tol(n, np.abs(u64) @ a64[idx]))
+    for vnni in vnni_modes(target):
+        set_vnni(vnni)
+        for integer in (False, True):
+            w, w64, a64, _ = MAKE_BLOCKS[fmt](rows, cols, rng, integer)
+            x, u = make_x(cols, rng, integer), make_x(n, rng, integer)
+            if integer:
+                x = int8_exact_x(x)
+            idx = make_idx(rows, n, rng)
+            pw, px, pu, pi = Placed.input(w), Placed.input(x), Placed.input(u), Placed.input(idx)
+            out_m, out_s = Placed.output(n), Placed.output(cols)
+            _core.masked_matvec(pw.a, px.a, pi.a, out_m.a)
+            _core.sparse_vecmat(pw.a, pu.a, pi.a, out_s.a)
+            check_io(out_m, pw, px, pi)
+            check_io(out_s, pw, pu, pi)
+            x64, u64 = x.astype(np.float64), u.astype(np.float64)
+            if integer:
+                np.testing.assert_array_equal(out_m.a, (w64[idx] @ x64).astype(np.float32))
+                np.testing.assert_array_equal(out_s.a, (u64 @ w64[idx]).astype(np.float32))
+            else:
+                want, tol = decode_reference(fmt, w, rows, cols, x)
+                assert_within(out_m.a, want[idx], tol[idx])
+                assert_within(out_s.a, u64 @ w64[idx], q4_tol(n, np.abs(u64) @ a64[idx]))
+    set_vnni(None)
 
 
 @pytest.mark.parametrize("fmt", ["q4", "q5"])

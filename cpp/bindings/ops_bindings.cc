@@ -19,6 +19,7 @@
 #include "ops/sparse.h"
 #include "ops/sparse_batch.h"
 #include "ops/topk.h"
+#include "util/cpu_features.h"
 #include "util/threading.h"
 #include "weights/types.h"
 
@@ -83,6 +84,14 @@ void RegisterOps(py::module_& m) {
     }
     hwy::SetSupportedTargetsForTest(bit);
   }, arg("bit"), "Force one SIMD target for all kernels (a bit from supported_targets()); 0 restores the best.");
+  m.def("has_avx512_vnni", &CpuHasAvx512Vnni, "Whether this CPU has AVX512_VNNI (CPUID 7.0 ECX bit 11).");
+  m.def("use_avx512_vnni", &UseAvx512Vnni,
+        "Whether the AVX3 q4 / q5 decode tiles take their AVX512_VNNI path now.");
+  m.def("set_avx512_vnni", [](bool on) {
+    if (on && !CpuHasAvx512Vnni()) throw py::value_error("this CPU has no AVX512_VNNI");
+    Avx512VnniSwitch().store(on);
+  }, arg("on"), "Switch the AVX3 q4 / q5 decode tiles' AVX512_VNNI path on (CPU permitting) or off "
+     "(tests and benchmarks of the plain AVX3 tiles on a VNNI machine).");
   m.def("current_target", []() -> std::string {
     const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();  // best first
     return targets.empty() ? "none" : hwy::TargetName(targets[0]);

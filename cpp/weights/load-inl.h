@@ -1,6 +1,6 @@
 // load-inl.h: load weights of any WeightType as f32 vectors (per target), and the scalar
 // equivalent for tails. Shared by every weight-reading kernel; the layouts are types.h. Also
-// the input side of q4's integer dot (Q4X: x rounded to int16 per block).
+// the input side of q4's integer dot (Q4X: x rounded to int8 per block).
 //
 // Kernels take weights as a "pointer" P: `const W*` for f32/bf16/int8, Q4Ptr / Q5Ptr for q4 / q5; all
 // support p + k, p[k] (a value ScalarF32 turns into a float), LoadF32(df, p) and the byte
@@ -232,51 +232,90 @@ HWY_INLINE void VisitWeights(const MatRef& w, const F& f) {
   }
 }
 
-// Decode input of a q4 matrix: x per block of 32 as int16 q with a power-of-two scale s
-// (x_i ~ s q_i, |q_i| <= 32767, so |x_i - s q_i| <= s / 2 <= max|x_block| / 32767), plus the
-// exact f32 sum of the block's x. The codes (<= 15) meet q in integer multiply-adds (two
-// products per 32-bit lane, exact), one conversion and one FMA per block and row: half the
-// instructions of widening every code to f32, at 2^-15 of the block's largest |x| (int8
-// activations, as in llama.cpp, would be 2^-7). A power-of-two s keeps x that is already on
-// a coarse grid (small integers) exact. Non-finite x gives s = that value, so NaN propagates.
-// Measured against widening every code to f32 and one FMA per code with x (the f32 contract
-// of ops/matvec-inl.h's DotRows4, sum d (q . x) + m sum(x) per block), 1 thread, W [2048, 640]
-// L2-resident, target AVX3 on the Zen 4 VM: 28-29 -> 45 GFLOP/s; the f32 version left the
-// logits of the engine tests within 4e-7 of the reference, this one within 3e-4.
+// Decode input of a q4 / q5 matrix: x per block of 32 as int8 q with the step s = amax / 127
+// (amax = max |x_block| in f32; s = 1 when amax == 0), q_i = round-half-even(x_i / s) in
+// -127..127 (the f32 division, so every target rounds the same q), plus the f32 sum of the
+// block's x (q4's m term). The codes (q4 0..15, q5 c - 16 in -16..15) meet q in exact integer
+// multiply-adds, one conversion and one FMA with d s per block and row: the result differs
+// between targets only in float summation order. Int8, as llama.cpp's Q8_0 activations, is what
+// AVX-512 VNNI's vpdpbusd (u8 x s8, 4 products per 32-bit lane) multiplies; the generic tiles
+// take the same values widened to int16. |x_i - s q_i| <= s / 2 = amax / 254 per element (int16
+// with a power-of-two step was <= amax / 32767, at half the speed of the VNNI tile on Zen 4).
+// Non-finite x (or a block sum that overflows) gives s = sum = NaN and q = 0, so NaN propagates.
 struct Q4X {
-  const int16_t* q = nullptr;        // [cols]
-  const float* step_sum = nullptr;  // [cols / 32][2]: s and the sum of x, per block
+  const int16_t* q = nullptr;         // [cols] q, widened (generic tiles)
+  const int8_t* q8 = nullptr;         // [cols] q (VNNI tiles)
+  const float* step_sum = nullptr;    // [cols / 32][2]: s and the sum of x, per block
+  const int32_t* q5_bias = nullptr;   // [cols / 32][8]: -16 sum(q) in lanes 0 and 4, else 0:
+                                      // the VNNI q5 tile's accumulator start (codes 0..31)
 };
 
 // Quantizes x [cols] into per-thread buffers (valid until this thread's next call).
 HWY_INLINE Q4X QuantizeQ4X(const float* HWY_RESTRICT x, size_t cols) {
   thread_local std::vector<int16_t> q;
+  thread_local std::vector<int8_t> q8;
   thread_local std::vector<float> step_sum;
+  thread_local std::vector<int32_t> q5_bias;
   const size_t blocks = cols / kQ4Group;
-  if (q.size() < cols) q.resize(cols);
-  if (step_sum.size() < 2 * blocks) step_sum.resize(2 * blocks);
-  for (size_t g = 0; g < blocks; ++g) {
-    const float* xg = x + g * kQ4Group;
-    float amax = 0.0f, s = 0.0f;
-    for (size_t i = 0; i < kQ4Group; ++i) {
-      amax = std::max(amax, std::fabs(xg[i]));
-      s += xg[i];
-    }
-    if (!std::isfinite(amax) || !std::isfinite(s)) amax = s = std::numeric_limits<float>::quiet_NaN();
-    int e = 0;
-    std::frexp(amax / 32767.0f, &e);  // amax / 32767 < 2^e
-    const float step = amax > 0.0f ? std::ldexp(1.0f, e) : 1.0f;
-    for (size_t i = 0; i < kQ4Group; ++i)
-      q[g * kQ4Group + i] = std::isfinite(step) && std::isfinite(amax)
-                                ? static_cast<int16_t>(std::lrint(xg[i] / step)) : 0;
-    step_sum[2 * g] = std::isfinite(amax) ? step : amax;
-    step_sum[2 * g + 1] = s;
+  if (q.size() < cols) {
+    q.resize(cols);
+    q8.resize(cols);
   }
-  return Q4X{q.data(), step_sum.data()};
+  if (step_sum.size() < 2 * blocks) {
+    step_sum.resize(2 * blocks);
+    q5_bias.resize(8 * blocks);
+  }
+  // At most 16 lanes, so that a block is a whole number of vectors on every target.
+  const hn::CappedTag<float, 16> df;
+  const hn::Rebind<int32_t, decltype(df)> di;
+  const hn::Rebind<int16_t, decltype(df)> d16;
+  const hn::Rebind<int8_t, decltype(df)> d8;
+  const size_t NF = hn::Lanes(df);
+  for (size_t g = 0; g < blocks; ++g) {
+    const float* HWY_RESTRICT xg = x + g * kQ4Group;
+    auto vmax = hn::Zero(df), vsum = hn::Zero(df);
+    for (size_t i = 0; i < kQ4Group; i += NF) {
+      const auto v = hn::LoadU(df, xg + i);
+      vmax = hn::Max(vmax, hn::Abs(v));
+      vsum = hn::Add(vsum, v);
+    }
+    // A NaN or infinity in x makes the sum non-finite (Max may drop a NaN; Add does not).
+    float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    float sum = hn::GetLane(hn::SumOfLanes(df, vsum));
+    int32_t qsum = 0;
+    if (!std::isfinite(sum)) {
+      amax = sum = std::numeric_limits<float>::quiet_NaN();
+      for (size_t i = 0; i < kQ4Group; ++i) {
+        q[g * kQ4Group + i] = 0;
+        q8[g * kQ4Group + i] = 0;
+      }
+      step_sum[2 * g] = amax;
+    } else {
+      const float step = amax > 0.0f ? amax / 127.0f : 1.0f;
+      auto vq = hn::Zero(di);
+      for (size_t i = 0; i < kQ4Group; i += NF) {
+        // |x / step| <= 127 (x / (amax / 127) rounds to at most 127 in f32), so no clamp.
+#if HWY_TARGET == HWY_SCALAR
+        // Highway 1.0.3's scalar Round adds 0.5 in f32 (0.49999997 -> 1): nearbyint instead.
+        const auto qi = hn::Set(di, static_cast<int32_t>(std::nearbyint(xg[i] / step)));
+#else
+        const auto qi = hn::ConvertTo(di, hn::Round(hn::Div(hn::LoadU(df, xg + i), hn::Set(df, step))));
+#endif
+        vq = hn::Add(vq, qi);
+        hn::StoreU(hn::DemoteTo(d16, qi), d16, q.data() + g * kQ4Group + i);
+        hn::StoreU(hn::DemoteTo(d8, qi), d8, q8.data() + g * kQ4Group + i);
+      }
+      qsum = hn::GetLane(hn::SumOfLanes(di, vq));
+      step_sum[2 * g] = step;
+    }
+    step_sum[2 * g + 1] = sum;
+    int32_t* bias = q5_bias.data() + 8 * g;
+    for (size_t k = 0; k < 8; ++k) bias[k] = k % 4 == 0 ? -16 * qsum : 0;
+  }
+  return Q4X{q.data(), q8.data(), step_sum.data(), q5_bias.data()};
 }
 
-// Decode input of a weight pointer: x itself, or x quantized for q4 and q5 (see Q4X; q5's codes
-// minus 16, in -16..15, meet q in the same exact int16 multiply-adds).
+// Decode input of a weight pointer: x itself, or x quantized for q4 and q5 (see Q4X).
 template <class W>
 HWY_INLINE const float* DecodeInput(const W*, const float* x, size_t) { return x; }
 HWY_INLINE Q4X DecodeInput(Q4Ptr, const float* x, size_t cols) { return QuantizeQ4X(x, cols); }

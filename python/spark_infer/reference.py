@@ -25,7 +25,7 @@ __all__ = [
     "LayerStats", "normal_quantile", "statistical_threshold", "rms_norm", "gelu_tanh", "softcap",
     "softplus", "rope", "dense_ffn", "spark_ffn", "sparse_gated_ffn", "visible_keys", "attention",
     "forward",
-    "forward_with_stats",
+    "forward_with_stats", "Products", "quantize_x_int8",
 ]
 
 
@@ -50,6 +50,49 @@ _C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
 _D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
       3.754408661907416e+00)
 _P_LOW = 0.02425
+
+
+class Products:
+    """How a forward pass meets x in the products y = W x of its matrices.
+
+    Default: exactly (float64). With `m_of` (q4 / q5 matrices, by id, to their per-weight m:
+    w = d c + m per block of 32, m = 0 for q5), the engine's decode kernels are modelled: x
+    quantized per block of 32 to int8 (`quantize_x_int8`, docs/engine-file.md), the integer
+    part d c meeting s q and m meeting x itself. Gathered rows (masked matvecs: Spark K2, the
+    sparsified FFNs' up / gate rows) always take that path; whole matrices only when `whole`
+    (one token at a time: decode; chunks of several tokens keep x in f32)."""
+
+    def __init__(self, m_of: Mapping[int, np.ndarray] | None = None, whole: bool = False):
+        self.m_of = dict(m_of or {})
+        self.whole = whole
+
+    def full(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """x [..., cols] @ W.T."""
+        m = self.m_of.get(id(w))
+        if m is None or not self.whole:
+            return x @ w.T
+        return quantize_x_int8(x) @ (w - m).T + x @ m.T
+
+    def rows(self, w: np.ndarray, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """W[idx] @ x, x [cols]."""
+        m = self.m_of.get(id(w))
+        if m is None:
+            return w[idx] @ x
+        return (w[idx] - m[idx]) @ quantize_x_int8(x) + m[idx] @ x
+
+
+def quantize_x_int8(x: np.ndarray) -> np.ndarray:
+    """x [..., cols] as the q4 / q5 decode kernels take it, s q per block of 32 (float64): in f32,
+    s = max |x_block| / 127 (1 for a zero block), q = round-half-even(x / s); a block with a
+    NaN or infinity (or whose f32 sum overflows) is NaN."""
+    xb = np.asarray(x, np.float32).reshape(*np.shape(x)[:-1], -1, 32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        amax = np.abs(xb).max(axis=-1, keepdims=True)
+        s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+        q = np.rint(xb / s)
+        bad = ~np.isfinite(xb.sum(axis=-1, keepdims=True, dtype=np.float32))
+    out = np.where(bad, np.nan, q.astype(np.float64) * s.astype(np.float64))
+    return out.reshape(np.shape(x))
 
 
 def _acklam(p: float) -> float:
@@ -127,28 +170,30 @@ def rope(x: np.ndarray, positions: np.ndarray, base: float, offset: int, size: i
 
 # ------------------------------------------------------------------------------ FFN
 
-def dense_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray
-              ) -> np.ndarray:
+def dense_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray,
+              products: Products | None = None) -> np.ndarray:
     """GeGLU: down @ (gelu_tanh(gate @ x) * (up @ x)). x: [T, D] -> [T, D]."""
-    return (gelu_tanh(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+    mv = (products or Products()).full
+    return mv(gelu_tanh(mv(x, w_gate)) * mv(x, w_up), w_down)
 
 
-def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, fraction: float
-              ) -> tuple[np.ndarray, np.ndarray]:
+def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, fraction: float,
+              products: Products | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Spark FFN of each token: (y [T, D], active count per token [T]).
 
     s = K1 x[:r]; theta = statistical_threshold(s, fraction); active = {i : s_i > theta};
     u_i = gelu_tanh(s_i - theta) * (K2[i] . x[r:]); y = sum_{i active} u_i V[i].
     k1: [F, r], k2: [F, D - r], v: [F, D] (all neuron-major).
     """
+    pr = products or Products()
     r = k1.shape[1]
     y = np.zeros((x.shape[0], v.shape[1]))
     n_active = np.zeros(x.shape[0], dtype=np.int64)
     for t in range(x.shape[0]):
-        s = k1 @ x[t, :r]                                   # [F]
+        s = pr.full(x[t, :r], k1)                           # [F]
         theta = statistical_threshold(s, fraction)
         active = np.nonzero(s > theta)[0]
-        u = gelu_tanh(s[active] - theta) * (k2[active] @ x[t, r:])
+        u = gelu_tanh(s[active] - theta) * pr.rows(k2, active, x[t, r:])
         y[t] = u @ v[active]
         n_active[t] = active.size
     return y, n_active
@@ -157,7 +202,8 @@ def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, frac
 def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down_t: np.ndarray,
                      quantile: float, gate_a: np.ndarray | None = None,
                      gate_b: np.ndarray | None = None, select: np.ndarray | None = None,
-                     select_by: str = "gate") -> tuple[np.ndarray, np.ndarray]:
+                     select_by: str = "gate", products: Products | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Sparsified dense GeGLU of each token: (y [T, D], kept count per token [T]).
 
     p = gate_b @ (gate_a @ x) if a low-rank predictor is given, else p = W_gate x;
@@ -167,20 +213,30 @@ def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down
     kept = {i : s_i > theta}; y = sum_{i kept} gelu_tanh(W_gate[i] . x) (W_up[i] . x) W_down_t[i].
     w_gate, w_up, w_down_t: [F, D] (neuron-major; w_down_t is W_down transposed).
     """
+    pr = products or Products()
     y = np.zeros((x.shape[0], w_down_t.shape[1]))
     n_kept = np.zeros(x.shape[0], dtype=np.int64)
     for t in range(x.shape[0]):
-        p = gate_b @ (gate_a @ x[t]) if gate_a is not None else w_gate @ x[t]
+        # Without a low-rank predictor the kept gate values are those of W_gate x (and with
+        # "abs_act" the kept products too), not recomputed from the gathered rows.
+        g = pr.full(x[t], w_gate) if gate_a is None else None
+        act = None
+        p = pr.full(pr.full(x[t], gate_a), gate_b) if gate_a is not None else g
         if select_by == "abs_gelu":
             p = np.abs(gelu_tanh(p))
         elif select_by in ("abs_act", "sqrt_abs_act"):
-            p = np.abs(gelu_tanh(w_gate @ x[t]) * (w_up @ x[t]))
+            act = gelu_tanh(g if g is not None else pr.full(x[t], w_gate)) * pr.full(x[t], w_up)
+            p = np.abs(act)
             if select_by == "sqrt_abs_act":
                 p = np.sqrt(p)
         s = p * select if select is not None else p
         theta = float(np.mean(s) + np.std(s) * quantile)
         kept = np.nonzero(s > theta)[0]
-        u = gelu_tanh(w_gate[kept] @ x[t]) * (w_up[kept] @ x[t])
+        if act is not None:
+            u = act[kept]
+        else:
+            gk = g[kept] if g is not None else pr.rows(w_gate, kept, x[t])
+            u = gelu_tanh(gk) * pr.rows(w_up, kept, x[t])
         y[t] = u @ w_down_t[kept]
         n_kept[t] = kept.size
     return y, n_kept
@@ -264,7 +320,7 @@ def _kv_round(x: np.ndarray, kv_dtype: str) -> np.ndarray:
 
 
 def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray,
-              kv_dtype: str = "f32") -> tuple[np.ndarray, float]:
+              kv_dtype: str = "f32", products: Products | None = None) -> tuple[np.ndarray, float]:
     """Self-attention of layer `layer` on x: [T, D] (already attn_norm'ed), with keys and
     values cached as `kv_dtype` ("f32" or "bf16": see _kv_round).
 
@@ -272,9 +328,10 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
     """
     p = f"blk.{layer}."
     T, H, G, hd = x.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    q = (x @ w[p + "attn_q"].T).reshape(T, H, hd)
-    k = (x @ w[p + "attn_k"].T).reshape(T, G, hd)
-    v = (x @ w[p + "attn_v"].T).reshape(T, G, hd)
+    mv = (products or Products()).full
+    q = mv(x, w[p + "attn_q"]).reshape(T, H, hd)
+    k = mv(x, w[p + "attn_k"]).reshape(T, G, hd)
+    v = mv(x, w[p + "attn_v"]).reshape(T, G, hd)
     if cfg.qk_norm:
         q = rms_norm(q, w[p + "attn_q_norm"], cfg.norm_eps)
         k = rms_norm(k, w[p + "attn_k_norm"], cfg.norm_eps)
@@ -304,7 +361,7 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
                 heads[t, hs], n_kept = _rotated_group(cfg.query_scale * qr[t, hs], kr[vis, g],
                                                       v[vis, g], cfg)
                 attended += n_kept * group
-        out = heads.reshape(T, H * hd) @ w[p + "attn_output"].T
+        out = mv(heads.reshape(T, H * hd), w[p + "attn_output"])
         return out, attended / (T * H)
     k = _kv_round(k, kv_dtype)
     for t in range(T):
@@ -316,49 +373,53 @@ def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.n
             else:
                 heads[t, h], n_kept = _dense_head(q[t, h], kh, vh, cfg), vis.size
             attended += n_kept
-    out = heads.reshape(T, H * hd) @ w[p + "attn_output"].T
+    out = mv(heads.reshape(T, H * hd), w[p + "attn_output"])
     return out, attended / (T * H)
 
 
 # ------------------------------------------------------------------------------ model
 
-def _ffn(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray
-         ) -> tuple[np.ndarray, float]:
+def _ffn(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray,
+         products: Products) -> tuple[np.ndarray, float]:
     p = f"blk.{layer}."
     if cfg.is_sparse_ffn:
         rank = cfg.ffn_gate_rank
         y, n_active = sparse_gated_ffn(
             x, w[p + "ffn_gate"], w[p + "ffn_up"], w[p + "ffn_down_t"], cfg.ffn_quantile(layer),
             w[p + "ffn_gate_a"] if rank else None, w[p + "ffn_gate_b"] if rank else None,
-            w[p + "ffn_select"] if cfg.ffn_select_weighted else None, cfg.ffn_select_by)
+            w[p + "ffn_select"] if cfg.ffn_select_weighted else None, cfg.ffn_select_by, products)
         return y, float(np.mean(n_active)) / cfg.d_ff
     if cfg.is_spark_ffn:
         y, n_active = spark_ffn(x, w[p + "ffn_k1"], w[p + "ffn_k2"], w[p + "ffn_v"],
-                                cfg.ffn_topk_fraction)
+                                cfg.ffn_topk_fraction, products)
         return y, float(np.mean(n_active)) / cfg.d_ff
-    return dense_ffn(x, w[p + "ffn_gate"], w[p + "ffn_up"], w[p + "ffn_down"]), 1.0
+    return dense_ffn(x, w[p + "ffn_gate"], w[p + "ffn_up"], w[p + "ffn_down"], products), 1.0
 
 
 def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
-                       tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32"
+                       tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32",
+                       block_m: Mapping[str, np.ndarray] | None = None, decode: bool = False
                        ) -> tuple[np.ndarray, list[LayerStats]]:
     """Causal forward pass over `tokens` at positions 0..T-1: (logits [T, V], stats per layer).
-    kv_dtype: how the KV cache holds keys and values, "f32" or "bf16" (see _kv_round)."""
-    hn, w, stats = _final_hidden(cfg, weights, tokens, kv_dtype)
-    logits = softcap(hn @ w["token_embd"].T, cfg.final_softcap)    # tied LM head
+    kv_dtype: how the KV cache holds keys and values, "f32" or "bf16" (see _kv_round).
+    block_m: the q4 / q5 matrices by name, each with its m per block [rows, cols / 32] (zeros
+    for q5): their products then model the engine's int8 x (see Products), in every product
+    when `decode` (one token at a time), else in gathered rows only (chunked prefill)."""
+    hn, w, stats, products = _final_hidden(cfg, weights, tokens, kv_dtype, block_m, decode)
+    logits = softcap(products.full(hn, w["token_embd"]), cfg.final_softcap)  # tied LM head
     if cfg.lm_head_screen_margin > 0:
-        logits = screened_logits(logits, softcap(hn @ w["token_embd_screen"].T, cfg.final_softcap),
-                                 cfg.lm_head_screen_margin)
+        screen = softcap(products.full(hn, w["token_embd_screen"]), cfg.final_softcap)
+        logits = screened_logits(logits, screen, cfg.lm_head_screen_margin)
     return logits, stats
 
 
 def final_hidden(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
                  tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32") -> np.ndarray:
     """The final-normed hidden states [T, d_model] the LM head reads, float64."""
-    return _final_hidden(cfg, weights, tokens, kv_dtype)[0]
+    return _final_hidden(cfg, weights, tokens, kv_dtype, None, False)[0]
 
 
-def _final_hidden(cfg, weights, tokens, kv_dtype):
+def _final_hidden(cfg, weights, tokens, kv_dtype, block_m, decode):
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
         raise ValueError("tokens is empty")
@@ -374,17 +435,20 @@ def _final_hidden(cfg, weights, tokens, kv_dtype):
                              f"(read_engine_file(..., dequantize=True))")
         w[name] = a.astype(np.float64)
     eps = cfg.norm_eps
+    products = Products({id(w[n]): np.repeat(np.asarray(m, np.float64), 32, axis=1)
+                         for n, m in (block_m or {}).items()}, whole=decode)
 
     h = w["token_embd"][tokens] * math.sqrt(cfg.d_model)            # [T, D]
     stats = []
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
-        a, attn_tokens = attention(cfg, i, w, rms_norm(h, w[p + "attn_norm"], eps), kv_dtype)
+        a, attn_tokens = attention(cfg, i, w, rms_norm(h, w[p + "attn_norm"], eps), kv_dtype,
+                                   products)
         h = h + rms_norm(a, w[p + "attn_post_norm"], eps)
-        f, ffn_fraction = _ffn(cfg, i, w, rms_norm(h, w[p + "ffn_norm"], eps))
+        f, ffn_fraction = _ffn(cfg, i, w, rms_norm(h, w[p + "ffn_norm"], eps), products)
         h = h + rms_norm(f, w[p + "ffn_post_norm"], eps)
         stats.append(LayerStats(ffn_active_fraction=ffn_fraction, attn_mean_tokens=attn_tokens))
-    return rms_norm(h, w["output_norm"], eps), w, stats
+    return rms_norm(h, w["output_norm"], eps), w, stats, products
 
 
 # At most this many logits per row are recomputed by the screened head (ties aside).
@@ -407,6 +471,7 @@ def screen_kept(screen: np.ndarray, margin: float) -> np.ndarray:
 
 
 def forward(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
-            tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32") -> np.ndarray:
-    """Causal forward pass over `tokens`: logits [T, vocab_size], float64."""
-    return forward_with_stats(cfg, weights, tokens, kv_dtype)[0]
+            tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32",
+            block_m: Mapping[str, np.ndarray] | None = None, decode: bool = False) -> np.ndarray:
+    """Causal forward pass over `tokens`: logits [T, vocab_size], float64 (see forward_with_stats)."""
+    return forward_with_stats(cfg, weights, tokens, kv_dtype, block_m, decode)[0]
