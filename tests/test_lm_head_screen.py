@@ -13,13 +13,13 @@ from spark_infer.fileformat import read_engine_file, tensor_specs, write_engine_
 from spark_infer.random_model import random_tensor_source
 from spark_infer.weights import quantize_q4
 
-from test_engine import REL_TOL, REL_TOL_Q4, tiny, tokens_for
+from test_engine import REL_TOL, REL_TOL_Q4, block_m, tiny, tokens_for
 
 # A vocabulary larger than reference.SCREEN_MAX_RESCORED, so the cap applies when the margin
 # lets more through; d_model a multiple of 32 (the screen is q4).
 KINDS = {
-    "gemma3": tiny(vocab_size=1500, d_model=64),
-    "gemma2_softcap": tiny(arch="gemma2", vocab_size=1500, d_model=64, qk_norm=False,
+    "gemma3": tiny(vocab_size=5000, d_model=64),
+    "gemma2_softcap": tiny(arch="gemma2", vocab_size=5000, d_model=64, qk_norm=False,
                            attn_softcap=50.0, final_softcap=3.0, rope_base_global=1e4),
 }
 
@@ -32,11 +32,18 @@ def _model(tmp_path, kind: str, margin: float, dtype: str = "int8"):
     return cfg, path, weights
 
 
-def _reference_parts(cfg, weights, tokens):
-    """(exact head logits, screen logits) from the reference's final hidden states, float64."""
+def _reference_parts(cfg, path, weights, tokens):
+    """(exact head logits, screen logits in prefill, screen logits in decode) from the
+    reference's final hidden states, float64. Decode meets the q4 screen with x quantized to
+    int8 per block (reference.quantize_x_int8: w = d c + m, the d c part against s q)."""
     h = reference.final_hidden(cfg, weights, tokens)
-    return tuple(reference.softcap(h @ weights[n].astype(np.float64).T, cfg.final_softcap)
-                 for n in ("token_embd", "token_embd_screen"))
+    cap = cfg.final_softcap
+    exact, screen = (reference.softcap(h @ weights[n].astype(np.float64).T, cap)
+                     for n in ("token_embd", "token_embd_screen"))
+    s = weights["token_embd_screen"].astype(np.float64)
+    m = np.repeat(block_m(path)["token_embd_screen"], 32, axis=1)
+    decode = reference.softcap(reference.quantize_x_int8(h) @ (s - m).T + h @ m.T, cap)
+    return exact, screen, decode
 
 
 def _check_screened(got, exact, screen, margin, tol):
@@ -63,7 +70,7 @@ def _check_screened(got, exact, screen, margin, tol):
 def test_screened_head_matches_reference_on_every_target(kind, margin, target, tmp_path):
     cfg, path, weights = _model(tmp_path, kind, margin)
     tokens = tokens_for(cfg, 12, seed=4)
-    exact, screen = _reference_parts(cfg, weights, tokens)
+    exact, screen, screen_decode = _reference_parts(cfg, path, weights, tokens)
     engine = _core.Engine(path, context_length=16, kv_dtype="f32")
     assert engine.lm_head_screen
     got = engine.prefill(tokens, chunk=5, all_logits=True)
@@ -74,7 +81,7 @@ def test_screened_head_matches_reference_on_every_target(kind, margin, target, t
         assert kept.sum(axis=1).min() >= reference.SCREEN_MAX_RESCORED
     engine.reset()
     decoded = np.stack([engine.decode(int(t)) for t in tokens])
-    _check_screened(decoded, exact, screen, margin, REL_TOL_Q4)
+    _check_screened(decoded, exact, screen_decode, margin, REL_TOL_Q4)
     # Off: every logit from the head itself.
     engine.lm_head_screen = False
     engine.reset()
@@ -129,3 +136,21 @@ def test_convert_adds_keeps_and_removes_the_screen(tmp_path):
                       progress=False)
     cfg, _, stored = read_engine_file(removed)
     assert cfg.lm_head_screen_margin == 0.0 and "token_embd_screen" not in stored
+
+
+def test_cli_convert_and_info(tmp_path):
+    import subprocess
+    import sys
+
+    _, path, _ = _model(tmp_path, "gemma3", 0.0)
+    out = tmp_path / "cli.spark"
+    cli = [sys.executable, "-m", "spark_infer.cli"]
+    r = subprocess.run(cli + ["convert", path, "-o", str(out), "--dtype", "int8",
+                              "--lm-head-screen", "12", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert read_engine_file(out)[0].lm_head_screen_margin == 12.0
+    r = subprocess.run(cli + ["info", str(out)], capture_output=True, text=True)
+    assert "logits within 12 of the largest" in r.stdout
+    r = subprocess.run(cli + ["convert", path, "-o", str(out), "--lm-head-screen", "-3"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "lm_head_screen" in r.stderr

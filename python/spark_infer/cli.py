@@ -201,6 +201,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         att = (f"sparsified attention: top {cfg['attn_sparse_topk']} tokens by {cfg['attn_sparse_dim']}"
                f" rotated dims, {cfg['attn_sparse_recent']} newest always")
     print(f"sparsity:    {ffn}; {att}")
+    if cfg.get("lm_head_screen_margin"):
+        print(f"LM head:     screened by a q4 copy, logits within {cfg['lm_head_screen_margin']:g} "
+              f"of the largest recomputed exactly")
     if info.get("sparsify"):
         rec = info["sparsify"]
         print(f"sparsified:  {rec.get('method')}; calibration {rec.get('calibration')}")

@@ -490,6 +490,8 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     params = 0
     matrix_types: dict[str, int] = {}
     for spec in tensor_specs(cfg):
+        if spec.name in DERIVED_FROM:
+            continue                    # a copy (the LM-head screen), not more parameters
         params += int(np.prod(spec.shape))
         if spec.is_matrix:
             t = _stored_type(st_dtypes[spec.name], views[spec.name].shape, spec.shape[1])
