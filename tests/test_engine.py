@@ -29,13 +29,17 @@ REL_TOL = 1e-4
 REL_TOL_BF16_KV = 1e-3
 # q4 / q5 decode quantizes x to int8 per block of 32 (weights/load-inl.h, Q4X), as the reference
 # models with the matrices' block m (reference.Products: decode=True for one token at a time;
-# chunked prefill only in gathered rows, whose masked matvecs are decode tiles too). What is
-# left is f32 rounding, except where an x element lies within it of a midpoint of its int8
-# step: one such element rounded the other way moves a matvec output by ~1/127 of a term, and
-# these tiny random models amplify it. Measured: perturbing x by 3e-7 of itself before the
-# reference's rounding moves its logits by 1.5e-3 (1 layer) to 1.6e-2 (2 layers, gemma3 kind);
-# without the int8 model the reference is 1.4e-2 to 3.7e-2 away. Prefill in chunks of 4 (f32
-# in whole matrices) stays at REL_TOL_Q4.
+# chunked prefill only in gathered rows, whose masked matvecs are decode tiles too). Each product
+# then matches the kernels to ~1e-7 on the reference's own x, and q5 / the q4-q5-int8 mix decode
+# match end to end to ~1e-6; but the all-q4 models' decode amplifies f32-level differences in x:
+# perturbing the reference's x by 1e-9 / 1e-8 / 1e-7 of itself before each int8 rounding moves
+# its logits by up to 1e-5 / 1e-4 / 2e-4 (gemma3 kind, 1 layer), the engine sits 1e-5 to 2e-3
+# away (1 layer) and 1e-2 to 5e-2 with 3 layers, different on each target. The mechanism is not
+# pinned down (no x within 1e-4 of a rounding midpoint in those runs). The decode bound below is
+# what these models show; for all-q4 models it hardly tells the int8 model from none (unmodelled:
+# 1e-2 at 1 layer, 2e-2 to 4e-2 at 3), so the kernel tests (test_kernels.py, decode_reference)
+# carry the definition, and q5 / mix models here would catch a wrong int8 x at once. Prefill in
+# chunks of 4 (f32 in whole matrices) stays at REL_TOL_Q4.
 REL_TOL_Q4 = 1e-3
 REL_TOL_Q4_DECODE = 5e-2
 # Kinds whose top-k selections read int8-x products in decode, or whose prefill runs the
@@ -206,10 +210,12 @@ def test_q4_weights_match_reference_on_dequantized_on_every_target(kind, dtype, 
     engine.reset()
     decoded = np.stack([engine.decode(int(t)) for t in tokens])
     expected_dec = reference.forward(cfg, weights, tokens, block_m=m, decode=True)
-    for got, want, tol in ((prefill, expected, REL_TOL_Q4), (decoded, expected_dec, REL_TOL_Q4_DECODE)):
+    q5 = dtype == "q5"  # decode to ~1e-7 on every kind (see REL_TOL_Q4_DECODE)
+    for got, want, tol in ((prefill, expected, REL_TOL_Q4),
+                           (decoded, expected_dec, REL_TOL_Q4 if q5 else REL_TOL_Q4_DECODE)):
         errs = np.array([rel_err(got[i], want[i]) for i in range(len(tokens))])
         # A neuron or key at its selection threshold flips with its rounding: most tokens only.
-        assert (np.median(errs) if kind in SELECTS_ON_INT8 else errs.max()) < tol, (target, errs)
+        assert (np.median(errs) if kind in SELECTS_ON_INT8 and not q5 else errs.max()) < tol, (target, errs)
 
 
 @pytest.mark.parametrize("kind", ["sparse_ffn_calibrated", "sparse_all_gemma2", "sparse_attn",
