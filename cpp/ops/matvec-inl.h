@@ -170,7 +170,8 @@ HWY_INLINE void PrefetchBlockStep(const uint8_t* HWY_RESTRICT const* b, const P*
 // exactly. One conversion and one FMA then serve two rows, with d s broadcast per half from the
 // 4 rows' (d, m) pairs, widened in one vcvtph2ps as in the AVX3 int16 tile. A 32-MAC row block
 // is ~4 vector uops with VNNI against ~9 in the int16 tile (two vpmaddwd + vpaddd pairs, byte
-// widening). Tried and slower (1 thread, W [2048, 640], Zen 4): all 4 rows in one 512-bit
+// widening); on Zen 4 the AVX2 form runs q4 as fast (64 against 65 GFLOP/s: the per-block
+// scaling and loads bound both), q5 at 39 against 48 (its bit masks). Tried and slower (1 thread, W [2048, 640], Zen 4): all 4 rows in one 512-bit
 // vector (Zen 4 double-pumps it; the q5 bit masks then need scalar assembly), q4 63 / q5 40
 // against 65 / 49 GFLOP/s; two blocks per iteration into separate sums (spilled), q4 42.
 #undef SPARK_BYTE_TILE_ATTR
