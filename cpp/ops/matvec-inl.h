@@ -208,7 +208,7 @@ SPARK_BYTE_TILE_ATTR HWY_INLINE __m256i AddSixteenWhere(__m256i v, uint32_t bits
 #endif
 }
 
-// [d0 s, m0 sum(x), d1 s, m1 sum(x) | d2 s, ..., d3 s, m3 sum(x)] of block `off` of the 4 rows
+// [d0 s, m0 s sum(q), d1 s, .. | d2 s, ..., d3 s, m3 s sum(q)] of block `off` of the 4 rows
 // (q5: lanes 1, 3, .. hold its qh bits read as f16, unused).
 SPARK_BYTE_TILE_ATTR HWY_INLINE __m256 ByteTileScales(const uint8_t* HWY_RESTRICT const* b, size_t off,
                                                       const float* HWY_RESTRICT step_sum) {
@@ -287,7 +287,7 @@ HWY_INLINE bool UseByteTiles() {
 #endif  // HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
 
 // q4 decode tile: DotRows4's contract with x quantized (Q4X), block by block. Per row and
-// block, sum_i (d c_i + m) x_i ~ d s (c . q) + m sum(x): the integer dot in int32 lanes, then
+// block, sum_i (d c_i + m) s q_i = d s (c . q) + m s sum(q): the integer dot in int32 lanes, then
 // one FMA with d s per block. Rows start at block boundaries (cols % 32 == 0).
 HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out,
                          const Q4Ptr* next, size_t ahead_limit) {
@@ -305,7 +305,7 @@ HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HW
   auto a02 = hn::Zero(df), a13 = a02, macc = a02;  // see below
 #else
   auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;  // sum over blocks of d s (c . q)
-  float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;   // sum over blocks of m sum(x)
+  float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;   // sum over blocks of m s sum(q)
 #endif
   const size_t blocks = cols / kQ4Group;
   const auto low4 = hn::Set(d16, 15);
@@ -335,7 +335,7 @@ HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HW
     s3 = hn::RearrangeToOddPlusEven(s3, t3);
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
     // 8 f32 lanes: the 4 rows' (d, m) pairs widen in one conversion, [d0 m0 .. d3 m3], times
-    // [s sum(x)] per pair; rows 0 and 2 (1 and 3) share one accumulator, each folded to 4 lanes
+    // [s, s sum(q)] per pair; rows 0 and 2 (1 and 3) share one accumulator, each folded to 4 lanes
     // (exactly, in int32), so d s needs only an in-block broadcast. Each row's arithmetic is
     // the same in any slot of the tile. Against one scalar conversion per row and block (1
     // thread, L2-resident, AVX3 on the Zen 4 VM, GFLOP/s): W [2048, 640] 44.9 -> 48.5,
