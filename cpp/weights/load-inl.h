@@ -247,7 +247,7 @@ HWY_INLINE void VisitWeights(const MatRef& w, const F& f) {
 // sum_i w_i e_i does not. Int8, as llama.cpp's Q8_0 activations, is what
 // AVX-512 VNNI's vpdpbusd (u8 x s8, 4 products per 32-bit lane) multiplies; the generic tiles
 // take the same values widened to int16. |x_i - s q_i| <= s / 2 = amax / 254 per element (int16
-// with a power-of-two step was <= amax / 32767, at half the speed of the VNNI tile on Zen 4).
+// with a power-of-two step was <= amax / 32767, its tile at ~0.7x the VNNI tile's speed on Zen 4).
 // Non-finite x (or a block sum that overflows) gives s = sum = NaN and q = 0, so NaN propagates.
 struct Q4X {
   const int16_t* q = nullptr;         // [cols] q, widened (generic tiles)
