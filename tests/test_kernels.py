@@ -198,10 +198,10 @@ MATVEC_SHAPES = [(ROWS[i % len(ROWS)], c) for i, c in enumerate(COLS)] + [
 # terms |d q x| and |m x| rather than |w x| (they can cancel): the tolerance uses
 # |w|~ = |d q| + |m| per weight and 2 cols terms. Decode (matvec, masked matvec: the 4-row tiles)
 # quantizes x per block of 32 to int8 (weights/load-inl.h, Q4X): s = max|x_block| / 127 in f32
-# (1 for a zero block), q = round-half-even(x / s) in f32; each row's integer dot c . q (q4 codes
-# 0..15, q5 codes - 16) is exact, so its reference (decode_reference) is that dot times d s plus
-# m sum(x), and the tolerance only the float sums': on AVX3 both the AVX512_VNNI tile and the
-# plain one run (vnni_modes).
+# (1 for a zero block), q = round-half-even(x / s) in f32; each row's integer dots c . q (q4 codes
+# 0..15, q5 codes - 16) and sum(q) are exact, so its reference (decode_reference) is
+# d s (c . q) + m s sum(q) per block, and the tolerance only the float sums': on AVX3 both the
+# AVX512_VNNI tile and the plain one run (vnni_modes).
 
 
 def make_q4(rows: int, cols: int, rng: np.random.Generator, integer: bool = False
@@ -290,17 +290,17 @@ def block_fields(fmt: str, blocks: np.ndarray, rows: int, cols: int
 
 def decode_reference(fmt: str, blocks: np.ndarray, rows: int, cols: int, x: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(expected float64 [rows], tolerance [rows]) of a decode dot of each row with x: per block
-    d s (c . q) + m sum(x), the integer dot exact (int64). The kernels' f32 sums: d s, one FMA
-    per block (in up to 8 lanes), the lanes' sum, and q4's sum of x in f32 (32 terms)."""
+    """(expected float64 [rows], tolerance [rows]) of a decode dot of each row with x: the
+    dequantized weights times the dequantized x, per block d s (c . q) + m s sum(q), the integer
+    dots exact (int64). The kernels' f32 sums: d s and m s sum(q), one FMA per block (in up to 8
+    lanes), the lanes' sum."""
     d, m, c = block_fields(fmt, blocks, rows, cols)
     q, s = quantize_x_int8(x)
     s64 = s.astype(np.float64)[None]
-    xb = np.asarray(x, np.float64).reshape(-1, 32)
-    want = (d * s64 * (c * q[None]).sum(axis=2) + m * xb.sum(axis=1)[None]).sum(axis=1)
-    mx = (np.abs(m) * np.abs(xb).sum(axis=1)[None]).sum(axis=1)
-    terms = (np.abs(d) * s64 * np.abs(c * q[None]).sum(axis=2)).sum(axis=1) + mx
-    return want, (2 * (cols // 32) + 16) * U * terms + 34 * U * mx
+    want = (d * s64 * (c * q[None]).sum(axis=2) + m * s64 * q.sum(axis=1)[None]).sum(axis=1)
+    terms = (np.abs(d) * s64 * np.abs(c * q[None]).sum(axis=2)
+             + np.abs(m) * s64 * np.abs(q).sum(axis=1)[None]).sum(axis=1)
+    return want, (2 * (cols // 32) + 16) * U * terms
 
 
 def vnni_modes(target: str) -> list[bool | None]:

@@ -13,7 +13,7 @@ from spark_infer.fileformat import read_engine_file, tensor_specs, write_engine_
 from spark_infer.random_model import random_tensor_source
 from spark_infer.weights import quantize_q4
 
-from test_engine import REL_TOL, REL_TOL_Q4, block_m, tiny, tokens_for
+from test_engine import REL_TOL, REL_TOL_Q4, tiny, tokens_for
 
 # A vocabulary larger than reference.SCREEN_MAX_RESCORED, so the cap applies when the margin
 # lets more through; d_model a multiple of 32 (the screen is q4).
@@ -32,17 +32,16 @@ def _model(tmp_path, kind: str, margin: float, dtype: str = "int8"):
     return cfg, path, weights
 
 
-def _reference_parts(cfg, path, weights, tokens):
+def _reference_parts(cfg, weights, tokens):
     """(exact head logits, screen logits in prefill, screen logits in decode) from the
     reference's final hidden states, float64. Decode meets the q4 screen with x quantized to
-    int8 per block (reference.quantize_x_int8: w = d c + m, the d c part against s q)."""
+    int8 per block (reference.quantize_x_int8)."""
     h = reference.final_hidden(cfg, weights, tokens)
     cap = cfg.final_softcap
     exact, screen = (reference.softcap(h @ weights[n].astype(np.float64).T, cap)
                      for n in ("token_embd", "token_embd_screen"))
     s = weights["token_embd_screen"].astype(np.float64)
-    m = np.repeat(block_m(path)["token_embd_screen"], 32, axis=1)
-    decode = reference.softcap(reference.quantize_x_int8(h) @ (s - m).T + h @ m.T, cap)
+    decode = reference.softcap(reference.quantize_x_int8(h) @ s.T, cap)
     return exact, screen, decode
 
 
@@ -70,7 +69,7 @@ def _check_screened(got, exact, screen, margin, tol):
 def test_screened_head_matches_reference_on_every_target(kind, margin, target, tmp_path):
     cfg, path, weights = _model(tmp_path, kind, margin)
     tokens = tokens_for(cfg, 12, seed=4)
-    exact, screen, screen_decode = _reference_parts(cfg, path, weights, tokens)
+    exact, screen, screen_decode = _reference_parts(cfg, weights, tokens)
     engine = _core.Engine(path, context_length=16, kv_dtype="f32")
     assert engine.lm_head_screen
     got = engine.prefill(tokens, chunk=5, all_logits=True)

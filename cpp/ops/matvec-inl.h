@@ -158,22 +158,60 @@ HWY_INLINE void PrefetchBlockStep(const uint8_t* HWY_RESTRICT const* b, const P*
   }
 }
 
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
+// Byte decode tiles (q4, q5): the codes as u8 against x's int8 q (Q4X::q8). AVX3 takes them
+// when the CPU has AVX512_VNNI (util/cpu_features.h) and multiplies with vpdpbusd (u8 x s8, 4
+// products summed per int32 lane); Highway 1.0.3's AVX3 target string lacks "avx512vnni", so
+// these functions add it there (everything AVX3 has still inlines into them: a superset
+// target). AVX2 multiplies with vpmaddubsw (u8 x s8 pairs to int16: |sum| <= 4 * 31 * 127 <
+// 2^15, no saturation) and vpmaddwd by ones. Per block, rows 0 and 2 (1 and 3) share one
+// 256-bit vector: their 16 code bytes side by side, split into low and high nibbles (weights
+// j and j + 16), each met by x's q broadcast to both halves; lanes 0-3 sum row 0, 4-7 row 2,
+// exactly. One conversion and one FMA then serve two rows, with d s broadcast per half from the
+// 4 rows' (d, m) pairs, widened in one vcvtph2ps as in the AVX3 int16 tile. A 32-MAC row block
+// is ~4 vector uops with VNNI against ~9 in the int16 tile (two vpmaddwd + vpaddd pairs, byte
+// widening); on Zen 4 the AVX2 form runs q4 as fast (64 against 65 GFLOP/s: the per-block
+// scaling and loads bound both), q5 at 39 against 48 (its bit masks). Tried and slower (1 thread, W [2048, 640], Zen 4): all 4 rows in one 512-bit
+// vector (Zen 4 double-pumps it; the q5 bit masks then need scalar assembly), q4 63 / q5 40
+// against 65 / 49 GFLOP/s; two blocks per iteration into separate sums (spilled), q4 42.
+#undef SPARK_BYTE_TILE_ATTR
 #if HWY_TARGET == HWY_AVX3
-// AVX-512 VNNI decode tiles (q4, q5), taken by the AVX3 tiles below when the CPU has AVX512_VNNI
-// (util/cpu_features.h). Highway 1.0.3's AVX3 target string lacks "avx512vnni", so these
-// functions add it; everything AVX3 has still inlines into them (a superset target). Per
-// block, rows 0 and 2 (1 and 3) share one 256-bit vector: their 16 code bytes side by side,
-// split into low and high nibbles (weights j and j + 16), each met by vpdpbusd (u8 x s8, 4
-// products per int32 lane) with x's int8 q broadcast to both halves; lanes 0-3 sum row 0, 4-7
-// row 2, exactly. One conversion and one FMA then serve two rows, with d s broadcast per half
-// from the 4 rows' (d, m) pairs, widened in one vcvtph2ps as in the AVX3 tile. A 32-MAC row
-// block is ~4 vector uops here against ~9 in the int16 tile (two vpmaddwd + vpaddd pairs,
-// byte widening), and Zen 4's double-pumped 512-bit ops would not make it fewer.
+#define SPARK_BYTE_TILE_ATTR __attribute__((target("avx512vnni")))
+#else
+#define SPARK_BYTE_TILE_ATTR
+#endif
 
-// [d0 s, m0 sum(x), d1 s, m1 sum(x) | d2 s, ..., d3 s, m3 sum(x)] of block `off` of the 4 rows
+// acc + (lo . xl) + (hi . xh) per int32 lane (4 byte products each).
+SPARK_BYTE_TILE_ATTR HWY_INLINE __m256i ByteDot(__m256i acc, __m256i lo, __m256i xl, __m256i hi,
+                                                __m256i xh) {
+#if HWY_TARGET == HWY_AVX3
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, lo, xl), hi, xh);
+#else
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+// Bytes of v plus 16 where bit i of `bits` is set (byte i).
+SPARK_BYTE_TILE_ATTR HWY_INLINE __m256i AddSixteenWhere(__m256i v, uint32_t bits) {
+#if HWY_TARGET == HWY_AVX3
+  return _mm256_mask_add_epi8(v, bits, v, _mm256_set1_epi8(16));
+#else
+  // Byte i takes byte i / 8 of bits, then tests its bit i % 8.
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int32_t>(bits)),
+      _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                       3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_add_epi8(v, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+#endif
+}
+
+// [d0 s, m0 s sum(q), d1 s, .. | d2 s, ..., d3 s, m3 s sum(q)] of block `off` of the 4 rows
 // (q5: lanes 1, 3, .. hold its qh bits read as f16, unused).
-__attribute__((target("avx512vnni"))) HWY_INLINE __m256 VnniBlockScales(
-    const uint8_t* HWY_RESTRICT const* b, size_t off, const float* HWY_RESTRICT step_sum) {
+SPARK_BYTE_TILE_ATTR HWY_INLINE __m256 ByteTileScales(const uint8_t* HWY_RESTRICT const* b, size_t off,
+                                                      const float* HWY_RESTRICT step_sum) {
   const __m128i p01 = _mm_unpacklo_epi32(_mm_loadu_si32(b[0] + off), _mm_loadu_si32(b[1] + off));
   const __m128i p23 = _mm_unpacklo_epi32(_mm_loadu_si32(b[2] + off), _mm_loadu_si32(b[3] + off));
   const __m256 dm = _mm256_cvtph_ps(_mm_unpacklo_epi64(p01, p23));
@@ -181,97 +219,80 @@ __attribute__((target("avx512vnni"))) HWY_INLINE __m256 VnniBlockScales(
   return _mm256_mul_ps(dm, ss);
 }
 
-// Row r's sum of 4 lanes: half r / 2 of a02 or a13 (rows 0, 2 or 1, 3).
-HWY_INLINE void VnniFinish(__m256 a02, __m256 a13, const float* HWY_RESTRICT m, float* HWY_RESTRICT out) {
-  HWY_ALIGN float v02[8], v13[8];
-  _mm256_store_ps(v02, a02);
-  _mm256_store_ps(v13, a13);
-  const float* half[kDecodeRows] = {v02, v13, v02 + 4, v13 + 4};
-  for (size_t r = 0; r < kDecodeRows; ++r)
-    out[r] = ((half[r][0] + half[r][1]) + (half[r][2] + half[r][3])) + (m ? m[2 * r + 1] : 0.0f);
+// The 16 code bytes at r0 + off and r1 + off, side by side.
+SPARK_BYTE_TILE_ATTR HWY_INLINE __m256i ByteTileCodes(const uint8_t* r0, const uint8_t* r1, size_t off) {
+  return _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + off))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1 + off)), 1);
 }
 
-inline __attribute__((target("avx512vnni"), noinline)) void DotRows4Vnni(
-    const Q4Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out, const Q4Ptr* next,
-    size_t ahead_limit) {
+// The block tile for P = Q4Ptr (m terms) or Q5Ptr (fifth bits, the -16 sum(q) start).
+template <class P>
+inline SPARK_BYTE_TILE_ATTR HWY_NOINLINE void DotRows4Bytes(const P* rows, size_t cols, const Q4X& x,
+                                                            float* HWY_RESTRICT out, const P* next,
+                                                            size_t ahead_limit) {
+  constexpr bool kQ5 = BlockBytes(P()) == kQ5BlockBytes;
+  constexpr size_t kCodes = kQ5 ? 6 : 4;  // offset of the code bytes in a block
   const uint8_t* HWY_RESTRICT b[kDecodeRows];
   for (size_t r = 0; r < kDecodeRows; ++r) b[r] = rows[r].Block();
   const __m256i low4 = _mm256_set1_epi8(15);
   __m256 a02 = _mm256_setzero_ps(), a13 = a02, macc = a02;
   const size_t blocks = cols / kQ4Group;
   for (size_t g = 0; g < blocks; ++g) {
-    const size_t off = g * kQ4BlockBytes;
+    const size_t off = g * BlockBytes(P());
     PrefetchBlockStep(b, next, g, ahead_limit);
     const int8_t* HWY_RESTRICT qg = x.q8 + g * kQ4Group;
     const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg)));
     const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg + 16)));
+    // q5: the accumulator starts at -16 sum(q) (Q4X::q5_bias), so each row's lanes sum to
+    // (c - 16) . q with the codes c (0..31) as u8.
+    const __m256i start = kQ5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q5_bias + 8 * g))
+                              : _mm256_setzero_si256();
     auto dot = [&](const uint8_t* r0, const uint8_t* r1) {
-      const __m256i c = _mm256_inserti128_si256(
-          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + off + 4))),
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1 + off + 4)), 1);
-      const __m256i lo = _mm256_and_si256(c, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), low4);
-      return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xl), hi, xh);
-    };
-    const __m256i s02 = dot(b[0], b[2]), s13 = dot(b[1], b[3]);
-    const __m256 prod = VnniBlockScales(b, off, x.step_sum + 2 * g);
-    macc = _mm256_add_ps(macc, prod);
-    a02 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s02), _mm256_permute_ps(prod, 0x00), a02);
-    a13 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s13), _mm256_permute_ps(prod, 0xAA), a13);
-  }
-  HWY_ALIGN float vm[8];
-  _mm256_store_ps(vm, macc);
-  VnniFinish(a02, a13, vm, out);
-}
-
-// q5: the 5-bit codes (0..31) as u8, the nibbles plus 16 where the row's qh bit is set (a byte
-// mask from the two rows' qh halves); the accumulator starts at -16 sum(q) (Q4X::q5_bias), so
-// each row's lanes sum to (c - 16) . q exactly. No m term.
-inline __attribute__((target("avx512vnni"), noinline)) void DotRows4Vnni(
-    const Q5Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out, const Q5Ptr* next,
-    size_t ahead_limit) {
-  const uint8_t* HWY_RESTRICT b[kDecodeRows];
-  for (size_t r = 0; r < kDecodeRows; ++r) b[r] = rows[r].Block();
-  const __m256i low4 = _mm256_set1_epi8(15), sixteen = _mm256_set1_epi8(16);
-  __m256 a02 = _mm256_setzero_ps(), a13 = a02;
-  const size_t blocks = cols / kQ4Group;
-  for (size_t g = 0; g < blocks; ++g) {
-    const size_t off = g * kQ5BlockBytes;
-    PrefetchBlockStep(b, next, g, ahead_limit);
-    const int8_t* HWY_RESTRICT qg = x.q8 + g * kQ4Group;
-    const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg)));
-    const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg + 16)));
-    const __m256i bias = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q5_bias + 8 * g));
-    auto dot = [&](const uint8_t* r0, const uint8_t* r1) {
-      const __m256i c = _mm256_inserti128_si256(
-          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + off + 6))),
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1 + off + 6)), 1);
-      uint32_t h0, h1;
-      memcpy(&h0, r0 + off + 2, 4);
-      memcpy(&h1, r1 + off + 2, 4);
-      const __mmask32 kl = (h0 & 0xFFFFu) | (h1 << 16), kh = (h0 >> 16) | (h1 & 0xFFFF0000u);
+      const __m256i c = ByteTileCodes(r0, r1, off + kCodes);
       __m256i lo = _mm256_and_si256(c, low4);
       __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), low4);
-      lo = _mm256_mask_add_epi8(lo, kl, lo, sixteen);
-      hi = _mm256_mask_add_epi8(hi, kh, hi, sixteen);
-      return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(bias, lo, xl), hi, xh);
+      if (kQ5) {  // the fifth bits of weights j (qh bits 0-15) and j + 16 (16-31), both rows
+        uint32_t h0, h1;
+        memcpy(&h0, r0 + off + 2, 4);
+        memcpy(&h1, r1 + off + 2, 4);
+        lo = AddSixteenWhere(lo, (h0 & 0xFFFFu) | (h1 << 16));
+        hi = AddSixteenWhere(hi, (h0 >> 16) | (h1 & 0xFFFF0000u));
+      }
+      return ByteDot(start, lo, xl, hi, xh);
     };
     const __m256i s02 = dot(b[0], b[2]), s13 = dot(b[1], b[3]);
-    const __m256 prod = VnniBlockScales(b, off, x.step_sum + 2 * g);
+    const __m256 prod = ByteTileScales(b, off, x.step_sum + 2 * g);
+    if (!kQ5) macc = _mm256_add_ps(macc, prod);
     a02 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s02), _mm256_permute_ps(prod, 0x00), a02);
     a13 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s13), _mm256_permute_ps(prod, 0xAA), a13);
   }
-  VnniFinish(a02, a13, nullptr, out);
+  HWY_ALIGN float v02[8], v13[8], vm[8];
+  _mm256_store_ps(v02, a02);
+  _mm256_store_ps(v13, a13);
+  _mm256_store_ps(vm, macc);
+  const float* half[kDecodeRows] = {v02, v13, v02 + 4, v13 + 4};
+  for (size_t r = 0; r < kDecodeRows; ++r)
+    out[r] = ((half[r][0] + half[r][1]) + (half[r][2] + half[r][3])) + vm[2 * r + 1];
 }
-#endif  // HWY_TARGET == HWY_AVX3
+
+// Whether this target's q4 / q5 decode takes DotRows4Bytes.
+HWY_INLINE bool UseByteTiles() {
+#if HWY_TARGET == HWY_AVX3
+  return UseAvx512Vnni();
+#else
+  return true;
+#endif
+}
+#endif  // HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
 
 // q4 decode tile: DotRows4's contract with x quantized (Q4X), block by block. Per row and
-// block, sum_i (d c_i + m) x_i ~ d s (c . q) + m sum(x): the integer dot in int32 lanes, then
+// block, sum_i (d c_i + m) s q_i = d s (c . q) + m s sum(q): the integer dot in int32 lanes, then
 // one FMA with d s per block. Rows start at block boundaries (cols % 32 == 0).
 HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out,
                          const Q4Ptr* next, size_t ahead_limit) {
-#if HWY_TARGET == HWY_AVX3
-  if (UseAvx512Vnni()) return DotRows4Vnni(rows, cols, x, out, next, ahead_limit);
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
+  if (UseByteTiles()) return DotRows4Bytes(rows, cols, x, out, next, ahead_limit);
 #endif
   const hn::CappedTag<int16_t, 16> d16;  // 16 codes = one nibble half of a block, at most
   const hn::Repartition<int32_t, decltype(d16)> d32;
@@ -284,7 +305,7 @@ HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HW
   auto a02 = hn::Zero(df), a13 = a02, macc = a02;  // see below
 #else
   auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;  // sum over blocks of d s (c . q)
-  float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;   // sum over blocks of m sum(x)
+  float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;   // sum over blocks of m s sum(q)
 #endif
   const size_t blocks = cols / kQ4Group;
   const auto low4 = hn::Set(d16, 15);
@@ -314,7 +335,7 @@ HWY_INLINE void DotRows4(const Q4Ptr* rows, size_t cols, const Q4X& x, float* HW
     s3 = hn::RearrangeToOddPlusEven(s3, t3);
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
     // 8 f32 lanes: the 4 rows' (d, m) pairs widen in one conversion, [d0 m0 .. d3 m3], times
-    // [s sum(x)] per pair; rows 0 and 2 (1 and 3) share one accumulator, each folded to 4 lanes
+    // [s, s sum(q)] per pair; rows 0 and 2 (1 and 3) share one accumulator, each folded to 4 lanes
     // (exactly, in int32), so d s needs only an in-block broadcast. Each row's arithmetic is
     // the same in any slot of the tile. Against one scalar conversion per row and block (1
     // thread, L2-resident, AVX3 on the Zen 4 VM, GFLOP/s): W [2048, 640] 44.9 -> 48.5,
@@ -378,8 +399,8 @@ alignas(32) static constexpr int16_t kQ5Bit16[16] = {
 // its f32 conversion), then one FMA with d s per block; a symmetric block has no m term.
 HWY_INLINE void DotRows4(const Q5Ptr* rows, size_t cols, const Q4X& x, float* HWY_RESTRICT out,
                          const Q5Ptr* next, size_t ahead_limit) {
-#if HWY_TARGET == HWY_AVX3
-  if (UseAvx512Vnni()) return DotRows4Vnni(rows, cols, x, out, next, ahead_limit);
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
+  if (UseByteTiles()) return DotRows4Bytes(rows, cols, x, out, next, ahead_limit);
 #endif
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Repartition<int32_t, decltype(d16)> d32;

@@ -234,18 +234,25 @@ HWY_INLINE void VisitWeights(const MatRef& w, const F& f) {
 
 // Decode input of a q4 / q5 matrix: x per block of 32 as int8 q with the step s = amax / 127
 // (amax = max |x_block| in f32; s = 1 when amax == 0), q_i = round-half-even(x_i / s) in
-// -127..127 (the f32 division, so every target rounds the same q), plus the f32 sum of the
-// block's x (q4's m term). The codes (q4 0..15, q5 c - 16 in -16..15) meet q in exact integer
-// multiply-adds, one conversion and one FMA with d s per block and row: the result differs
-// between targets only in float summation order. Int8, as llama.cpp's Q8_0 activations, is what
+// -127..127 (the f32 division, so every target rounds the same q), plus s sum(q) (q4's m term).
+// A decode dot is then the dequantized weights times the dequantized x, sum_i w_i s q_i: the
+// codes (q4 0..15, q5 c - 16 in -16..15) meet q in exact integer multiply-adds, then one FMA with
+// d s per block and row (q4: plus m s sum(q)), so targets differ only in float summation order.
+// m times the exact sum of x instead made the q4 dot respond to a change of the block's largest
+// |x| (which moves s) through d c alone, ~10x its own size where d c and m cancel, and moved the
+// logits of an all-q4 test model by 1e-2 between SIMD targets; it was also less accurate: Gemma 3
+// 270M `--dtype q4`, every token through the decode tiles (chunk_size=1), KJV / Austen
+// perplexity 12.3134 / 36.1007 with it, 12.2741 / 36.0452 with m s sum(q) (f32 12.2151 /
+// 35.9120): its error sum_i d c_i e_i (e_i = s q_i - x_i) has the codes' mean in it, that of
+// sum_i w_i e_i does not. Int8, as llama.cpp's Q8_0 activations, is what
 // AVX-512 VNNI's vpdpbusd (u8 x s8, 4 products per 32-bit lane) multiplies; the generic tiles
 // take the same values widened to int16. |x_i - s q_i| <= s / 2 = amax / 254 per element (int16
-// with a power-of-two step was <= amax / 32767, at half the speed of the VNNI tile on Zen 4).
+// with a power-of-two step was <= amax / 32767, its tile at ~0.7x the VNNI tile's speed on Zen 4).
 // Non-finite x (or a block sum that overflows) gives s = sum = NaN and q = 0, so NaN propagates.
 struct Q4X {
   const int16_t* q = nullptr;         // [cols] q, widened (generic tiles)
   const int8_t* q8 = nullptr;         // [cols] q (VNNI tiles)
-  const float* step_sum = nullptr;    // [cols / 32][2]: s and the sum of x, per block
+  const float* step_sum = nullptr;    // [cols / 32][2]: s and s sum(q), per block
   const int32_t* q5_bias = nullptr;   // [cols / 32][8]: -16 sum(q) in lanes 0 and 4, else 0:
                                       // the VNNI q5 tile's accumulator start (codes 0..31)
 };
@@ -289,7 +296,7 @@ HWY_INLINE Q4X QuantizeQ4X(const float* HWY_RESTRICT x, size_t cols) {
         q[g * kQ4Group + i] = 0;
         q8[g * kQ4Group + i] = 0;
       }
-      step_sum[2 * g] = amax;
+      step_sum[2 * g] = step_sum[2 * g + 1] = amax;
     } else {
       const float step = amax > 0.0f ? amax / 127.0f : 1.0f;
       auto vq = hn::Zero(di);
@@ -307,8 +314,8 @@ HWY_INLINE Q4X QuantizeQ4X(const float* HWY_RESTRICT x, size_t cols) {
       }
       qsum = hn::GetLane(hn::SumOfLanes(di, vq));
       step_sum[2 * g] = step;
+      step_sum[2 * g + 1] = step * static_cast<float>(qsum);
     }
-    step_sum[2 * g + 1] = sum;
     int32_t* bias = q5_bias.data() + 8 * g;
     for (size_t k = 0; k < 8; ++k) bias[k] = k % 4 == 0 ? -16 * qsum : 0;
   }

@@ -13,7 +13,7 @@ dequantize=True)`); matrices are [rows, cols] and act as y = W @ x.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,30 +55,43 @@ _P_LOW = 0.02425
 class Products:
     """How a forward pass meets x in the products y = W x of its matrices.
 
-    Default: exactly (float64). With `m_of` (q4 / q5 matrices, by id, to their per-weight m:
-    w = d c + m per block of 32, m = 0 for q5), the engine's decode kernels are modelled: x
-    quantized per block of 32 to int8 (`quantize_x_int8`, docs/engine-file.md), the integer
-    part d c meeting s q and m meeting x itself. Gathered rows (masked matvecs: Spark K2, the
-    sparsified FFNs' up / gate rows) always take that path; whole matrices only when `whole`
-    (one token at a time: decode; chunks of several tokens keep x in f32)."""
+    Default: exactly (float64). For the q4 / q5 matrices named in `int8_x`, the engine's decode
+    kernels are modelled: x quantized per block of 32 to int8 (`quantize_x_int8`,
+    docs/engine-file.md), then multiplied exactly with the dequantized weights. Gathered rows
+    (masked matvecs: Spark K2, the sparsified FFNs' up / gate rows) always take that path; whole
+    matrices only when `whole` (one token at a time: decode; chunks of several tokens keep x in
+    f32). `tie_distance[t]`: after a forward pass, the least distance of any x / s of token t to
+    a rounding midpoint, in steps (an engine whose f32 x differs by more may round it the other
+    way)."""
 
-    def __init__(self, m_of: Mapping[int, np.ndarray] | None = None, whole: bool = False):
-        self.m_of = dict(m_of or {})
+    def __init__(self, int8_x: Collection[str] = (), whole: bool = False):
+        self.names = frozenset(int8_x)
         self.whole = whole
+        self.ids: frozenset[int] = frozenset()
+        self.tie_distance: dict[int, float] = {}
 
-    def full(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """x [..., cols] @ W.T."""
-        m = self.m_of.get(id(w))
-        if m is None or not self.whole:
-            return x @ w.T
-        return quantize_x_int8(x) @ (w - m).T + x @ m.T
+    def bind(self, w: Mapping[str, np.ndarray]) -> None:
+        """Takes the forward pass's weight arrays (by identity)."""
+        self.ids = frozenset(id(w[n]) for n in self.names)
 
-    def rows(self, w: np.ndarray, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """W[idx] @ x, x [cols]."""
-        m = self.m_of.get(id(w))
-        if m is None:
-            return w[idx] @ x
-        return (w[idx] - m[idx]) @ quantize_x_int8(x) + m[idx] @ x
+    def _int8(self, x: np.ndarray, t: int | None) -> np.ndarray:
+        xb = np.asarray(x, np.float32).reshape(*np.shape(x)[:-1], -1, 32)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            amax = np.abs(xb).max(axis=-1, keepdims=True)
+            r = xb / np.where(amax > 0, amax / np.float32(127), np.float32(1))
+            dist = np.abs(r - np.floor(r) - np.float32(0.5)).reshape(*np.shape(x)[:-1], -1).min(axis=-1)
+        for k, dk in enumerate(np.atleast_1d(dist)):
+            tk = k if t is None else t
+            self.tie_distance[tk] = min(self.tie_distance.get(tk, np.inf), float(dk))
+        return quantize_x_int8(x)
+
+    def full(self, x: np.ndarray, w: np.ndarray, t: int | None = None) -> np.ndarray:
+        """x [..., cols] @ W.T; x's rows are tokens 0.. (or x is token t's)."""
+        return (self._int8(x, t) if self.whole and id(w) in self.ids else x) @ w.T
+
+    def rows(self, w: np.ndarray, idx: np.ndarray, x: np.ndarray, t: int) -> np.ndarray:
+        """W[idx] @ x, x [cols] of token t."""
+        return w[idx] @ (self._int8(x, t) if id(w) in self.ids else x)
 
 
 def quantize_x_int8(x: np.ndarray) -> np.ndarray:
@@ -190,10 +203,10 @@ def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, frac
     y = np.zeros((x.shape[0], v.shape[1]))
     n_active = np.zeros(x.shape[0], dtype=np.int64)
     for t in range(x.shape[0]):
-        s = pr.full(x[t, :r], k1)                           # [F]
+        s = pr.full(x[t, :r], k1, t)                        # [F]
         theta = statistical_threshold(s, fraction)
         active = np.nonzero(s > theta)[0]
-        u = gelu_tanh(s[active] - theta) * pr.rows(k2, active, x[t, r:])
+        u = gelu_tanh(s[active] - theta) * pr.rows(k2, active, x[t, r:], t)
         y[t] = u @ v[active]
         n_active[t] = active.size
     return y, n_active
@@ -219,13 +232,13 @@ def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down
     for t in range(x.shape[0]):
         # Without a low-rank predictor the kept gate values are those of W_gate x (and with
         # "abs_act" the kept products too), not recomputed from the gathered rows.
-        g = pr.full(x[t], w_gate) if gate_a is None else None
+        g = pr.full(x[t], w_gate, t) if gate_a is None else None
         act = None
-        p = pr.full(pr.full(x[t], gate_a), gate_b) if gate_a is not None else g
+        p = pr.full(pr.full(x[t], gate_a, t), gate_b, t) if gate_a is not None else g
         if select_by == "abs_gelu":
             p = np.abs(gelu_tanh(p))
         elif select_by in ("abs_act", "sqrt_abs_act"):
-            act = gelu_tanh(g if g is not None else pr.full(x[t], w_gate)) * pr.full(x[t], w_up)
+            act = gelu_tanh(g if g is not None else pr.full(x[t], w_gate, t)) * pr.full(x[t], w_up, t)
             p = np.abs(act)
             if select_by == "sqrt_abs_act":
                 p = np.sqrt(p)
@@ -235,8 +248,8 @@ def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down
         if act is not None:
             u = act[kept]
         else:
-            gk = g[kept] if g is not None else pr.rows(w_gate, kept, x[t])
-            u = gelu_tanh(gk) * pr.rows(w_up, kept, x[t])
+            gk = g[kept] if g is not None else pr.rows(w_gate, kept, x[t], t)
+            u = gelu_tanh(gk) * pr.rows(w_up, kept, x[t], t)
         y[t] = u @ w_down_t[kept]
         n_kept[t] = kept.size
     return y, n_kept
@@ -398,14 +411,12 @@ def _ffn(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarra
 
 def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
                        tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32",
-                       block_m: Mapping[str, np.ndarray] | None = None, decode: bool = False
-                       ) -> tuple[np.ndarray, list[LayerStats]]:
+                       products: Products | None = None) -> tuple[np.ndarray, list[LayerStats]]:
     """Causal forward pass over `tokens` at positions 0..T-1: (logits [T, V], stats per layer).
     kv_dtype: how the KV cache holds keys and values, "f32" or "bf16" (see _kv_round).
-    block_m: the q4 / q5 matrices by name, each with its m per block [rows, cols / 32] (zeros
-    for q5): their products then model the engine's int8 x (see Products), in every product
-    when `decode` (one token at a time), else in gathered rows only (chunked prefill)."""
-    hn, w, stats, products = _final_hidden(cfg, weights, tokens, kv_dtype, block_m, decode)
+    products: how W x is computed (Products: the engine's int8 x for q4 / q5 matrices in decode
+    or in gathered rows); default exact."""
+    hn, w, stats, products = _final_hidden(cfg, weights, tokens, kv_dtype, products)
     logits = softcap(products.full(hn, w["token_embd"]), cfg.final_softcap)  # tied LM head
     if cfg.lm_head_screen_margin > 0:
         screen = softcap(products.full(hn, w["token_embd_screen"]), cfg.final_softcap)
@@ -416,10 +427,10 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
 def final_hidden(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
                  tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32") -> np.ndarray:
     """The final-normed hidden states [T, d_model] the LM head reads, float64."""
-    return _final_hidden(cfg, weights, tokens, kv_dtype, None, False)[0]
+    return _final_hidden(cfg, weights, tokens, kv_dtype, None)[0]
 
 
-def _final_hidden(cfg, weights, tokens, kv_dtype, block_m, decode):
+def _final_hidden(cfg, weights, tokens, kv_dtype, products):
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
         raise ValueError("tokens is empty")
@@ -435,8 +446,8 @@ def _final_hidden(cfg, weights, tokens, kv_dtype, block_m, decode):
                              f"(read_engine_file(..., dequantize=True))")
         w[name] = a.astype(np.float64)
     eps = cfg.norm_eps
-    products = Products({id(w[n]): np.repeat(np.asarray(m, np.float64), 32, axis=1)
-                         for n, m in (block_m or {}).items()}, whole=decode)
+    products = products or Products()
+    products.bind(w)
 
     h = w["token_embd"][tokens] * math.sqrt(cfg.d_model)            # [T, D]
     stats = []
@@ -472,6 +483,6 @@ def screen_kept(screen: np.ndarray, margin: float) -> np.ndarray:
 
 def forward(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
             tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32",
-            block_m: Mapping[str, np.ndarray] | None = None, decode: bool = False) -> np.ndarray:
+            products: Products | None = None) -> np.ndarray:
     """Causal forward pass over `tokens`: logits [T, vocab_size], float64 (see forward_with_stats)."""
-    return forward_with_stats(cfg, weights, tokens, kv_dtype, block_m, decode)[0]
+    return forward_with_stats(cfg, weights, tokens, kv_dtype, products)[0]
