@@ -401,18 +401,11 @@ void Engine::ScreenedLogits(size_t rows, float* logits) {
   float* exact = screen_exact_.get();
   for (size_t r = 0; r < rows; ++r) {
     float* z = logits + r * V;
-    float top = -INFINITY;
-    for (size_t v = 0; v < V; ++v) top = z[v] > top ? z[v] : top;
-    float floor = top - c.lm_head_screen_margin;
-    size_t n = 0;
-    for (size_t v = 0; v < V; ++v) {
-      idx[n] = static_cast<int32_t>(v);
-      n += z[v] >= floor;  // branch-free: most tokens are below
-    }
+    size_t n = WithinOfMax(z, V, c.lm_head_screen_margin, idx);
     if (n > kScreenMaxRescored) {
       for (size_t j = 0; j < n; ++j) exact[j] = z[idx[j]];  // scratch until the dot products
       std::nth_element(exact, exact + kScreenMaxRescored - 1, exact + n, std::greater<float>());
-      floor = exact[kScreenMaxRescored - 1];
+      const float floor = exact[kScreenMaxRescored - 1];
       size_t kept = 0;
       for (size_t j = 0; j < n; ++j) {
         idx[kept] = idx[j];

@@ -48,6 +48,26 @@ HWY_INLINE float SumPow(const float* HWY_RESTRICT x, size_t n, float shift) {
   return sum;
 }
 
+// max_i x_i, NaN entries skipped (-inf for none): Max(v, acc) keeps acc where v is NaN on x86
+// (maxps returns its second operand then), so the scalar tail does the same.
+HWY_INLINE float MaxOf(const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> df;
+  const size_t NF = hn::Lanes(df);
+  auto a0 = hn::Set(df, -INFINITY), a1 = a0;
+  size_t i = 0;
+  for (; i + 2 * NF <= n; i += 2 * NF) {
+    a0 = hn::Max(hn::LoadU(df, x + i), a0);
+    a1 = hn::Max(hn::LoadU(df, x + i + NF), a1);
+  }
+  for (; i + NF <= n; i += NF) a0 = hn::Max(hn::LoadU(df, x + i), a0);
+  HWY_ALIGN float lanes[hn::MaxLanes(df)];
+  hn::Store(hn::Max(a0, a1), df, lanes);
+  float top = -INFINITY;
+  for (size_t k = 0; k < NF; ++k) top = lanes[k] > top ? lanes[k] : top;
+  for (; i < n; ++i) top = x[i] > top ? x[i] : top;
+  return top;
+}
+
 // Appends i (and x_i - theta) for every x_i > theta; returns the count.
 HWY_INLINE size_t ThresholdScan(const float* HWY_RESTRICT x, size_t n, float theta,
                                 int32_t* HWY_RESTRICT idx, float* HWY_RESTRICT shifted) {

@@ -22,6 +22,13 @@ HWY_NOINLINE TopKStats StatTopK(const float* HWY_RESTRICT x, size_t n, float q,
   return s;
 }
 
+HWY_NOINLINE size_t WithinOfMaxT(const float* HWY_RESTRICT x, size_t n, float margin,
+                                 int32_t* HWY_RESTRICT idx) {
+  const float floor = MaxOf(x, n) - margin;
+  // x >= floor is x > the float just below floor (none lies between them).
+  return ThresholdScan(x, n, nextafterf(floor, -INFINITY), idx, nullptr);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace spark
 HWY_AFTER_NAMESPACE();
@@ -33,6 +40,11 @@ HWY_AFTER_NAMESPACE();
 
 namespace spark {
 HWY_EXPORT(StatTopK);
+HWY_EXPORT(WithinOfMaxT);
+
+size_t WithinOfMax(const float* x, size_t n, float margin, int32_t* idx) {
+  return HWY_DYNAMIC_DISPATCH(WithinOfMaxT)(x, n, margin, idx);
+}
 
 double InvNormalCdf(double p) {
   if (!(p > 0.0 && p < 1.0)) return std::numeric_limits<double>::quiet_NaN();

@@ -24,6 +24,11 @@ struct TopKStats {
 // matvecs around it.
 TopKStats StatisticalTopK(const float* x, size_t n, float q, int32_t* idx, float* shifted);
 
+// Writes the indices (ascending) of x_i >= max(x) - margin into idx (room for n entries) and
+// returns their count; NaN entries are never kept nor the max. The screened LM head's first
+// cut (docs/engine-file.md): two vector passes, no sort.
+size_t WithinOfMax(const float* x, size_t n, float margin, int32_t* idx);
+
 }  // namespace spark
 
 #endif  // SPARK_OPS_TOPK_H_
