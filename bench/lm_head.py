@@ -34,21 +34,35 @@ SETTINGS = ("f32/f32", "bf16/bf16", "bf16/int8", "int8/int8")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS),
-                    help="DTYPE/EMBED_DTYPE pairs (default: %(default)s)")
+                    help="DTYPE/EMBED_DTYPE pairs, +screen for the screened LM head "
+                         "(default: %(default)s)")
     ap.add_argument("--context", type=int, nargs="+", default=[256, 4096])
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-loss", type=float, default=0.01)
+    ap.add_argument("--screen-margin", type=float, default=10.0,
+                    help="the margin of settings ending in +screen (the screened LM head)")
     ap.add_argument("--output", default="bench/results/lm-head-gemma3-270m.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from spark_infer import models
 
     def path_of(setting: str) -> Path:
-        dtype, embed = setting.split("/")
-        return models.resolve_model("gemma3-270m", dtype, progress=False, embed_dtype=embed)
+        base, screened = setting.removesuffix("+screen"), setting.endswith("+screen")
+        dtype, embed = base.split("/")
+        path = models.resolve_model("gemma3-270m", dtype, progress=False, embed_dtype=embed)
+        if not screened:
+            return path
+        # The same file with the screened LM head (docs/engine-file.md), made once.
+        out = models.cache_dir() / "bench" / f"{path.stem}.screen{args.screen_margin:g}.spark"
+        if not out.exists():
+            from spark_infer.convert import convert
+
+            convert(path, out, dtype=dtype, embed_dtype=embed, progress=False,
+                    lm_head_screen=args.screen_margin)
+        return out
 
     out = {"machine": {**B.machine_info(), "llc_bytes": _llc(), "threads": args.threads},
            "command": "python bench/lm_head.py " + " ".join(argv or sys.argv[1:]),

@@ -290,3 +290,30 @@ def test_q4_mix_is_compared_with_q4_k_m():
 
     assert _peer_types("int8+q4+q5") == _peer_types("q4") == ("Q4_K_M",)
     assert _peer_types("int8") == ("Q8_0",) and _peer_types("q5") == ()
+
+
+def test_text_tokens_are_the_calibration_text(tmp_path: Path) -> None:
+    """--tokens text: the shipped calibration text by the model's own tokenizer, <bos> first,
+    repeated to length; a model without a tokenizer is a clear error."""
+    from tiny_model import write_tiny_model
+
+    from spark_infer.bench.measure import text_tokens
+    from spark_infer.data import calibration_text
+    from spark_infer.tokenizer import Tokenizer
+
+    path = tmp_path / "tok.spark"
+    write_tiny_model(str(path), dtype="bf16")
+    tok = Tokenizer.from_engine_file(path)
+    piece = tok.encode(calibration_text())
+    runner = type("R", (), {"kind": "engine", "path": path})()
+    ids = text_tokens([runner], 2 * len(piece) + 5)
+    assert ids[0] == tok.bos_id and ids.dtype == np.int32
+    assert list(ids[1:len(piece) + 1]) == piece and list(ids[len(piece) + 1:2 * len(piece) + 1]) == piece
+    make_random_model(tmp_path / "none.spark", DENSE, dtype="bf16", seed=1)
+    with pytest.raises(ValueError, match="needs a model whose engine file has a tokenizer"):
+        text_tokens([type("R", (), {"kind": "engine", "path": tmp_path / "none.spark"})()], 10)
+    out = tmp_path / "out.json"
+    assert bench.main([str(path), "--context", "12", "--modes", "decode", "--steps", "2",
+                       "--repeats", "1", "--warmup", "0", "--threads", "1", "--tokens", "text",
+                       "--bandwidth-bytes", str(1 << 22), "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["tokens"] == "text"

@@ -107,6 +107,13 @@ Arguments:
                     &Engine::set_chunk_sparse_cache_bytes,
                     "Spark FFN prefill: layers whose K2 + V fit in this many bytes use the per-token "
                     "kernels, larger ones the neuron-grouped kernels (default: half the LLC).")
+      .def_property("lm_head_screen", &Engine::lm_head_screen, &Engine::set_lm_head_screen,
+                    "The screened LM head (files with lm_head_screen_margin > 0; on by default): "
+                    "logits from the q4 screen, those within the margin of the largest recomputed "
+                    "from token_embd. False: every logit from token_embd.")
+      .def_property_readonly("screen_rescored", &Engine::screen_rescored,
+                             "Logits the screened head recomputed exactly in the last prefill / "
+                             "decode call, over all its rows.")
       .def("reset", &Engine::Reset, "Forget the whole cache (position 0).")
       .def("rewind", &Engine::Rewind, arg("pos"),
            "Keep the cache for positions < pos; returns pos, or 0 (the cache emptied) when a "

@@ -49,6 +49,7 @@ py::dict ConfigFields(const ModelConfig& c) {
   d["norm_eps"] = c.norm_eps;
   d["attn_softcap"] = c.attn_softcap;
   d["final_softcap"] = c.final_softcap;
+  d["lm_head_screen_margin"] = c.lm_head_screen_margin;
   d["qk_norm"] = c.qk_norm;
   d["sliding_window"] = c.sliding_window;
   d["rope_base_global"] = c.rope_base_global;

@@ -32,7 +32,8 @@ void Require(bool ok, const std::string& msg) {
 // any other name is refused, so a misspelt field is an error, not a silent default.
 const char* const kFields[] = {
     "arch", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-    "query_scale", "layer_types", "norm_eps", "attn_softcap", "final_softcap", "qk_norm",
+    "query_scale", "layer_types", "norm_eps", "attn_softcap", "final_softcap",
+    "lm_head_screen_margin", "qk_norm",
     "sliding_window", "rope_base_global", "rope_base_local", "rope_scale_global",
     "ffn_predictor_dim", "ffn_topk_fraction", "attn_predictor_dim", "attn_topk",
     "ffn_sparse_fraction", "ffn_sparse_quantiles", "ffn_gate_rank", "ffn_select_weighted",
@@ -76,6 +77,7 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   c.query_scale = static_cast<float>(j.At("query_scale").Number("config.query_scale"));
   c.attn_softcap = static_cast<float>(Real(j, "attn_softcap", 0.0));
   c.final_softcap = static_cast<float>(Real(j, "final_softcap", 0.0));
+  c.lm_head_screen_margin = static_cast<float>(Real(j, "lm_head_screen_margin", 0.0));
   c.qk_norm = j.Has("qk_norm") && j.At("qk_norm").Bool("config.qk_norm");
   // 0 only when no layer is local (checked below); absent: config.py's default.
   c.sliding_window = j.Has("sliding_window") ? Dim(j, "sliding_window", true) : 4096;
@@ -131,6 +133,7 @@ ModelConfig ModelConfig::FromJson(const std::string& text) {
   Require(c.query_scale > 0, "query_scale must be > 0");
   Require(c.attn_softcap >= 0, "attn_softcap must be >= 0 (0 means none)");
   Require(c.final_softcap >= 0, "final_softcap must be >= 0 (0 means none)");
+  Require(c.lm_head_screen_margin >= 0, "lm_head_screen_margin must be >= 0 (0 means an exact LM head)");
   Require(c.rope_base_global > 1, "rope_base_global must be a finite number > 1");
   Require(c.rope_base_local > 1, "rope_base_local must be a finite number > 1");
   Require(c.rope_scale_global > 0, "rope_scale_global must be > 0");

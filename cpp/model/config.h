@@ -18,6 +18,9 @@ struct ModelConfig {
   float query_scale = 1.0f;
   float attn_softcap = 0.0f;   // 0: none
   float final_softcap = 0.0f;  // 0: none
+  // > 0: the LM head is screened (docs/engine-file.md, "The screened LM head"): logits from the
+  // q4 copy token_embd_screen, those within this margin of the largest recomputed exactly.
+  float lm_head_screen_margin = 0.0f;
   bool qk_norm = false;
   std::vector<bool> layer_is_local;  // [n_layers]
   size_t sliding_window = 0;

@@ -90,6 +90,14 @@ class Engine {
   size_t chunk_sparse_cache_bytes() const { return chunk_sparse_cache_bytes_; }
   void set_chunk_sparse_cache_bytes(size_t b);
 
+  // The screened LM head (lm_head_screen_margin > 0, docs/engine-file.md) is on by default;
+  // off, every logit comes from token_embd. Turning it on without a screen in the file is
+  // std::invalid_argument.
+  bool lm_head_screen() const { return screen_on_; }
+  void set_lm_head_screen(bool on);
+  // Logits the screened head recomputed exactly in the last Prefill / Decode (all its rows).
+  size_t screen_rescored() const { return screen_rescored_; }
+
   const std::vector<LayerStats>& stats() const { return stats_; }
   const TimeBreakdown& times() const { return times_; }
 
@@ -98,6 +106,10 @@ class Engine {
   // On any failure (too large, allocation) the engine stays as it was: sizes are checked first,
   // and every buffer is either the old one or a larger new one until T_ is set last.
   void AllocateActivations(size_t T);
+  // logits [rows, vocab] of xn_'s first rows, through the screen (see lm_head_screen()).
+  // At most this many logits per row are recomputed (docs/engine-file.md).
+  static constexpr size_t kScreenMaxRescored = 4096;
+  void ScreenedLogits(size_t rows, float* logits);
   void EnsureScratch();
   // Bytes of the buffers for chunks of T tokens and `parts` scratch parts, KV cache included;
   // std::invalid_argument if they overflow or exceed the machine's memory.
@@ -161,6 +173,10 @@ class Engine {
   hwy::AlignedFreeUniquePtr<float[]> csr_shift_, csr_u_;   // [T * d_ff]
   hwy::AlignedFreeUniquePtr<float[]> ffn_shift_, ffn_u_;   // [T, d_ff], [d_ff]
   std::vector<int32_t> iota_;                              // [ctx]: 0, 1, 2, ...
+  bool screen_on_ = false;
+  size_t screen_rescored_ = 0;
+  std::vector<int32_t> screen_idx_;                        // [vocab] logits to recompute
+  hwy::AlignedFreeUniquePtr<float[]> screen_exact_;        // [vocab] their exact values
   // SplitAttention's partial results: [kSplitBelowItems, kSplitMaxBlocks, group * (hd + 2)].
   hwy::AlignedFreeUniquePtr<float[]> split_;
 

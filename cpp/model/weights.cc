@@ -59,7 +59,7 @@ class Loader {
     const TensorInfo& t = Checked(name, {rows, stored_cols});
     m.data = t.data;
     if (m.type == WeightType::kI8) m.scale = Scale(name + ".scale", rows);
-    if (name != "token_embd") types_.insert(m.type);
+    if (name != "token_embd" && name != "token_embd_screen") types_.insert(m.type);
     return m;
   }
 
@@ -98,7 +98,7 @@ class Loader {
   const SafetensorsFile& f_;
   size_t bytes_ = 0;
   std::set<std::string> used_;
-  std::set<WeightType> types_;  // of the matrices but token_embd
+  std::set<WeightType> types_;  // of the matrices but token_embd (and its screen)
 };
 
 }  // namespace
@@ -108,6 +108,7 @@ ModelWeights ModelWeights::Load(const SafetensorsFile& file, const ModelConfig& 
   ModelWeights w;
   const size_t d = c.d_model, hd = c.head_dim;
   w.embed = ld.Matrix("token_embd", c.vocab_size, d);
+  if (c.lm_head_screen_margin > 0) w.embed_screen = ld.Matrix("token_embd_screen", c.vocab_size, d);
   w.final_norm = ld.Vector("output_norm", d);
   for (size_t i = 0; i < c.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";

@@ -37,6 +37,7 @@ struct LayerWeights {
 
 struct ModelWeights {
   MatRef embed;                       // [vocab, d_model], also the LM head
+  MatRef embed_screen;                // lm_head_screen_margin > 0: [vocab, d_model], q4 copy of embed
   const float* final_norm = nullptr;  // [d_model]
   std::vector<LayerWeights> layers;
   size_t bytes = 0;                   // all weight bytes in use

@@ -201,6 +201,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         att = (f"sparsified attention: top {cfg['attn_sparse_topk']} tokens by {cfg['attn_sparse_dim']}"
                f" rotated dims, {cfg['attn_sparse_recent']} newest always")
     print(f"sparsity:    {ffn}; {att}")
+    if cfg.get("lm_head_screen_margin"):
+        print(f"LM head:     screened by a q4 copy, logits within {cfg['lm_head_screen_margin']:g} "
+              f"of the largest recomputed exactly")
     if info.get("sparsify"):
         rec = info["sparsify"]
         print(f"sparsified:  {rec.get('method')}; calibration {rec.get('calibration')}")
@@ -217,7 +220,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from spark_infer.convert import convert
 
     convert(args.src, args.output, dtype=args.dtype, progress=not args.quiet,
-            embed_dtype=args.embed_dtype, sparsify=args.sparsify, calibrate=args.calibrate)
+            embed_dtype=args.embed_dtype, sparsify=args.sparsify, calibrate=args.calibrate,
+            lm_head_screen=args.lm_head_screen)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -285,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UTF-8 text file to calibrate the per-layer FFN quantiles on, so the "
                         "realised fraction matches ffn=F; with a q4 dtype, the text whose "
                         "inputs weigh the q4 fit (default: the shipped calibration text)")
+    p.add_argument("--lm-head-screen", type=float, default=None, metavar="MARGIN",
+                   help="add the screened LM head: a q4 copy of the embedding scores every "
+                        "token, logits within MARGIN of the largest are recomputed exactly "
+                        "(e.g. 10; 0 removes it; default: as the source)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_convert)
 

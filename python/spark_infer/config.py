@@ -38,6 +38,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     attn_softcap: float = 0.0      # 0: none
     final_softcap: float = 0.0     # 0: none
+    lm_head_screen_margin: float = 0.0  # 0: exact LM head; m > 0: screened by token_embd_screen
     qk_norm: bool = False
     sliding_window: int = 4096     # local layers: itself plus sliding_window - 1 earlier keys
     rope_base_global: float = 10000.0
@@ -196,7 +197,8 @@ _INT_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "he
                "sliding_window", "ffn_predictor_dim", "attn_predictor_dim", "attn_topk",
                "ffn_gate_rank", "attn_sparse_topk", "attn_sparse_dim", "attn_sparse_recent", "bos_id",
                "eos_id", "pad_id", "start_of_turn_id", "end_of_turn_id")
-_FLOAT_FIELDS = ("query_scale", "norm_eps", "attn_softcap", "final_softcap", "rope_base_global",
+_FLOAT_FIELDS = ("query_scale", "norm_eps", "attn_softcap", "final_softcap", "lm_head_screen_margin",
+                 "rope_base_global",
                  "rope_base_local", "rope_scale_global", "ffn_topk_fraction", "ffn_sparse_fraction")
 
 

@@ -28,7 +28,7 @@ import base64
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, Union
 
@@ -53,6 +53,10 @@ _HEADER_ALIGN = 64
 _CHUNK_ELEMS = 1 << 20
 
 
+# The LM-head screen's type (docs/engine-file.md, "The screened LM head").
+SCREEN_DTYPE = "q4"
+
+
 class FormatError(ValueError):
     """An engine file that breaks docs/engine-file.md; the message names the tensor or field."""
 
@@ -61,6 +65,11 @@ class TensorSpec(NamedTuple):
     name: str
     shape: tuple[int, ...]
     is_matrix: bool
+
+
+# Tensors the writer derives from another one's values, which sources never give: the LM-head
+# screen is a q4 copy of token_embd.
+DERIVED_FROM = {"token_embd_screen": "token_embd"}
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,10 @@ TensorSource = Union[Mapping[str, Any], Callable[[str, tuple[int, ...]], Any],
 def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
     """Every tensor `cfg` implies, in table order (docs/engine-file.md, "Tensors")."""
     d, hd, ff = cfg.d_model, cfg.head_dim, cfg.d_ff
-    specs = [TensorSpec("token_embd", (cfg.vocab_size, d), True),
-             TensorSpec("output_norm", (d,), False)]
+    specs = [TensorSpec("token_embd", (cfg.vocab_size, d), True)]
+    if cfg.lm_head_screen_margin > 0:
+        specs.append(TensorSpec("token_embd_screen", (cfg.vocab_size, d), True))
+    specs.append(TensorSpec("output_norm", (d,), False))
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
         specs += [TensorSpec(p + "attn_norm", (d,), False),
@@ -144,6 +155,8 @@ def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str,
             wanted.append((spec.name, spec.shape, "f32"))
             continue
         t = (tensor_dtypes or {}).get(spec.name, embed_dtype if spec.name == "token_embd" else dtype)
+        if spec.name == "token_embd_screen":
+            t = SCREEN_DTYPE
         if t in _BLOCK_BYTES and spec.shape[1] % Q4_GROUP:
             raise ValueError(f"{t} needs rows of a multiple of {Q4_GROUP} weights: tensor "
                              f"{spec.name!r} has shape {spec.shape}")
@@ -232,7 +245,10 @@ def _row_blocks(name: str, value: Any, shape: tuple[int, ...]) -> Iterator[np.nd
 
 
 def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name: str,
-                  value: Any, want: tuple[int, ...], importance: np.ndarray | None = None) -> None:
+                  value: Any, want: tuple[int, ...], importance: np.ndarray | None = None,
+                  derived: Sequence[str] = ()) -> None:
+    """Writes `value` as tensor `name`, and as each tensor in `derived` (in its own dtype; a q4
+    one fitted unweighted)."""
     entry = entries[name]
     shape = _value_shape(name, value)
     if shape != want:
@@ -250,6 +266,11 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
             f.write(np.ascontiguousarray(scale, dtype="<f4").data)
         f.seek(data_start + entry.begin + row * row_elems * _ITEMSIZE[entry.st_dtype])
         f.write(np.ascontiguousarray(out).data)
+        for other in derived:
+            e = entries[other]
+            out, _ = encode(block, e.dtype)
+            f.seek(data_start + e.begin + row * (e.end - e.begin) // e.shape[0])
+            f.write(np.ascontiguousarray(out).data)
         row += n_rows
 
 
@@ -328,7 +349,10 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
     if tokenizer_proto is not None and not isinstance(tokenizer_proto, (bytes, bytearray,
                                                                         memoryview)):
         raise ValueError("tokenizer_proto must be bytes (a serialized SentencePiece ModelProto)")
-    specs = tensor_specs(cfg)
+    all_specs = tensor_specs(cfg)
+    specs = [s for s in all_specs if s.name not in DERIVED_FROM]   # what the source gives
+    derived = {s.name: [d.name for d in all_specs if DERIVED_FROM.get(d.name) == s.name]
+               for s in specs}
     matrices = {s.name for s in specs if s.is_matrix}
     for name, t in (tensor_dtypes or {}).items():
         if name not in matrices:
@@ -354,7 +378,7 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
             shapes = {s.name: s.shape for s in specs}
             for name, value in source_iter:
                 _write_tensor(f, data_start, entries, name, value, shapes[name],
-                              (q4_importance or {}).get(name))
+                              (q4_importance or {}).get(name), derived[name])
         os.chmod(tmp, 0o644)   # mkstemp makes 0600; an engine file is not a secret
         os.replace(tmp, path)
     except BaseException:
@@ -466,6 +490,8 @@ def read_engine_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     params = 0
     matrix_types: dict[str, int] = {}
     for spec in tensor_specs(cfg):
+        if spec.name in DERIVED_FROM:
+            continue                    # a copy (the LM-head screen), not more parameters
         params += int(np.prod(spec.shape))
         if spec.is_matrix:
             t = _stored_type(st_dtypes[spec.name], views[spec.name].shape, spec.shape[1])

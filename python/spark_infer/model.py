@@ -198,6 +198,23 @@ class Model:
             raise ModelBusyError("this Model is running in another thread; set threads "
                                  "between calls") from None
 
+    @property
+    def lm_head_screen(self) -> bool:
+        """Whether the screened LM head is in use (files converted with ``lm_head_screen``;
+        on by default there): logits within the margin of the largest come from the head, the
+        rest from its q4 screen. False: every logit from the head (exact, slower)."""
+        return self.engine.lm_head_screen
+
+    @lm_head_screen.setter
+    def lm_head_screen(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise TypeError(f"lm_head_screen must be True or False, got {on!r}")
+        try:
+            self.engine.lm_head_screen = on
+        except _core.EngineBusyError:
+            raise ModelBusyError("this Model is running in another thread; set lm_head_screen "
+                                 "between calls") from None
+
     def __repr__(self) -> str:
         return (f"Model({self.path!r}, arch={self.config.arch}, d_model={self.config.d_model}, "
                 f"layers={self.config.n_layers}, weights={self.engine.weight_type}, "

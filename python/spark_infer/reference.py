@@ -133,6 +133,11 @@ class Products:
         """W[idx] @ x, x [cols] of token t."""
         return w[idx] @ (self._int8(x, t) if id(w) in self.ids else x)
 
+    def gathered(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """x [T, cols] @ W.T as `rows` takes x (masked matvecs: the screened LM head's exact
+        logits), for every row of W; x's rows are tokens 0.."""
+        return (self._int8(x, None) if id(w) in self.ids else x) @ w.T
+
 
 def round_x_bf16(x: np.ndarray) -> np.ndarray:
     """x as the bf16 chunk matmuls take it (float64): float32, then bf16 rounded to nearest,
@@ -462,6 +467,23 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
     kv_dtype: how the KV cache holds keys and values, "f32" or "bf16" (see _kv_round).
     products: how W x is computed (Products: the engine's int8 x for q4 / q5 matrices in decode
     or in gathered rows, bf16 x for bf16 matrices in chunk matmuls); default exact."""
+    hn, w, stats, products = _final_hidden(cfg, weights, tokens, kv_dtype, products)
+    if cfg.lm_head_screen_margin > 0:  # exact logits from masked matvecs of the tied head
+        logits = softcap(products.gathered(hn, w["token_embd"]), cfg.final_softcap)
+        screen = softcap(products.full(hn, w["token_embd_screen"]), cfg.final_softcap)
+        logits = screened_logits(logits, screen, cfg.lm_head_screen_margin)
+    else:
+        logits = softcap(products.full(hn, w["token_embd"]), cfg.final_softcap)  # tied LM head
+    return logits, stats
+
+
+def final_hidden(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
+                 tokens: Sequence[int] | np.ndarray, kv_dtype: str = "f32") -> np.ndarray:
+    """The final-normed hidden states [T, d_model] the LM head reads, float64."""
+    return _final_hidden(cfg, weights, tokens, kv_dtype, None)[0]
+
+
+def _final_hidden(cfg, weights, tokens, kv_dtype, products):
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
         raise ValueError("tokens is empty")
@@ -490,8 +512,26 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
         f, ffn_fraction = _ffn(cfg, i, w, rms_norm(h, w[p + "ffn_norm"], eps), products)
         h = h + rms_norm(f, w[p + "ffn_post_norm"], eps)
         stats.append(LayerStats(ffn_active_fraction=ffn_fraction, attn_mean_tokens=attn_tokens))
-    logits = products.full(rms_norm(h, w["output_norm"], eps), w["token_embd"])  # tied LM head
-    return softcap(logits, cfg.final_softcap), stats
+    return rms_norm(h, w["output_norm"], eps), w, stats, products
+
+
+# At most this many logits per row are recomputed by the screened head (ties aside).
+SCREEN_MAX_RESCORED = 4096
+
+
+def screened_logits(exact: np.ndarray, screen: np.ndarray, margin: float) -> np.ndarray:
+    """The screened LM head (docs/engine-file.md): per row, the exact logit where the screen's
+    is within `margin` of the row's largest screen logit and among its SCREEN_MAX_RESCORED
+    largest (ties kept), the screen's elsewhere."""
+    return np.where(screen_kept(screen, margin), exact, screen)
+
+
+def screen_kept(screen: np.ndarray, margin: float) -> np.ndarray:
+    """Which logits the screened head recomputes exactly (bool, the shape of `screen`)."""
+    floor = screen.max(axis=-1, keepdims=True) - margin
+    k = min(SCREEN_MAX_RESCORED, screen.shape[-1])
+    kth = -np.partition(-screen, k - 1, axis=-1)[..., k - 1:k]
+    return screen >= np.maximum(floor, kth)
 
 
 def forward(cfg: ModelConfig, weights: Mapping[str, np.ndarray],

@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-dtype", default="bf16", choices=["bf16", "f32"],
                         help="our engine's KV cache element type (default bf16)")
     parser.add_argument("--seed", type=int, default=0, help="weights and token seed")
+    parser.add_argument("--tokens", default="random", choices=["random", "text"],
+                        help="context and decode tokens: seeded random ids (default), or the "
+                             "shipped calibration text (models with a tokenizer), which the "
+                             "screened LM head and sparsified FFNs respond to as in real use")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw the report as a PNG")
     parser.add_argument("--cache-dir", help="random model files (default <cache>/bench)")
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         "settings": {"threads": args.threads, "contexts": sorted(set(args.context)),
                      "prefill_tokens": args.prefill_tokens, "chunk": args.chunk,
                      "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
-                     "seed": args.seed, "modes": args.modes,
+                     "seed": args.seed, "tokens": args.tokens, "modes": args.modes,
                      "kv_dtype": getattr(args, "kv_dtype", "bf16")},
     }
     probe = BandwidthProbe(args.bandwidth_bytes)

@@ -28,6 +28,29 @@ def bench_tokens(seed: int, vocab: int, n: int, stream: int = 0) -> np.ndarray:
     return rng.integers(0, vocab, size=n, dtype=np.int32)
 
 
+def text_tokens(runners: list[Any], n: int) -> np.ndarray:
+    """int32 [n] token ids of the shipped calibration text (repeated as needed), by the
+    tokenizer of the first engine runner whose file has one. What real text changes: the
+    screened LM head recomputes the logits near the top (~350-800 per token on text, its cap
+    of 4096 on random ids, whose next-token distributions are flat), and a sparsified FFN's
+    realised fraction."""
+    from ..data import calibration_text
+    from ..tokenizer import Tokenizer
+
+    for r in runners:
+        path = getattr(r, "path", None)
+        if r.kind == "engine" and path is not None:
+            try:
+                tok = Tokenizer.from_engine_file(path)
+            except ValueError:
+                continue
+            piece = tok.encode(calibration_text(), add_bos=False)
+            reps = -(-n // len(piece))
+            return np.asarray([tok.bos_id] + (piece * reps)[:n - 1], np.int32)
+    raise ValueError("--tokens text needs a model whose engine file has a tokenizer "
+                     "(an embedded model, or a file converted with one)")
+
+
 class _Alternator:
     """Runs one sample per runner in turn, pausing when the kind of runner changes."""
 
@@ -48,8 +71,16 @@ def measure(runners: list[Any], args: argparse.Namespace, probe: BandwidthProbe
     contexts = sorted(set(args.context))
     max_ctx = max(contexts + [args.prefill_tokens]) if "decode" in args.modes else \
         args.prefill_tokens
-    ctx_tokens = bench_tokens(args.seed, vocab, max_ctx, stream=0)
-    step_tokens = bench_tokens(args.seed, vocab, args.steps, stream=1)
+    if getattr(args, "tokens", "random") == "text":
+        # Decode steps continue the text after each context.
+        ctx_tokens = text_tokens(runners, max_ctx + args.steps)
+        def steps_at(ctx: int) -> np.ndarray:
+            return ctx_tokens[ctx:ctx + args.steps]
+    else:
+        ctx_tokens = bench_tokens(args.seed, vocab, max_ctx, stream=0)
+        random_steps = bench_tokens(args.seed, vocab, args.steps, stream=1)
+        def steps_at(ctx: int) -> np.ndarray:
+            return random_steps
     turn = _Alternator()
     results: list[dict[str, Any]] = []
     n_samples = args.warmup + args.repeats
@@ -87,7 +118,7 @@ def measure(runners: list[Any], args: argparse.Namespace, probe: BandwidthProbe
                 probes: list[float] = []
                 for i in range(n_samples):
                     for r in runners:
-                        s = turn(r, lambda r=r: r.decode(ctx, step_tokens))
+                        s = turn(r, lambda r=r: r.decode(ctx, steps_at(ctx)))
                         if i >= args.warmup:
                             samples[r.label].append(s)
                     if i >= args.warmup:

@@ -19,6 +19,7 @@ SentencePiece, ``hf.py``, ``checkpoint.py``), with sparsification (``sparsify.py
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,7 +141,8 @@ def load_source(src: str | os.PathLike) -> Iterator[_Source]:
 def _engine_source(src: str | os.PathLike) -> _Source:
     """An engine file as a source: tensors dequantized to float32 one at a time, from views over
     the file's memory map (the engine's reader, which validated every name, dtype and shape)."""
-    from ..fileformat import FormatError, dequantize_tensor, read_engine_file, tensor_specs
+    from ..fileformat import (DERIVED_FROM, FormatError, dequantize_tensor, read_engine_file,
+                              tensor_specs)
 
     try:
         cfg, proto, stored = read_engine_file(src)
@@ -151,7 +153,8 @@ def _engine_source(src: str | os.PathLike) -> _Source:
     kinds = {s.name: _stored_kind(stored[s.name]) for s in tensor_specs(cfg) if s.is_matrix}
     quantized = any(k in ("q4", "q5") for k in kinds.values())
     return _Source(cfg, proto, lambda name: dequantize_tensor(stored, name), stored.clear,
-                   [s.name for s in tensor_specs(cfg)], kinds if quantized else None)
+                   [s.name for s in tensor_specs(cfg) if s.name not in DERIVED_FROM],
+                   kinds if quantized else None)
 
 
 def _stored_kind(a: np.ndarray) -> str:
@@ -194,7 +197,8 @@ def load_weights(src: str | os.PathLike):
 def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
             progress: bool = True, embed_dtype: str | None = None,
             sparsify: "str | SparsifySpec | None" = None,
-            calibrate: str | os.PathLike | None = None) -> Path:
+            calibrate: str | os.PathLike | None = None,
+            lm_head_screen: float | None = None) -> Path:
     """Convert a GGUF file, an HF checkpoint directory or an engine file into an engine file at
     ``out``.
 
@@ -211,6 +215,9 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
       the FFN uses the Gaussian quantile Q(1 - F) on every layer. q4 matrices of a dense model
       (not sparsified here) are fitted weighted by their inputs' mean squares on the same text
       (``convert.importance``); a checkpoint without a tokenizer is fitted unweighted.
+    lm_head_screen: a margin m > 0 (logits, e.g. 10) adds the screened LM head: a q4 copy of
+      ``token_embd`` scores every token, and the logits within m of the largest are recomputed
+      from ``token_embd`` itself (docs/engine-file.md); 0 removes it; None keeps the source's.
     Returns ``Path(out)``. Raises ConversionError; on failure nothing is left at ``out`` (an
     existing file there is kept unchanged).
     """
@@ -224,6 +231,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = SparsifySpec.parse(sparsify) if isinstance(sparsify, str) else sparsify
+    if lm_head_screen is not None and (isinstance(lm_head_screen, bool) or not isinstance(
+            lm_head_screen, (int, float)) or not math.isfinite(lm_head_screen) or lm_head_screen < 0):
+        raise ConversionError(f"lm_head_screen must be a finite margin >= 0 (0: none), got "
+                              f"{lm_head_screen!r}")
     q4 = "q4" in (dtype, embed_dtype)
     if calibrate is not None and spec is None and not q4:
         raise ConversionError("--calibrate needs --sparsify or a q4 dtype")
@@ -232,6 +243,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
         if spec is not None:
             sp = _sparsify_source(s, spec, calibrate)
             cfg, get, metadata = sp.cfg, sp.get, sp.metadata()
+        if lm_head_screen is not None:
+            try:
+                cfg = cfg.replace(lm_head_screen_margin=float(lm_head_screen))
+            except ValueError as e:
+                raise ConversionError(f"lm_head_screen: {e}") from None
         kept = kept_precision(s.kinds, cfg, dtype, embed_dtype)
         # q4 matrices that were 4-bit blocks come back exactly from any fit: only others need
         # the weighted one.

@@ -1,5 +1,5 @@
 """python -m spark_infer.convert SRC OUT [--dtype bf16] [--embed-dtype D] [--sparsify SPEC]
-[--calibrate TEXT] [--quiet]"""
+[--calibrate TEXT] [--lm-head-screen MARGIN] [--quiet]"""
 
 from __future__ import annotations
 
@@ -24,12 +24,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128")
     ap.add_argument("--calibrate", default=None, metavar="TEXT",
                     help="text file for the per-layer FFN quantiles, or weighing the q4 fit")
+    ap.add_argument("--lm-head-screen", type=float, default=None, metavar="MARGIN",
+                   help="add the screened LM head: a q4 copy of the embedding scores every "
+                        "token, logits within MARGIN of the largest are recomputed exactly "
+                        "(e.g. 10; 0 removes it; default: as the source)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
         out = convert(a.src, a.out, dtype=a.dtype, progress=not a.quiet,
-                      embed_dtype=a.embed_dtype, sparsify=a.sparsify, calibrate=a.calibrate)
+                      embed_dtype=a.embed_dtype, sparsify=a.sparsify, calibrate=a.calibrate,
+            lm_head_screen=a.lm_head_screen)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
