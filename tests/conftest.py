@@ -2,6 +2,7 @@
 
 `target`: runs a test once per SIMD target that this build compiled and this CPU supports,
 forcing the kernels onto it (test ids are the target names, e.g. test_matvec[AVX2-...]).
+`bf16_modes` / `set_bf16`: the AVX512_BF16 switch of the bf16 chunk matmul, for tests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ def target(request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     finally:
         _core.set_target(0)
+
+
+def bf16_modes(target: str) -> list[bool | None]:
+    """The bf16 chunk matmul tiles a target runs on this CPU: AVX3 with AVX512_BF16 has two
+    (its vdpbf16ps tile and the plain one, _core.set_avx512_bf16), other targets one (None:
+    the CPU's default). Tests loop over them inside a target."""
+    return [True, False] if target == "AVX3" and _core.has_avx512_bf16() else [None]
+
+
+def set_bf16(mode: bool | None) -> None:
+    _core.set_avx512_bf16(_core.has_avx512_bf16() if mode is None else mode)
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import bf16_modes, set_bf16
 from spark_infer import _core
 
 U = 2.0**-24  # f32 unit roundoff
@@ -403,17 +404,19 @@ def test_q4_decode_non_finite_x_gives_nan(target: str, fmt: str, bad: float,
     set_vnni(None)
 
 
-def test_vnni_switch() -> None:
-    if not _core.has_avx512_vnni():
-        assert not _core.use_avx512_vnni()
-        with pytest.raises(ValueError, match="no AVX512_VNNI"):
-            _core.set_avx512_vnni(True)
+@pytest.mark.parametrize("feature", ["avx512_vnni", "avx512_bf16"])
+def test_cpu_feature_switch(feature: str) -> None:
+    has, use, switch = (getattr(_core, f"{k}_{feature}") for k in ("has", "use", "set"))
+    if not has():
+        assert not use()
+        with pytest.raises(ValueError, match=f"no {feature.upper()}"):
+            switch(True)
         return
-    assert _core.use_avx512_vnni()
-    _core.set_avx512_vnni(False)
-    assert not _core.use_avx512_vnni()
-    _core.set_avx512_vnni(True)
-    assert _core.use_avx512_vnni()
+    assert use()
+    switch(False)
+    assert not use()
+    switch(True)
+    assert use()
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32), (2, 5, 64), (3, 9, 96), (5, 6, 160), (64, 33, 64),
@@ -555,15 +558,155 @@ def test_matmul(target: str, dtype: str, shape: tuple[int, int, int], rng: np.ra
         w, scale, w64 = make_weights(dtype, rows, cols, rng, integer)
         x = make_x((T, cols), rng, integer)
         pw, ps = placed_weights(w, scale)
-        px, out = Placed.input(x), Placed.output((T, rows))
-        _core.matmul(pw.a, px.a, out.a, scale=ps.a if ps else None)
-        check_io(out, pw, px, *([ps] if ps else []))
-        x64 = x.astype(np.float64)
+        x64 = chunk_x(x) if dtype == "bf16" else x.astype(np.float64)
         want = x64 @ w64.T  # out[t, r] = w[r, :] . x[t, :]
-        if integer:
-            np.testing.assert_array_equal(out.a, want.astype(np.float32))
-        else:
-            assert_within(out.a, want, dot_tol(cols, np.abs(x64) @ np.abs(w64).T))
+        for mode in bf16_modes(target) if dtype == "bf16" else [None]:
+            set_bf16(mode)
+            px, out = Placed.input(x), Placed.output((T, rows))
+            _core.matmul(pw.a, px.a, out.a, scale=ps.a if ps else None)
+            check_io(out, pw, px, *([ps] if ps else []))
+            if integer:
+                np.testing.assert_array_equal(out.a, want.astype(np.float32))
+            else:
+                assert_within(out.a, want, dot_tol(cols, np.abs(x64) @ np.abs(w64).T))
+    set_bf16(None)
+
+
+# ------------------------------------------------------------------- bf16 chunk matmul
+# With bf16 weights and T > 1, matmul rounds x to bf16 first (round to nearest even, NaN stays
+# NaN: ops/matvec.h), so every product is of two bf16 values, exact in f32, and only the f32
+# sums differ between targets (and tiles: on AVX3 with AVX512_BF16, vdpbf16ps and the plain
+# f32 tile, both run). T == 1 (matvec, decode) keeps x in f32.
+
+
+def chunk_x(x: np.ndarray) -> np.ndarray:
+    """x [T, cols] as the bf16 chunk matmul takes it (float64): bf16-rounded when T > 1."""
+    if x.shape[0] < 2:
+        return x.astype(np.float64)
+    r = bf16_to_f64(bf16_bits(np.nan_to_num(x)))
+    r[np.isnan(x)] = np.nan
+    r[np.isinf(x)] = x[np.isinf(x)]
+    return r
+
+
+BF16_SHAPES = [  # (T, rows, cols): rows around the 4-row tile, cols of Gemma matrices
+    (2, 1, 64), (3, 5, 64), (67, 7, 64), (5, 6, 640), (17, 9, 640), (64, 4, 640), (7, 3, 2048),
+    (33, 13, 2048), (65, 2, 2304), (9, 11, 2304), (3, 70, 33), (4, 5, 95), (2, 3, 1),
+]
+
+
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=lambda s: "T{}_{}x{}".format(*s))
+def test_bf16_chunk_matmul(target: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
+    T, rows, cols = shape
+    for integer in (False, True):
+        w, _, w64 = make_weights("bf16", rows, cols, rng, integer)
+        x = make_x((T, cols), rng, integer)
+        if not integer:
+            x *= rng.uniform(0.01, 100.0, size=(T, 1)).astype(np.float32)  # scales per token
+        x64 = chunk_x(x)
+        want = x64 @ w64.T
+        pw, px = Placed.input(w), Placed.input(x)
+        for mode in bf16_modes(target):
+            set_bf16(mode)
+            out = Placed.output((T, rows))
+            _core.matmul(pw.a, px.a, out.a)
+            check_io(out, pw, px)
+            if integer:  # |w| <= 15, |x| <= 8: bf16 values, every partial sum exact
+                np.testing.assert_array_equal(out.a, want.astype(np.float32))
+            else:
+                assert_within(out.a, want, dot_tol(cols, np.abs(x64) @ np.abs(w64).T))
+    set_bf16(None)
+
+
+def test_bf16_chunk_rounds_x_to_nearest_even(target: str) -> None:
+    """W = I (bf16 ones) reads back x as the kernel rounded it: exactly bf16 round-to-nearest-
+    even of each f32 x, ties included, on every tile; a single token (T == 1) keeps x. Then
+    W = [[1]] (one column: no 0 * inf) for the values that round to inf, and NaN."""
+    cols = 64
+    ulp = np.float32(2.0**-7)  # bf16 spacing in [1, 2)
+    cases = np.array([
+        1 + ulp / 2,                      # tie, 1.0 is even: down
+        1 + ulp + ulp / 2,                # tie, odd below: up to 1 + 2 ulp
+        1 + ulp / 2 + 2.0**-23,           # just past the tie: up
+        1 + ulp / 2 - 2.0**-23,           # just under: down
+        -(1 + ulp + ulp / 2),             # negative tie: to even (away from 0 here)
+        3.0e38, -0.0, 0.0, 65504.5, 123456.789, 1.0e-30,
+    ], np.float32)
+    x = np.resize(cases, (3, cols)).astype(np.float32)
+    x[2] = np.random.default_rng(5).standard_normal(cols).astype(np.float32)
+    w = bf16_bits(np.eye(cols, dtype=np.float32))
+    want = chunk_x(x)  # independent numpy rounding (bf16_bits)
+    assert want[0, 0] == 1.0 and want[0, 1] == float(1 + 2 * ulp)
+    big = np.array([3.4028235e38, -3.4028235e38, 3.3e38, np.nan, -np.nan, 1.0] * 4, np.float32)[:, None]
+    for mode in bf16_modes(target):
+        set_bf16(mode)
+        out = np.empty((3, cols), np.float32)
+        _core.matmul(w, x, out)
+        np.testing.assert_array_equal(out, want.astype(np.float32))
+        one_token = np.empty((1, cols), np.float32)
+        _core.matmul(w, x[2:3], one_token)
+        np.testing.assert_array_equal(one_token, x[2:3])
+        out_big = np.empty((big.shape[0], 1), np.float32)
+        _core.matmul(bf16_bits(np.ones((1, 1), np.float32)), big, out_big)
+        np.testing.assert_array_equal(out_big, chunk_x(big).astype(np.float32))  # inf, NaN
+    assert np.isinf(chunk_x(big)[:2]).all() and np.isfinite(chunk_x(big)[2])
+    set_bf16(None)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_bf16_chunk_non_finite(target: str, bad: float, rng: np.random.Generator) -> None:
+    """NaN / inf in x or w as IEEE f32 gives them: a NaN x makes its token's outputs NaN; an
+    inf x gives +-inf where its weight is non-zero (NaN where zero or NaN elsewhere)."""
+    T, rows, cols = 5, 6, 640
+    w, _, w64 = make_weights("bf16", rows, cols, rng)
+    w[:, 7] = bf16_bits(np.array([0.0, 1.5, -2.0, 0.5, 0.0, 3.0], np.float32))
+    w64 = bf16_to_f64(w)
+    x = make_x((T, cols), rng, False)
+    x[1, 7] = bad
+    x[3, 600] = bad
+    x64 = chunk_x(x)
+    with np.errstate(invalid="ignore"):
+        want = (x64[:, None, :] * w64[None, :, :]).sum(axis=-1)
+    for mode in bf16_modes(target):
+        set_bf16(mode)
+        out = np.empty((T, rows), np.float32)
+        _core.matmul(w, x, out)
+        finite = np.isfinite(want)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+        np.testing.assert_array_equal(out[np.isinf(want)], want[np.isinf(want)])
+        assert_within(out[finite], want[finite],
+                      dot_tol(cols, (np.where(np.isfinite(x64), np.abs(x64), 0) @ np.abs(w64).T)[finite]))
+    set_bf16(None)
+
+
+def test_bf16_chunk_tiny_values(target: str) -> None:
+    """Subnormals. vdpbf16ps (AVX3 with AVX512_BF16) treats subnormal inputs as 0 and flushes
+    subnormal products and sums to 0 (DAZ / FTZ); the f32 tiles keep subnormals (a product under
+    f32's subnormal range is 0 in both). Either way a result is within 2^-126 (sum |w| +
+    sum |x| + 2 cols) of the exact dot of the bf16 values: a product |w x| < 2^-126 lost, or one
+    of a subnormal x (w), under |w| 2^-126 (|x| 2^-126). 2^-126 is 1e-38: normal-range data
+    never comes near."""
+    T, rows, cols = 3, 5, 64
+    tiny = np.float32(2.0**-70)  # normal in bf16; w x = 2^-140, subnormal in f32
+    w = bf16_bits(np.full((rows, cols), tiny, np.float32))
+    w[1] = bf16_bits(np.full(cols, 2.0**60, np.float32))  # times the subnormal x below: normal
+    x = np.full((T, cols), tiny, np.float32)
+    x[1] = np.float32(1.0e-39)  # subnormal f32 (and bf16)
+    x[2] = np.float32(1.0)
+    x64, w64 = chunk_x(x), bf16_to_f64(w)
+    want = x64 @ w64.T
+    bound = 2.0**-126 * (np.abs(w64).sum(axis=1)[None, :] + np.abs(x64).sum(axis=1)[:, None] + 2 * cols)
+    for mode in bf16_modes(target):
+        set_bf16(mode)
+        out = np.empty((T, rows), np.float32)
+        _core.matmul(w, x, out)
+        assert_within(out, want, bound)
+        # 64 products of 2^-140 (exact subnormals in f32: 2^-134); 1e-39 x times 2^60
+        flushed = target == "AVX3" and _core.use_avx512_bf16()
+        assert out[0, 0] == (0.0 if flushed else np.float32(2.0**-134))
+        assert (out[1, 1] == 0.0) == flushed
+        np.testing.assert_array_equal(out[2], want[2].astype(np.float32))  # normal: exact
+    set_bf16(None)
 
 
 # ---------------------------------------------------------------------------- sparse

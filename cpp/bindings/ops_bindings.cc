@@ -84,14 +84,21 @@ void RegisterOps(py::module_& m) {
     }
     hwy::SetSupportedTargetsForTest(bit);
   }, arg("bit"), "Force one SIMD target for all kernels (a bit from supported_targets()); 0 restores the best.");
-  m.def("has_avx512_vnni", &CpuHasAvx512Vnni, "Whether this CPU has AVX512_VNNI (CPUID 7.0 ECX bit 11).");
-  m.def("use_avx512_vnni", &UseAvx512Vnni,
-        "Whether the AVX3 q4 / q5 decode tiles take their AVX512_VNNI path now.");
-  m.def("set_avx512_vnni", [](bool on) {
-    if (on && !CpuHasAvx512Vnni()) throw py::value_error("this CPU has no AVX512_VNNI");
-    Avx512VnniSwitch().store(on);
-  }, arg("on"), "Switch the AVX3 q4 / q5 decode tiles' AVX512_VNNI path on (CPU permitting) or off "
-     "(tests and benchmarks of the plain AVX3 tiles on a VNNI machine).");
+  // Each CPU feature the kernels test themselves (util/cpu_features.h): has_<f>, use_<f> and
+  // set_<f>(on), the switch of its kernel path (tests run the plain AVX3 path on such a CPU).
+  auto feature = [&m](const std::string& f, const std::string& name, bool (*has)(),
+                      bool (*use)(), std::atomic<bool>& (*sw)(), const std::string& what) {
+    m.def(("has_" + f).c_str(), has, ("Whether this CPU has " + name + ".").c_str());
+    m.def(("use_" + f).c_str(), use, ("Whether " + what + " take the " + name + " path now.").c_str());
+    m.def(("set_" + f).c_str(), [has, sw, name](bool on) {
+      if (on && !has()) throw py::value_error("this CPU has no " + name);
+      sw().store(on);
+    }, arg("on"), ("Switch the " + name + " path of " + what + " on (CPU permitting) or off.").c_str());
+  };
+  feature("avx512_vnni", "AVX512_VNNI", &CpuHasAvx512Vnni, &UseAvx512Vnni, &Avx512VnniSwitch,
+          "the AVX3 q4 / q5 decode tiles");
+  feature("avx512_bf16", "AVX512_BF16", &CpuHasAvx512Bf16, &UseAvx512Bf16, &Avx512Bf16Switch,
+          "the AVX3 bf16 chunk matmul (vdpbf16ps)");
   m.def("current_target", []() -> std::string {
     const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();  // best first
     return targets.empty() ? "none" : hwy::TargetName(targets[0]);

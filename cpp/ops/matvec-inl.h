@@ -8,6 +8,8 @@
 // code: weights live in a memory map, so we never read (or mask-load) past a row's end.
 // A row's result depends only on the row, x and the target, never on how rows were grouped
 // into tiles or threads (short groups are padded, not handled by other code).
+// bf16 W in chunks: x is rounded to bf16 first (RoundToBF16, by the caller: ops/matvec.cc),
+// then meets the rows on the AVX512_BF16 tile (DotTileBF16) or the f32 tile.
 // Error vs a float64 dot of the same (dequantized) values: <= cols * 2^-24 * sum_i |w_i x_i|.
 
 #if defined(SPARK_OPS_MATVEC_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -513,19 +515,35 @@ constexpr size_t kChunkRows = 4;
 constexpr size_t kChunkRows = 2;
 #endif
 
-// f32 rows w[0, kR) of `cols` weights for all T tokens, in token groups of 4 (then 2, 1). The
-// per element arithmetic of DotTile does not depend on kR or kT, so neither does the result.
+// rows[0, kR) of `cols` weights against all T tokens of x [T, cols]: K::Dot<kR, kT> (a
+// DotTile's contract) on token groups of 4, then 2, 1.
+template <size_t kR, class K, class W, class X>
+HWY_INLINE void TokenGroups(const W* const* rows, size_t cols, const X* HWY_RESTRICT x, size_t T,
+                            float* HWY_RESTRICT out, size_t out_stride) {
+  size_t t = 0;
+  for (; t + 4 <= T; t += 4)
+    K::template Dot<kR, 4>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
+  for (; t + 2 <= T; t += 2)
+    K::template Dot<kR, 2>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
+  if (t < T) K::template Dot<kR, 1>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
+}
+
+struct F32Dot {
+  template <size_t kR, size_t kT>
+  static HWY_INLINE void Dot(const float* const* rows, size_t cols, const float* HWY_RESTRICT x,
+                             size_t x_stride, float* HWY_RESTRICT out, size_t out_tok_stride) {
+    DotTile<kR, kT>(rows, cols, x, x_stride, out, out_tok_stride);
+  }
+};
+
+// f32 rows w[0, kR) of `cols` weights for all T tokens. The per element arithmetic of DotTile
+// does not depend on kR or kT, so neither does the result.
 template <size_t kR>
 HWY_INLINE void RowsAllTokens(const float* w, size_t cols, const float* HWY_RESTRICT x,
                               size_t T, float* HWY_RESTRICT out, size_t out_stride) {
   const float* rows[kR];
   for (size_t r = 0; r < kR; ++r) rows[r] = w + r * cols;
-  size_t t = 0;
-  for (; t + 4 <= T; t += 4)
-    DotTile<kR, 4>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
-  for (; t + 2 <= T; t += 2)
-    DotTile<kR, 2>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
-  if (t < T) DotTile<kR, 1>(rows, cols, x + t * cols, cols, out + t * out_stride, out_stride);
+  TokenGroups<kR, F32Dot>(rows, cols, x, T, out, out_stride);
 }
 
 // Other types: the kR rows are decoded to f32 once (DecodeRowF32: exact, int8 before its scale),
@@ -540,6 +558,135 @@ HWY_INLINE void RowsAllTokens(P w, size_t cols, const float* HWY_RESTRICT x, siz
   if (panel.size() < kR * cols) panel.resize(kR * cols);
   for (size_t r = 0; r < kR; ++r) DecodeRowF32(w + r * cols, cols, panel.data() + r * cols);
   RowsAllTokens<kR>(static_cast<const float*>(panel.data()), cols, x, T, out, out_stride);
+}
+
+// Chunk input of bf16 weights (T > 1): x rounded to bf16, round to nearest even, NaN a quiet
+// NaN of its sign (BF16BitsFromF32, as the KV cache rounds), as f32 values (xr) and / or as
+// bf16 bits (xb); null: not wanted. Every product of a bf16 weight and a bf16 x is exact in
+// f32, so each target's chunk matmul computes the same products and differs from the others
+// only in the f32 summation order (and, on the AVX512_BF16 tile, in flushing subnormals: see
+// DotTileBF16). x keeps f32 in decode, which is bound by the weights' bytes, not by the FMAs.
+HWY_INLINE void RoundToBF16(const float* HWY_RESTRICT x, size_t n, float* HWY_RESTRICT xr,
+                            uint16_t* HWY_RESTRICT xb) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<uint16_t, decltype(di)> d16;
+  const size_t NF = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + NF <= n; i += NF) {
+    const auto v = hn::LoadU(df, x + i);
+    const auto bits = hn::BitCast(du, v);
+    const auto odd = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
+    const auto nearest = hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), odd));
+    const auto quiet = hn::Or(bits, hn::Set(du, 0x00400000u));
+    const auto r = hn::And(hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), quiet, nearest),
+                           hn::Set(du, 0xFFFF0000u));
+    if (xr != nullptr) hn::StoreU(hn::BitCast(df, r), df, xr + i);
+    if (xb != nullptr) hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, hn::ShiftRight<16>(r))), d16, xb + i);
+  }
+  for (; i < n; ++i) {
+    const uint16_t b = BF16BitsFromF32(x[i]);
+    if (xr != nullptr) xr[i] = F32FromBF16Bits(b);
+    if (xb != nullptr) xb[i] = b;
+  }
+}
+
+#if HWY_TARGET == HWY_AVX3
+// The AVX512_BF16 chunk tile (CPUs with it: util/cpu_features.h; Highway 1.0.3 has no target
+// with it, so these functions add "avx512bf16" to AVX3's, as the byte decode tiles add VNNI).
+// vdpbf16ps multiplies 32 bf16 pairs and adds each lane's two products to an f32 lane: the
+// weights' bf16 straight from the file against x's bf16 bits (RoundToBF16), adjacent columns
+// (2k, 2k + 1) in lane k of both, so neither side is reordered; twice the multiply-adds of an
+// f32 FMA per instruction, and no f32 panel (DecodeRowF32) to write and read back. T = 64 at
+// Gemma 3 270M's shapes, Zen 4, 1 thread: 151-197 GFLOP/s against the f32 tile's 84-100
+// (`python bench/bf16_chunk.py`, bench/results/bf16-dot-2026-12-07.txt). The
+// instruction treats subnormal inputs as 0 and flushes a subnormal result to 0 (DAZ / FTZ,
+// whatever MXCSR says): products under 2^-126 in magnitude (|w x|, e.g. both under 2^-63) are
+// lost and a partial sum under 2^-126 becomes 0, an absolute error below cols * 2^-126 per
+// output, far under the f32 rounding of any normal-range dot (tests/test_kernels.py
+// test_bf16_chunk_tiny_values).
+#undef SPARK_BF16_TILE_ATTR
+#define SPARK_BF16_TILE_ATTR __attribute__((target("avx512bf16")))
+
+// DotTile's contract for bf16 rows against bf16 x bits [kT][x_stride]; the tail (cols % 32)
+// adds the exact products in scalar f32.
+template <size_t kR, size_t kT>
+SPARK_BF16_TILE_ATTR HWY_INLINE void DotTileBF16(const uint16_t* const* rows, size_t cols,
+                                                 const uint16_t* HWY_RESTRICT x, size_t x_stride,
+                                                 float* HWY_RESTRICT out, size_t out_tok_stride) {
+  // Fully unrolled for DotTile's reason (acc in registers); 4 x 4: 16 accumulators, 4 weight
+  // vectors and one x vector of AVX-512's 32 registers.
+  __m512 acc[kR][kT];
+  HWY_UNROLL(16)
+  for (size_t r = 0; r < kR; ++r) {
+    HWY_UNROLL(16)
+    for (size_t t = 0; t < kT; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
+  size_t i = 0;
+  for (; i + 32 <= cols; i += 32) {
+    __m512bh vw[kR];
+    HWY_UNROLL(16)
+    for (size_t r = 0; r < kR; ++r) vw[r] = (__m512bh)_mm512_loadu_si512(rows[r] + i);
+    HWY_UNROLL(16)
+    for (size_t t = 0; t < kT; ++t) {
+      const __m512bh vx = (__m512bh)_mm512_loadu_si512(x + t * x_stride + i);
+      HWY_UNROLL(16)
+      for (size_t r = 0; r < kR; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], vw[r], vx);
+    }
+  }
+  HWY_UNROLL(16)
+  for (size_t r = 0; r < kR; ++r) {
+    HWY_UNROLL(16)
+    for (size_t t = 0; t < kT; ++t) {
+      float sum = _mm512_reduce_add_ps(acc[r][t]);
+      for (size_t j = i; j < cols; ++j)
+        sum += F32FromBF16Bits(rows[r][j]) * F32FromBF16Bits(x[t * x_stride + j]);
+      out[r + t * out_tok_stride] = sum;
+    }
+  }
+}
+
+// DotTileBF16 for TokenGroups. Not always-inline: its target attribute is a superset of the
+// caller's (one call per token group).
+struct BF16Dot {
+  template <size_t kR, size_t kT>
+  static SPARK_BF16_TILE_ATTR HWY_NOINLINE void Dot(const uint16_t* const* rows, size_t cols,
+                                                    const uint16_t* HWY_RESTRICT x, size_t x_stride,
+                                                    float* HWY_RESTRICT out, size_t out_tok_stride) {
+    DotTileBF16<kR, kT>(rows, cols, x, x_stride, out, out_tok_stride);
+  }
+};
+
+// RowsAllTokens for bf16 rows w[0, kR) against xb [T, cols], x as bf16 bits.
+template <size_t kR>
+HWY_INLINE void RowsAllTokensBF16(const hwy::bfloat16_t* w, size_t cols, const uint16_t* HWY_RESTRICT xb,
+                                  size_t T, float* HWY_RESTRICT out, size_t out_stride) {
+  const uint16_t* rows[kR];
+  for (size_t r = 0; r < kR; ++r) rows[r] = reinterpret_cast<const uint16_t*>(w + r * cols);
+  TokenGroups<kR, BF16Dot>(rows, cols, xb, T, out, out_stride);
+}
+
+// Rows [r0, r1) of a bf16 chunk matmul on the AVX512_BF16 tile: xb is x as bf16 bits [T, cols].
+HWY_INLINE void MatMulRowsBF16(const hwy::bfloat16_t* w, size_t cols, const uint16_t* HWY_RESTRICT xb,
+                               size_t T, float* HWY_RESTRICT out, size_t out_stride, size_t r0,
+                               size_t r1) {
+  size_t r = r0;
+  for (; r + kChunkRows <= r1; r += kChunkRows)
+    RowsAllTokensBF16<kChunkRows>(w + r * cols, cols, xb, T, out + r, out_stride);
+  for (; r < r1; ++r) RowsAllTokensBF16<1>(w + r * cols, cols, xb, T, out + r, out_stride);
+}
+
+#endif  // HWY_TARGET == HWY_AVX3
+
+// Whether this target's bf16 chunk matmul takes x as bf16 bits (the AVX512_BF16 tile) rather
+// than as bf16-rounded f32 values (the f32 tile on the decoded panel).
+HWY_INLINE bool UseBF16Tile() {
+#if HWY_TARGET == HWY_AVX3
+  return UseAvx512Bf16();
+#else
+  return false;
+#endif
 }
 
 template <class P>

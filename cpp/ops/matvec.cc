@@ -10,12 +10,27 @@ HWY_BEFORE_NAMESPACE();
 namespace spark {
 namespace HWY_NAMESPACE {
 
-// Dispatch on the weight type; out: [T, out_stride].
-HWY_NOINLINE void MatMulRows(const MatRef& w, const float* HWY_RESTRICT x, size_t T,
+// Dispatch on the weight type; out: [T, out_stride]. xb: x as bf16 bits when bf16 weights
+// take the AVX512_BF16 tile (ChunkInput), else null.
+HWY_NOINLINE void MatMulRows(const MatRef& w, const float* HWY_RESTRICT x, const uint16_t* xb, size_t T,
                              float* HWY_RESTRICT out, size_t out_stride, size_t r0, size_t r1) {
+#if HWY_TARGET == HWY_AVX3
+  if (xb != nullptr && w.type == WeightType::kBF16 && T > 1) {
+    return MatMulRowsBF16(static_cast<const hwy::bfloat16_t*>(w.data), w.cols, xb, T, out, out_stride, r0, r1);
+  }
+#endif
   VisitWeights(w, [&](auto p, const float* scale) {
     MatMulRowsT(p, scale, w.cols, x, T, out, out_stride, r0, r1);
   });
+}
+
+// x [n] rounded to bf16 for a bf16 chunk matmul, in the form this target's tile takes: bits
+// into xb (returns true) or f32 values into xr (false).
+HWY_NOINLINE bool RoundChunkInput(const float* HWY_RESTRICT x, size_t n, float* HWY_RESTRICT xr,
+                                  uint16_t* HWY_RESTRICT xb) {
+  const bool bits = UseBF16Tile();
+  RoundToBF16(x, n, bits ? nullptr : xr, bits ? xb : nullptr);
+  return bits;
 }
 
 }  // namespace HWY_NAMESPACE
@@ -24,12 +39,14 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 #include <algorithm>
+#include <vector>
 
 #include "ops/matvec.h"
 #include "util/threading.h"
 
 namespace spark {
 HWY_EXPORT(MatMulRows);
+HWY_EXPORT(RoundChunkInput);
 
 namespace {
 // Rows per thread part: a multiple of the 4-row decode tile, and enough work (>= 64 KiB of
@@ -42,33 +59,67 @@ size_t RowGranule(const MatRef& w) {
 }
 }  // namespace
 
+// The input of a weight matmul: x, and for bf16 weights in a chunk (T > 1) x rounded to bf16
+// once per call, not once per thread part (matvec-inl.h, RoundToBF16): f32 values in `f32` or
+// bits in `bits`, per the target's tile. The buffers are the calling thread's, valid until its
+// next call; the parts only read them.
+struct ChunkInput {
+  const float* x;
+  const float* f32;
+  const uint16_t* bits;
+  ChunkInput(const float* x_in, size_t T, size_t cols, bool bf16) : x(x_in), f32(x_in), bits(nullptr) {
+    if (!bf16 || T < 2) return;
+    thread_local std::vector<float> xr;
+    thread_local std::vector<uint16_t> xb;
+    const size_t n = T * cols;
+    if (xr.size() < n) xr.resize(n);
+    if (xb.size() < n) xb.resize(n);
+    if (HWY_DYNAMIC_DISPATCH(RoundChunkInput)(x_in, n, xr.data(), xb.data())) {
+      bits = xb.data();
+    } else {
+      f32 = xr.data();
+    }
+  }
+  // What MatMulRows takes for a matrix of type t.
+  const float* X(WeightType t) const { return t == WeightType::kBF16 ? f32 : x; }
+  const uint16_t* Bits(WeightType t) const { return t == WeightType::kBF16 ? bits : nullptr; }
+};
+
+// Attention's products with the KV cache (bf16 keys) keep f32 x: this is not a weight matmul.
 void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t out_stride,
                  size_t r0, size_t r1) {
-  HWY_DYNAMIC_DISPATCH(MatMulRows)(w, x, T, out, out_stride, r0, r1);
+  HWY_DYNAMIC_DISPATCH(MatMulRows)(w, x, nullptr, T, out, out_stride, r0, r1);
 }
 
 void MatVec(ThreadPool& pool, const MatRef& w, const float* x, float* out) { MatMul(pool, w, x, 1, out); }
 
 void MatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
+  const ChunkInput in(x, T, w.cols, w.type == WeightType::kBF16);
+  const float* xw = in.X(w.type);
+  const uint16_t* xb = in.Bits(w.type);
   pool.ParallelFor(w.rows, RowGranule(w), [&](size_t r0, size_t r1, int) {
-    fn(w, x, T, out, w.rows, r0, r1);
+    fn(w, xw, xb, T, out, w.rows, r0, r1);
   });
 }
 
 void MatMulMany(ThreadPool& pool, const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T) {
   // The matrices' rows, end to end, are one index space [0, total) split between threads.
   size_t total = 0, granule = 4;
+  bool bf16 = false;
   for (size_t i = 0; i < n; ++i) {
     total += ws[i]->rows;
     granule = std::max(granule, RowGranule(*ws[i]));
+    bf16 |= ws[i]->type == WeightType::kBF16;
   }
+  const ChunkInput in(x, T, n > 0 ? ws[0]->cols : 0, bf16);
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
   pool.ParallelFor(total, granule, [&](size_t b, size_t e, int) {
     size_t base = 0;
     for (size_t i = 0; i < n && base < e; base += ws[i]->rows, ++i) {
       const size_t r0 = std::max(b, base), r1 = std::min(e, base + ws[i]->rows);
-      if (r0 < r1) fn(*ws[i], x, T, outs[i], ws[i]->rows, r0 - base, r1 - base);
+      const WeightType t = ws[i]->type;
+      if (r0 < r1) fn(*ws[i], in.X(t), in.Bits(t), T, outs[i], ws[i]->rows, r0 - base, r1 - base);
     }
   });
 }

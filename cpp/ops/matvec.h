@@ -15,7 +15,9 @@ namespace spark {
 void MatVec(ThreadPool& pool, const MatRef& w, const float* x, float* out);
 
 // Chunk matmul for T tokens: out[t, r] = W[r, :] . x[t, :].  x: [T, cols], out: [T, rows].
-// Each weight row is loaded once per group of tokens, not once per token.
+// Each weight row is loaded once per group of tokens, not once per token. With bf16 weights and
+// T > 1, x is rounded to bf16 first (every target; matvec-inl.h RoundToBF16), so that CPUs with
+// AVX512_BF16 multiply bf16 pairs (vdpbf16ps); MatVec and T == 1 keep f32 x.
 void MatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T, float* out);
 
 // Several matrices with the same input and cols, in one parallel job: out_i = MatMul(*ws[i], x,
@@ -23,7 +25,8 @@ void MatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T, float* 
 void MatMulMany(ThreadPool& pool, const MatRef* const* ws, float* const* outs, size_t n, const float* x, size_t T);
 
 // Single-threaded, on the caller: out[t * out_stride + r] = W[r, :] . x[t, :] for r in [r0, r1).
-// For callers that already split work between threads (attention over heads).
+// For callers that already split work between threads (attention over heads). x stays f32
+// for every weight type (attention's q against the bf16 KV cache).
 void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t out_stride,
                  size_t r0, size_t r1);
 

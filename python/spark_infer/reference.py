@@ -25,7 +25,7 @@ __all__ = [
     "LayerStats", "normal_quantile", "statistical_threshold", "rms_norm", "gelu_tanh", "softcap",
     "softplus", "rope", "dense_ffn", "spark_ffn", "sparse_gated_ffn", "visible_keys", "attention",
     "forward",
-    "forward_with_stats", "Products", "quantize_x_int8",
+    "forward_with_stats", "Products", "quantize_x_int8", "round_x_bf16",
 ]
 
 
@@ -60,19 +60,44 @@ class Products:
     docs/engine-file.md), then multiplied exactly with the dequantized weights. Gathered rows
     (masked matvecs: Spark K2, the sparsified FFNs' up / gate rows) always take that path; whole
     matrices only when `whole` (one token at a time: decode; chunks of several tokens keep x in
-    f32). `tie_distance[t]`: after a forward pass, the least distance of any x / s of token t to
-    a rounding midpoint, in steps (an engine whose f32 x differs by more may round it the other
-    way)."""
+    f32). For the bf16 matrices named in `bf16_x`, the engine's chunk matmuls are modelled: in
+    the whole-matrix products of tokens whose chunk has 2 or more tokens, x is rounded to bf16
+    (float32, then round to nearest even: `round_x_bf16`); gathered rows and one-token chunks
+    (decode) keep x. `chunk`: an int c as `prefill(tokens, chunk=c, all_logits=True)` splits
+    the tokens (the last chunk may be shorter), or the chunks' lengths in order (tokens past
+    their sum are decoded one at a time); None: no chunks.
+    `tie_distance[t]`: after a forward pass, the least distance of any x / s of token t (int8)
+    or of any x of token t in bf16 ulps (bf16) to a rounding midpoint, in steps (an engine
+    whose f32 x differs by more may round it the other way)."""
 
-    def __init__(self, int8_x: Collection[str] = (), whole: bool = False):
+    def __init__(self, int8_x: Collection[str] = (), whole: bool = False,
+                 bf16_x: Collection[str] = (), chunk: int | Sequence[int] | None = None):
+        lengths = [chunk] if isinstance(chunk, int) else list(chunk or [])
+        if any(int(c) < 1 for c in lengths):
+            raise ValueError(f"chunk lengths must be >= 1, got {chunk}")
         self.names = frozenset(int8_x)
         self.whole = whole
+        self.bf16_names = frozenset(bf16_x)
+        self.chunk = chunk
         self.ids: frozenset[int] = frozenset()
+        self.bf16_ids: frozenset[int] = frozenset()
+        self.in_chunk = np.zeros(0, bool)   # per token: its chunk has 2 or more tokens
         self.tie_distance: dict[int, float] = {}
 
-    def bind(self, w: Mapping[str, np.ndarray]) -> None:
-        """Takes the forward pass's weight arrays (by identity)."""
+    def bind(self, w: Mapping[str, np.ndarray], n_tokens: int = 0) -> None:
+        """Takes the forward pass's weight arrays (by identity) and its token count."""
         self.ids = frozenset(id(w[n]) for n in self.names)
+        self.bf16_ids = frozenset(id(w[n]) for n in self.bf16_names)
+        lengths = [] if self.chunk is None else (
+            [self.chunk] * -(-n_tokens // self.chunk) if isinstance(self.chunk, int) else list(self.chunk))
+        self.in_chunk = np.zeros(n_tokens, bool)
+        start = 0
+        for c in lengths:
+            self.in_chunk[start:start + c] = min(c, n_tokens - start) > 1
+            start += c
+
+    def _tie(self, t: int, d: float) -> None:
+        self.tie_distance[t] = min(self.tie_distance.get(t, np.inf), d)
 
     def _int8(self, x: np.ndarray, t: int | None) -> np.ndarray:
         xb = np.asarray(x, np.float32).reshape(*np.shape(x)[:-1], -1, 32)
@@ -81,17 +106,43 @@ class Products:
             r = xb / np.where(amax > 0, amax / np.float32(127), np.float32(1))
             dist = np.abs(r - np.floor(r) - np.float32(0.5)).reshape(*np.shape(x)[:-1], -1).min(axis=-1)
         for k, dk in enumerate(np.atleast_1d(dist)):
-            tk = k if t is None else t
-            self.tie_distance[tk] = min(self.tie_distance.get(tk, np.inf), float(dk))
+            self._tie(k if t is None else t, float(dk))
         return quantize_x_int8(x)
+
+    def _bf16(self, x: np.ndarray, t: int | None) -> np.ndarray:
+        rows = np.atleast_2d(x)
+        tokens = range(rows.shape[0]) if t is None else [t]
+        out = np.array(rows, dtype=np.float64)
+        for k, tk in enumerate(tokens):
+            if tk < self.in_chunk.size and self.in_chunk[tk]:
+                out[k] = round_x_bf16(rows[k])
+                bits = np.asarray(rows[k], np.float32).view(np.uint32)
+                frac = (bits & 0xFFFF).astype(np.float64) / 65536.0   # position between bf16 neighbours
+                finite = np.isfinite(rows[k])
+                if finite.any():
+                    self._tie(tk, float(np.abs(frac[finite] - 0.5).min()))
+        return out.reshape(np.shape(x))
 
     def full(self, x: np.ndarray, w: np.ndarray, t: int | None = None) -> np.ndarray:
         """x [..., cols] @ W.T; x's rows are tokens 0.. (or x is token t's)."""
+        if id(w) in self.bf16_ids:
+            return self._bf16(x, t) @ w.T
         return (self._int8(x, t) if self.whole and id(w) in self.ids else x) @ w.T
 
     def rows(self, w: np.ndarray, idx: np.ndarray, x: np.ndarray, t: int) -> np.ndarray:
         """W[idx] @ x, x [cols] of token t."""
         return w[idx] @ (self._int8(x, t) if id(w) in self.ids else x)
+
+    def gathered(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """x [T, cols] @ W.T as `rows` takes x (masked matvecs: the screened LM head's exact
+        logits), for every row of W; x's rows are tokens 0.."""
+        return (self._int8(x, None) if id(w) in self.ids else x) @ w.T
+
+
+def round_x_bf16(x: np.ndarray) -> np.ndarray:
+    """x as the bf16 chunk matmuls take it (float64): float32, then bf16 rounded to nearest,
+    ties to even (NaN stays NaN)."""
+    return bf16_to_f32(f32_to_bf16(np.asarray(x, np.float32))).astype(np.float64)
 
 
 def quantize_x_int8(x: np.ndarray) -> np.ndarray:
@@ -329,7 +380,7 @@ def _kv_round(x: np.ndarray, kv_dtype: str) -> np.ndarray:
         return x
     if kv_dtype != "bf16":
         raise ValueError(f"kv_dtype must be 'f32' or 'bf16', got {kv_dtype!r}")
-    return bf16_to_f32(f32_to_bf16(x.astype(np.float32))).astype(np.float64)
+    return round_x_bf16(x)
 
 
 def attention(cfg: ModelConfig, layer: int, w: Mapping[str, np.ndarray], x: np.ndarray,
@@ -415,12 +466,14 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
     """Causal forward pass over `tokens` at positions 0..T-1: (logits [T, V], stats per layer).
     kv_dtype: how the KV cache holds keys and values, "f32" or "bf16" (see _kv_round).
     products: how W x is computed (Products: the engine's int8 x for q4 / q5 matrices in decode
-    or in gathered rows); default exact."""
+    or in gathered rows, bf16 x for bf16 matrices in chunk matmuls); default exact."""
     hn, w, stats, products = _final_hidden(cfg, weights, tokens, kv_dtype, products)
-    logits = softcap(products.full(hn, w["token_embd"]), cfg.final_softcap)  # tied LM head
-    if cfg.lm_head_screen_margin > 0:
+    if cfg.lm_head_screen_margin > 0:  # exact logits from masked matvecs of the tied head
+        logits = softcap(products.gathered(hn, w["token_embd"]), cfg.final_softcap)
         screen = softcap(products.full(hn, w["token_embd_screen"]), cfg.final_softcap)
         logits = screened_logits(logits, screen, cfg.lm_head_screen_margin)
+    else:
+        logits = softcap(products.full(hn, w["token_embd"]), cfg.final_softcap)  # tied LM head
     return logits, stats
 
 
@@ -447,7 +500,7 @@ def _final_hidden(cfg, weights, tokens, kv_dtype, products):
         w[name] = a.astype(np.float64)
     eps = cfg.norm_eps
     products = products or Products()
-    products.bind(w)
+    products.bind(w, len(tokens))
 
     h = w["token_embd"][tokens] * math.sqrt(cfg.d_model)            # [T, D]
     stats = []
