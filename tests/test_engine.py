@@ -131,9 +131,10 @@ def model_files(tmp_path_factory):
 
 
 def bf16_names(path: str) -> set[str]:
-    """The bf16 matrices of an engine file, for reference.Products' bf16_x."""
+    """The matrices of an engine file whose chunk matmuls round x to bf16 (bf16 and int8), for
+    reference.Products' bf16_x."""
     _, _, raw = read_engine_file(path)
-    return {name for name, a in raw.items() if a.dtype == np.uint16 and a.ndim == 2}
+    return {name for name, a in raw.items() if a.dtype in (np.uint16, np.int8) and a.ndim == 2}
 
 
 def assert_per_token(got, expected, tol):
@@ -194,7 +195,7 @@ def test_quantized_weights_match_reference_on_dequantized(kind, dtype, model_fil
     path, weights = model_files(kind, dtype)
     tokens = tokens_for(cfg, 16, seed=1)
     products = reference.Products(bf16_x=bf16_names(path), chunk=5)
-    assert (dtype == "bf16") == bool(products.bf16_names)
+    assert products.bf16_names
     expected = reference.forward(cfg, weights, tokens, products=products)
     got = _core.Engine(path, context_length=16, kv_dtype="f32").prefill(tokens, chunk=5,
                                                                         all_logits=True)
@@ -217,7 +218,9 @@ def test_q4_weights_match_reference_on_dequantized_on_every_target(kind, dtype, 
     assert m and (dtype != "mix" or len(m) < len(weights))
     engine = _core.Engine(path, context_length=16, kv_dtype="f32")
     for whole in (False, True):  # chunks of 4 (no chunk of one token, which is a decode); decode
-        products = reference.Products(m, whole=whole)
+        # int8 matrices (the mix) round x to bf16 in chunk matmuls.
+        products = reference.Products(m, whole=whole, bf16_x=bf16_names(path),
+                                      chunk=None if whole else 4)
         expected = reference.forward(cfg, weights, tokens, products=products)
         engine.reset()
         got = (np.stack([engine.decode(int(t)) for t in tokens]) if whole

@@ -558,9 +558,11 @@ def test_matmul(target: str, dtype: str, shape: tuple[int, int, int], rng: np.ra
         w, scale, w64 = make_weights(dtype, rows, cols, rng, integer)
         x = make_x((T, cols), rng, integer)
         pw, ps = placed_weights(w, scale)
-        x64 = chunk_x(x) if dtype == "bf16" else x.astype(np.float64)
+        # bf16 and int8 chunk matmuls round x to bf16 (ops/matvec.cc, RoundsXToBF16).
+        rounds = dtype in ("bf16", "int8")
+        x64 = chunk_x(x) if rounds else x.astype(np.float64)
         want = x64 @ w64.T  # out[t, r] = w[r, :] . x[t, :]
-        for mode in bf16_modes(target) if dtype == "bf16" else [None]:
+        for mode in bf16_modes(target) if rounds else [None]:
             set_bf16(mode)
             px, out = Placed.input(x), Placed.output((T, rows))
             _core.matmul(pw.a, px.a, out.a, scale=ps.a if ps else None)

@@ -24,7 +24,7 @@ KINDS = {
 }
 
 
-def _model(tmp_path, kind: str, margin: float, dtype: str = "int8"):
+def _model(tmp_path, kind: str, margin: float, dtype: str = "f32"):
     cfg = KINDS[kind].replace(lm_head_screen_margin=margin)
     path = str(tmp_path / f"{kind}-{margin}-{dtype}.spark")
     write_engine_file(path, cfg, random_tensor_source(cfg, 3), dtype=dtype)

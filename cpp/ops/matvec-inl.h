@@ -677,6 +677,44 @@ HWY_INLINE void MatMulRowsBF16(const hwy::bfloat16_t* w, size_t cols, const uint
   for (; r < r1; ++r) RowsAllTokensBF16<1>(w + r * cols, cols, xb, T, out + r, out_stride);
 }
 
+// int8 rows [r0, r1) of a chunk matmul on the AVX512_BF16 tile, times their scale after: each
+// kR-row panel is converted to bf16 once per chunk, exactly (|q| <= 127 has at most 7
+// significant bits, and a bf16 holds 8), so the products are those of the f32 tile on the
+// bf16-rounded x. Gemma 3 270M int8 prefill: bench/results/int8-bf16-dot-2026-12-07.txt.
+template <size_t kR>
+SPARK_BF16_TILE_ATTR HWY_NOINLINE void RowsAllTokensI8BF16(const int8_t* w, size_t cols,
+                                                           const uint16_t* HWY_RESTRICT xb, size_t T,
+                                                           float* HWY_RESTRICT out, size_t out_stride) {
+  thread_local std::vector<uint16_t> panel;
+  if (panel.size() < kR * cols) panel.resize(kR * cols);
+  const uint16_t* rows[kR];
+  for (size_t r = 0; r < kR; ++r) {
+    const int8_t* src = w + r * cols;
+    uint16_t* dst = panel.data() + r * cols;
+    size_t i = 0;
+    for (; i + 16 <= cols; i += 16) {
+      const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
+    }
+    for (; i < cols; ++i) dst[i] = BF16BitsFromF32(static_cast<float>(src[i]));
+    rows[r] = dst;
+  }
+  TokenGroups<kR, BF16Dot>(rows, cols, xb, T, out, out_stride);
+}
+
+HWY_INLINE void MatMulRowsI8BF16(const int8_t* w, const float* HWY_RESTRICT scale, size_t cols,
+                                 const uint16_t* HWY_RESTRICT xb, size_t T, float* HWY_RESTRICT out,
+                                 size_t out_stride, size_t r0, size_t r1) {
+  size_t r = r0;
+  for (; r + kChunkRows <= r1; r += kChunkRows)
+    RowsAllTokensI8BF16<kChunkRows>(w + r * cols, cols, xb, T, out + r, out_stride);
+  for (; r < r1; ++r) RowsAllTokensI8BF16<1>(w + r * cols, cols, xb, T, out + r, out_stride);
+  for (size_t t = 0; t < T; ++t)
+    for (size_t rr = r0; rr < r1; ++rr) out[t * out_stride + rr] *= scale[rr];
+}
+
 #endif  // HWY_TARGET == HWY_AVX3
 
 // Whether this target's bf16 chunk matmul takes x as bf16 bits (the AVX512_BF16 tile) rather

@@ -10,13 +10,16 @@ HWY_BEFORE_NAMESPACE();
 namespace spark {
 namespace HWY_NAMESPACE {
 
-// Dispatch on the weight type; out: [T, out_stride]. xb: x as bf16 bits when bf16 weights
-// take the AVX512_BF16 tile (ChunkInput), else null.
+// Dispatch on the weight type; out: [T, out_stride]. xb: x as bf16 bits when bf16 or int8
+// weights take the AVX512_BF16 tile (ChunkInput), else null.
 HWY_NOINLINE void MatMulRows(const MatRef& w, const float* HWY_RESTRICT x, const uint16_t* xb, size_t T,
                              float* HWY_RESTRICT out, size_t out_stride, size_t r0, size_t r1) {
 #if HWY_TARGET == HWY_AVX3
   if (xb != nullptr && w.type == WeightType::kBF16 && T > 1) {
     return MatMulRowsBF16(static_cast<const hwy::bfloat16_t*>(w.data), w.cols, xb, T, out, out_stride, r0, r1);
+  }
+  if (xb != nullptr && w.type == WeightType::kI8 && T > 1) {
+    return MatMulRowsI8BF16(static_cast<const int8_t*>(w.data), w.scale, w.cols, xb, T, out, out_stride, r0, r1);
   }
 #endif
   VisitWeights(w, [&](auto p, const float* scale) {
@@ -59,10 +62,15 @@ size_t RowGranule(const MatRef& w) {
 }
 }  // namespace
 
-// The input of a weight matmul: x, and for bf16 weights in a chunk (T > 1) x rounded to bf16
-// once per call, not once per thread part (matvec-inl.h, RoundToBF16): f32 values in `f32` or
-// bits in `bits`, per the target's tile. The buffers are the calling thread's, valid until its
-// next call; the parts only read them.
+// Whether a chunk matmul (T > 1) of this weight type rounds x to bf16: bf16 weights, and int8
+// ones, whose values are exact in bf16 (before the row scale), so both run the AVX512_BF16
+// tile where the CPU has it (docs/engine-file.md).
+static bool RoundsXToBF16(WeightType t) { return t == WeightType::kBF16 || t == WeightType::kI8; }
+
+// The input of a weight matmul: x, and for bf16 / int8 weights in a chunk (T > 1) x rounded to
+// bf16 once per call, not once per thread part (matvec-inl.h, RoundToBF16): f32 values in
+// `f32` or bits in `bits`, per the target's tile. The buffers are the calling thread's, valid
+// until its next call; the parts only read them.
 struct ChunkInput {
   const float* x;
   const float* f32;
@@ -81,8 +89,8 @@ struct ChunkInput {
     }
   }
   // What MatMulRows takes for a matrix of type t.
-  const float* X(WeightType t) const { return t == WeightType::kBF16 ? f32 : x; }
-  const uint16_t* Bits(WeightType t) const { return t == WeightType::kBF16 ? bits : nullptr; }
+  const float* X(WeightType t) const { return RoundsXToBF16(t) ? f32 : x; }
+  const uint16_t* Bits(WeightType t) const { return RoundsXToBF16(t) ? bits : nullptr; }
 };
 
 // Attention's products with the KV cache (bf16 keys) keep f32 x: this is not a weight matmul.
@@ -95,7 +103,7 @@ void MatVec(ThreadPool& pool, const MatRef& w, const float* x, float* out) { Mat
 
 void MatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
-  const ChunkInput in(x, T, w.cols, w.type == WeightType::kBF16);
+  const ChunkInput in(x, T, w.cols, RoundsXToBF16(w.type));
   const float* xw = in.X(w.type);
   const uint16_t* xb = in.Bits(w.type);
   pool.ParallelFor(w.rows, RowGranule(w), [&](size_t r0, size_t r1, int) {
@@ -110,7 +118,7 @@ void MatMulMany(ThreadPool& pool, const MatRef* const* ws, float* const* outs, s
   for (size_t i = 0; i < n; ++i) {
     total += ws[i]->rows;
     granule = std::max(granule, RowGranule(*ws[i]));
-    bf16 |= ws[i]->type == WeightType::kBF16;
+    bf16 |= RoundsXToBF16(ws[i]->type);
   }
   const ChunkInput in(x, T, n > 0 ? ws[0]->cols : 0, bf16);
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
