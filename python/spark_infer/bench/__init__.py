@@ -34,7 +34,10 @@ What is measured:
 
 Token streams (fixed by `--seed`, so a run can be replayed): `bench_tokens(seed, vocab, n,
 stream)`; stream 0 gives the context (its first P tokens are also the prefill sample), stream 1
-the tokens fed to decode, step i of every sample getting token i.
+the tokens fed to decode, step i of every sample getting token i. `--tokens text` takes both
+from the shipped calibration text instead (`measure.text_tokens`, by the first engine file's
+tokenizer), decode continuing the text after each context: what the screened LM head and the
+sparsified FFNs see in use (random ids give flat next-token distributions).
 
 Models: an engine file path; a config JSON path (random weights); a preset name (`gemma2-2b`,
 `spark-2b`, `gemma3-270m`, `gemma3-1b`, `spark-gemma3-270m`: random weights, except
