@@ -388,8 +388,8 @@ void Engine::set_lm_head_screen(bool on) {
 }
 
 // The screen's q4 rows cost 0.625 bytes a weight (int8 1.0, bf16 2.0), and the few logits that
-// can matter, near the largest, are recomputed from the head itself: Gemma 3 270M on KJV text,
-// margin 10, a median of ~350 of 262144 per token. A flat distribution (nonsense input) can put
+// can matter, near the largest, are recomputed from the head itself: on real text (Gemma 3
+// 270M, margin 10) a few hundred of 262144 per token. A flat distribution (random ids) can put
 // tens of thousands within the margin, so at most the kScreenMaxRescored largest are (ties at
 // the last one kept).
 void Engine::ScreenedLogits(size_t rows, float* logits) {

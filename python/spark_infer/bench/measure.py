@@ -31,8 +31,8 @@ def bench_tokens(seed: int, vocab: int, n: int, stream: int = 0) -> np.ndarray:
 def text_tokens(runners: list[Any], n: int) -> np.ndarray:
     """int32 [n] token ids of the shipped calibration text (repeated as needed), by the
     tokenizer of the first engine runner whose file has one. What real text changes: the
-    screened LM head recomputes the logits near the top (~350-800 per token on text, its cap
-    of 4096 on random ids, whose next-token distributions are flat), and a sparsified FFN's
+    screened LM head recomputes the logits near the top (a few hundred per token on text, its
+    cap of 4096 on random ids, whose next-token distributions are flat), and a sparsified FFN's
     realised fraction."""
     from ..data import calibration_text
     from ..tokenizer import Tokenizer
