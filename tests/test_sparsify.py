@@ -227,7 +227,7 @@ def _sparse_and_dense_act(cfg, w, src, x, layer):
     return act * kept, act
 
 
-def test_refit_is_the_ridge_least_squares_solution(tiny, tmp_path, monkeypatch):
+def test_refit_is_the_ridge_least_squares_solution(tiny, tmp_path, monkeypatch, capsys):
     """Each layer's refit down projection W' solves the ridge problem of the spec on the
     calibration text, cut into several <bos>-led sequences: stacked as one least-squares
     system [sqrt(w) A_s; sqrt(lam') I] W'^T = [sqrt(w) Y; sqrt(lam') W_down^T] (A_s the kept
@@ -253,6 +253,8 @@ def test_refit_is_the_ridge_least_squares_solution(tiny, tmp_path, monkeypatch):
     rec = read_engine_header(out)["sparsify"]["refit"]
     assert rec["tokens"] == sum(map(len, seqs)) and rec["sequences"] == len(seqs)
     assert rec["lambda"] == lam and rec["tensors"] == ["ffn_down"]
+    assert cli_main(["info", str(out)]) == 0
+    assert "refit:       ffn_down by ridge least squares" in capsys.readouterr().out
     for layer in range(cfg.n_layers):
         p = f"blk.{layer}."
         w_down = src[p + "ffn_down"].astype(np.float64)
