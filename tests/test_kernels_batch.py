@@ -170,3 +170,31 @@ def test_csr_bad_input():
     with pytest.raises(TypeError):
         _core.csr_masked_matmul(w, x, np.array([0, 1, 2, 2, 2], np.int64),
                                 np.array([0, 1], np.int32), out)
+
+
+@pytest.mark.parametrize("offset", [0, 2, 16, 62])
+def test_csr_sparse_matmul_any_row_alignment(target, offset):
+    """bf16 rows of whole cache lines starting at any even byte (engine files align a tensor to
+    its element size only): the tiles' column grid follows the rows' alignment, every column
+    is still computed once."""
+    rng = np.random.default_rng(offset)
+    rows, cols, T = 40, 320, 9
+    w, _, wd, wa = weights(rng, rows, cols, "bf16")
+    buf = np.zeros(rows * cols + 64, np.uint16)
+    start = (-buf.ctypes.data % 64 + offset) // 2
+    wb = buf[start:start + rows * cols].reshape(rows, cols)
+    wb[:] = w
+    assert wb.ctypes.data % 64 == offset
+    offsets, tokens, _ = csr(rng, rows, T, 0.3, full_rows=[0])
+    u = rng.standard_normal(len(tokens)).astype(np.float32)
+    row_of = np.repeat(np.arange(rows), np.diff(offsets))
+    uc = round_x_bf16(u)
+    expected = np.zeros((T, cols))
+    np.add.at(expected, tokens, uc[:, None] * wd[row_of])
+    bound = 4 * rows * 2.0**-24 * (np.abs(uc)[:, None] * wa[row_of]).sum(0).max()
+    for mode in bf16_modes(target):
+        set_bf16(mode)
+        out = np.full((T, cols), np.nan, np.float32)
+        _core.csr_sparse_matmul(wb, u, offsets, tokens, out)
+        assert np.abs(out - expected).max() <= bound, mode
+    set_bf16(None)

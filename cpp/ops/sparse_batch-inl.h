@@ -27,19 +27,32 @@ namespace spark {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Prefetches the n weights at p, one prefetch per cache line. The token-major V walk reads
+// A prefetch into L2 (prefetcht1): for data wanted a while later, which an L1 prefetch would
+// bring in too early, evicting what is in use.
+HWY_INLINE void PrefetchL2(const void* p) {
+#if HWY_ARCH_X86
+  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+#else
+  hwy::Prefetch(p);
+#endif
+}
+
+// Prefetches the n weights at p into L2, one prefetch per cache line. The token-major V walk reads
 // short segments of scattered rows that the hardware prefetcher does not run ahead of: fetching
 // the next block's segments during the current block made V 1.5x faster from DRAM (13.7 -> 20.8
-// GFLOP/s per core, bf16, AVX3). K2 reads whole rows in order, and still gains from software
-// prefetch: RowDotTokens fetches the next row line by line as it walks its own (K2 [13824, 1280]
-// bf16 from DRAM, T=64, 8 %, AVX3 on the Zen 4 VM, GFLOP/s: 1 thread 25-28 -> 35, 2 threads
-// 44-54 -> 66-68; bench/results/kernels-chunk-k2-prefetch-2026-12-07.txt); the next row two
-// ahead was no better.
+// GFLOP/s per core, bf16, AVX3). Into L2 rather than L1, with the blocks walked over the
+// thread's whole column range: V [13824, 2304] bf16 from DRAM, T = 64, 2 threads, Zen 4 VM,
+// 12.4 -> 9.3 ms (bench/results/spark-prefill-bf16-2026-12-07.txt).
+// K2 reads whole rows in order, and still gains from software prefetch: RowDotTokens fetches
+// the next row line by line as it walks its own (K2 [13824, 1280] bf16 from DRAM, T=64, 8 %,
+// AVX3 on the Zen 4 VM, GFLOP/s: 1 thread 25-28 -> 35, 2 threads 44-54 -> 66-68;
+// bench/results/kernels-chunk-k2-prefetch-2026-12-07.txt); the next row two ahead was no
+// better; into L2 rather than L1 on the AVX512_BF16 tile (RowDotTokensBF16): 2.07 -> 1.88 ms.
 template <class P>
 HWY_INLINE void PrefetchElems(P p, size_t n) {
   const uint8_t* b = BytePtr(p);
   const size_t bytes = BytesOf(p, n);
-  for (size_t i = 0; i < bytes; i += 64) hwy::Prefetch(b + i);
+  for (size_t i = 0; i < bytes; i += 64) PrefetchL2(b + i);
 }
 
 // out[j] = row[0, cols) . xs[j][0, cols) for kT token vectors (and a prefetch of `next`, the
@@ -157,7 +170,7 @@ SPARK_BF16_TILE_ATTR HWY_INLINE void RowDotTokensBF16(const uint16_t* HWY_RESTRI
   for (; i + 32 * kU <= cols; i += 32 * kU) {
     if (next != nullptr) {
       const size_t off = i * elem_bytes;
-      for (size_t b = (off + 63) / 64 * 64; b < off + 32 * kU * elem_bytes; b += 64) hwy::Prefetch(next + b);
+      for (size_t b = (off + 63) / 64 * 64; b < off + 32 * kU * elem_bytes; b += 64) PrefetchL2(next + b);
     }
     HWY_UNROLL(8)
     for (size_t u = 0; u < kU; ++u) {
@@ -318,26 +331,42 @@ HWY_INLINE void TokenTile(P w, size_t cols, const TokenPair* HWY_RESTRICT pairs,
 // groups; the rest on the f32 tiles, with the same exact products). c0 and each panel start
 // are multiples of kSparsePanel apart from 0, so which tile a column takes does not depend on
 // the thread split.
+// Panels start at c0, then at a0 + k kSparsePanel (callers split threads on that grid): a0, the
+// first column whose bf16 weights start a cache line in every row, so that TokenTileBF16's
+// 64-byte loads never straddle two lines (the engine's bf16 tensors start at any even byte:
+// docs/engine-file.md; V [13824, 2304] from DRAM, 2 threads: 12.5 -> 9.2 ms aligned).
+// Blocks outermost: a block's rows are read over the whole column range [c0, c1) (one
+// contiguous run per row: 2.3 KB at 2B shapes with 2 threads) while its panels are walked, and
+// the next block's runs are prefetched meanwhile. Panels outermost read 256-byte pieces of every
+// row per panel: a page (and a TLB miss, costly under a hypervisor's nested paging) per piece;
+// V [13824, 2304] bf16 from DRAM, T = 64, 2 threads, Zen 4 VM: 2.2 GB/s that way.
 template <bool kBF16, class P>
 HWY_INLINE void TokenSparseColsT(P w, size_t rows, size_t cols, const TokenPair* HWY_RESTRICT pairs,
                                  const int32_t* HWY_RESTRICT block_start, size_t T,
-                                 float* HWY_RESTRICT out, size_t c0, size_t c1) {
+                                 float* HWY_RESTRICT out, size_t c0, size_t c1, size_t a0) {
   const hn::ScalableTag<float> df;
   const size_t NF = hn::Lanes(df);
   constexpr size_t kV = 8;  // output vectors in registers: 8 independent FMA chains
   const size_t blocks = (rows + kSparseRowBlock - 1) / kSparseRowBlock;
-  for (size_t p0 = c0; p0 < c1; p0 += kSparsePanel) {
-    const size_t p1 = c1 - p0 < kSparsePanel ? c1 : p0 + kSparsePanel;
-    const size_t groups = kBF16 ? (p1 - p0) / 32 : 0;  // 32-column groups on the bf16 tile
-    for (size_t t = 0; t < T; ++t)
-      for (size_t c = p0; c < p1; ++c) out[t * cols + c] = 0.0f;
-    for (size_t b = 0; b < blocks; ++b) {
-      // The next block's panel rows, spread over this block's tokens.
-      const size_t nr0 = (b + 1) * kSparseRowBlock;
-      const size_t nrows = nr0 < rows ? (rows - nr0 < kSparseRowBlock ? rows - nr0 : kSparseRowBlock) : 0;
+  const size_t lead = c0 < a0 ? 1 : 0;  // the panel [c0, a0)
+  const size_t g0 = std::max(c0, a0);  // panels on the grid from here
+  const size_t panels = lead + (c1 - g0 + kSparsePanel - 1) / kSparsePanel;
+  for (size_t t = 0; t < T; ++t)
+    for (size_t c = c0; c < c1; ++c) out[t * cols + c] = 0.0f;
+  for (size_t b = 0; b < blocks; ++b) {
+    // The next block's rows, spread over this block's (panel, token) steps.
+    const size_t nr0 = (b + 1) * kSparseRowBlock;
+    const size_t nrows = nr0 < rows ? (rows - nr0 < kSparseRowBlock ? rows - nr0 : kSparseRowBlock) : 0;
+    const size_t steps = panels * T;
+    for (size_t pi = 0; pi < panels; ++pi) {
+      const size_t p0 = pi < lead ? c0 : g0 + (pi - lead) * kSparsePanel;
+      const size_t p1 = pi < lead ? a0 : std::min(c1, p0 + kSparsePanel);
+      // 32-column groups on the bf16 tile
+      const size_t groups = kBF16 && pi >= lead ? (p1 - p0) / 32 : 0;
       for (size_t t = 0; t < T; ++t) {
-        for (size_t r = nr0 + t * nrows / T; r < nr0 + (t + 1) * nrows / T; ++r)
-          PrefetchElems(w + r * cols + p0, p1 - p0);
+        const size_t step = pi * T + t;
+        for (size_t r = nr0 + step * nrows / steps; r < nr0 + (step + 1) * nrows / steps; ++r)
+          PrefetchElems(w + r * cols + c0, c1 - c0);
         const int32_t* bs = block_start + t * (blocks + 1) + b;
         const TokenPair* tp = pairs + bs[0];
         const size_t n = static_cast<size_t>(bs[1] - bs[0]);
@@ -350,6 +379,8 @@ HWY_INLINE void TokenSparseColsT(P w, size_t rows, size_t cols, const TokenPair*
           for (; c + 128 <= p0 + 32 * groups; c += 128) TokenTileBF16<4>(wb, cols, tp, n, c, o + c);
           for (; c + 32 <= p0 + 32 * groups; c += 32) TokenTileBF16<1>(wb, cols, tp, n, c, o + c);
         }
+#else
+        (void)groups;
 #endif
         for (; c + kV * NF <= p1; c += kV * NF) TokenTile<kV>(w, cols, tp, n, c, o + c);
         for (; c + 4 * NF <= p1; c += 4 * NF) TokenTile<4>(w, cols, tp, n, c, o + c);
@@ -362,11 +393,15 @@ HWY_INLINE void TokenSparseColsT(P w, size_t rows, size_t cols, const TokenPair*
         }
       }
     }
-#if HWY_TARGET == HWY_AVX3
-    if (groups > 0)
-      for (size_t t = 0; t < T; ++t) UnpermuteBF16Cols(out + t * cols + p0, groups);
-#endif
   }
+#if HWY_TARGET == HWY_AVX3
+  if constexpr (kBF16) {
+    for (size_t p0 = g0; p0 < c1; p0 += kSparsePanel) {
+      const size_t groups = (std::min(c1, p0 + kSparsePanel) - p0) / 32;
+      for (size_t t = 0; t < T; ++t) UnpermuteBF16Cols(out + t * cols + p0, groups);
+    }
+  }
+#endif
 }
 
 // out[g, c] for g in [g0, g0 + kG) and the kC vectors of columns at c: the kG x kC sums stay in

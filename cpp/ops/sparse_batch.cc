@@ -36,13 +36,13 @@ HWY_NOINLINE void CsrMaskedRows(const MatRef& w, const float* x, const uint16_t*
 // takes where the CPU has it.
 HWY_NOINLINE void TokenSparseCols(const MatRef& w, const TokenPair* pairs,
                                   const int32_t* block_start, size_t T, float* out, size_t c0,
-                                  size_t c1, bool bf16_u) {
+                                  size_t c1, size_t a0, bool bf16_u) {
   if (bf16_u && w.type == WeightType::kBF16 && UseBF16Tile()) {
     return TokenSparseColsT<true>(static_cast<const hwy::bfloat16_t*>(w.data), w.rows, w.cols,
-                                  pairs, block_start, T, out, c0, c1);
+                                  pairs, block_start, T, out, c0, c1, a0);
   }
   VisitWeights(w, [&](auto p, const float*) {
-    TokenSparseColsT<false>(p, w.rows, w.cols, pairs, block_start, T, out, c0, c1);
+    TokenSparseColsT<false>(p, w.rows, w.cols, pairs, block_start, T, out, c0, c1, a0);
   });
 }
 
@@ -126,10 +126,17 @@ void CsrSparseMatMul(ThreadPool& pool, const MatRef& w, const float* u, const in
   // Plain pointers: inside the lambda the thread_local names would be the workers' own (empty).
   const TokenPair* pp = pairs.data();
   const int32_t* ps = start.data();
+  // The panel grid's origin a0 (TokenSparseColsT): bf16 rows of whole cache lines whose
+  // start is not 64-byte aligned; else 0.
+  size_t a0 = 0;
+  const size_t misalign = reinterpret_cast<uintptr_t>(w.data) % 64;
+  if (w.type == WeightType::kBF16 && w.RowBytes() % 64 == 0 && misalign % 2 == 0)
+    a0 = std::min(w.cols, (64 - misalign) % 64 / 2);
   // Parts of whole panels: a part's last panel narrower than 8 vectors would run on fewer
-  // accumulators (a 64-column remainder on AVX3: ~1/5 of the columns at a fraction of the rate).
-  pool.ParallelFor(w.cols, kSparsePanel, [&](size_t c0, size_t c1, int) {
-    fn(w, pp, ps, T, out, c0, c1, round);
+  // accumulators (a 64-column remainder on AVX3: ~1/5 of the columns at a fraction of the
+  // rate). The first part also takes the columns [0, a0).
+  pool.ParallelFor(w.cols - a0, kSparsePanel, [&](size_t c0, size_t c1, int) {
+    fn(w, pp, ps, T, out, c0 == 0 ? 0 : a0 + c0, a0 + c1, a0, round);
   });
 }
 
