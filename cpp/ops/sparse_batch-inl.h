@@ -377,6 +377,7 @@ HWY_INLINE void TokenSparseColsT(P w, size_t rows, size_t cols, const TokenPair*
         if constexpr (kBF16) {
           const uint16_t* wb = reinterpret_cast<const uint16_t*>(w);
           for (; c + 128 <= p0 + 32 * groups; c += 128) TokenTileBF16<4>(wb, cols, tp, n, c, o + c);
+          for (; c + 64 <= p0 + 32 * groups; c += 64) TokenTileBF16<2>(wb, cols, tp, n, c, o + c);
           for (; c + 32 <= p0 + 32 * groups; c += 32) TokenTileBF16<1>(wb, cols, tp, n, c, o + c);
         }
 #else
