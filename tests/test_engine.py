@@ -282,6 +282,34 @@ def test_spark_prefill_kernel_choice_matches_reference(kind, cache_bytes, model_
     assert rel_err(got, reference.forward(cfg, weights, tokens, kv_dtype="bf16")) < REL_TOL_BF16_KV
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("kind", ["spark_all", "spark_all_gemma2", "sparse_ffn_calibrated",
+                                  "sparse_all_gemma2", "sparse_ffn_abs_act"])
+def test_grouped_sparse_ffn_rounds_like_the_reference_on_every_target(kind, dtype, target,
+                                                                      model_files):
+    """The neuron-grouped chunk kernels with bf16 / int8 weights (chunk_sparse_cache_bytes 0)
+    round K2's (up's, gate's) x and V's (W_down^T's) u to bf16 in chunks, on every target and
+    bf16 tile, as reference.Products(grouped=True) models; decode (the last token, a chunk of
+    one) keeps f32."""
+    cfg = KINDS[kind]
+    path, weights = model_files(kind, dtype)
+    tokens = tokens_for(cfg, 16, seed=5)
+    products = reference.Products(bf16_x=bf16_names(path), chunk=5, grouped=True)
+    expected = reference.forward(cfg, weights, tokens, products=products)
+    plain = reference.forward(cfg, weights, tokens,
+                              products=reference.Products(bf16_x=bf16_names(path), chunk=5))
+    engine = _core.Engine(path, context_length=16, kv_dtype="f32")
+    engine.chunk_sparse_cache_bytes = 0
+    for bf16_tile in bf16_modes(target):
+        set_bf16(bf16_tile)
+        engine.reset()
+        got = engine.prefill(tokens, chunk=5, all_logits=True)
+        assert_per_token(got, expected, REL_TOL)
+        # Without the grouped rounding the reference is off by far more.
+        assert np.median([rel_err(got[i], plain[i]) for i in range(15)]) > 10 * REL_TOL, bf16_tile
+    set_bf16(None)
+
+
 @pytest.mark.parametrize("kind", ["gemma2", "spark_all", "sparse_all_gemma2"])
 def test_threads_and_chunk_size_do_not_change_results(kind, model_files):
     cfg = KINDS[kind]

@@ -168,10 +168,11 @@ void RegisterOps(py::module_& m) {
     const auto [po, pt] = check_csr(offsets, tokens, mw.rows, static_cast<size_t>(x.shape(0)));
     float* pout = Checked<float>(out, "out", {tokens.shape(0)}, true);
     py::gil_scoped_release release;
-    CsrMaskedMatMul(DefaultPool(), mw, px, po, pt, pout);
+    CsrMaskedMatMul(DefaultPool(), mw, px, static_cast<size_t>(x.shape(0)), po, pt, pout);
   }, arg("w").noconvert(), arg("x").noconvert(), arg("offsets").noconvert(), arg("tokens").noconvert(),
      arg("out").noconvert(), arg("scale").noconvert() = py::none(),
-     "out[k] = w[i, :] . x[tokens[k], :] for k in [offsets[i], offsets[i+1]).");
+     "out[k] = w[i, :] . x[tokens[k], :] for k in [offsets[i], offsets[i+1]); bf16 / int8 w with "
+     "2 or more tokens: x rounded to bf16 first.");
   m.def("csr_sparse_matmul", [check_csr](py::array w, py::array u, py::array offsets, py::array tokens,
                                          py::array out, OptArray scale) {
     const MatRef mw = CheckedWeights(w, scale);
@@ -183,7 +184,8 @@ void RegisterOps(py::module_& m) {
     CsrSparseMatMul(DefaultPool(), mw, pu, po, pt, T, pout);
   }, arg("w").noconvert(), arg("u").noconvert(), arg("offsets").noconvert(), arg("tokens").noconvert(),
      arg("out").noconvert(), arg("scale").noconvert() = py::none(),
-     "out[t, :] = sum over k with tokens[k] == t of u[k] * w[i(k), :]; out: [T, cols].");
+     "out[t, :] = sum over k with tokens[k] == t of u[k] * w[i(k), :]; out: [T, cols]; bf16 / "
+     "int8 w with T >= 2: u rounded to bf16 first (int8: before the scale).");
 
   // --- statistical top-k
   m.def("inv_normal_cdf", [](double p) {

@@ -167,8 +167,8 @@ void Engine::SparseFfnTail(const MatRef* w_in, const float* x_in, const MatRef* 
     }
   }
   if (w_in) {
-    if (w_gate) CsrMaskedMatMul(pool_, *w_gate, x_in, offsets, csr_tokens_.data(), csr_shift_.get());
-    CsrMaskedMatMul(pool_, *w_in, x_in, offsets, csr_tokens_.data(), csr_u_.get());
+    if (w_gate) CsrMaskedMatMul(pool_, *w_gate, x_in, T, offsets, csr_tokens_.data(), csr_shift_.get());
+    CsrMaskedMatMul(pool_, *w_in, x_in, T, offsets, csr_tokens_.data(), csr_u_.get());
     GeluMul(csr_shift_.get(), csr_u_.get(), total, csr_u_.get());
   }
   CsrSparseMatMul(pool_, w_out, csr_u_.get(), offsets, csr_tokens_.data(), T, tmp_.get());

@@ -681,6 +681,18 @@ HWY_INLINE void MatMulRowsBF16(const hwy::bfloat16_t* w, size_t cols, const uint
 // kR-row panel is converted to bf16 once per chunk, exactly (|q| <= 127 has at most 7
 // significant bits, and a bf16 holds 8), so the products are those of the f32 tile on the
 // bf16-rounded x. Gemma 3 270M int8 prefill: bench/results/int8-bf16-dot-2026-12-07.txt.
+// dst[0, n) = src[0, n) as bf16 bits, exactly (|q| <= 127: 7 significant bits).
+HWY_INLINE void I8ToBF16(const int8_t* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRICT dst) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
+  }
+  for (; i < n; ++i) dst[i] = BF16BitsFromF32(static_cast<float>(src[i]));
+}
+
 template <size_t kR>
 SPARK_BF16_TILE_ATTR HWY_NOINLINE void RowsAllTokensI8BF16(const int8_t* w, size_t cols,
                                                            const uint16_t* HWY_RESTRICT xb, size_t T,
@@ -689,17 +701,8 @@ SPARK_BF16_TILE_ATTR HWY_NOINLINE void RowsAllTokensI8BF16(const int8_t* w, size
   if (panel.size() < kR * cols) panel.resize(kR * cols);
   const uint16_t* rows[kR];
   for (size_t r = 0; r < kR; ++r) {
-    const int8_t* src = w + r * cols;
-    uint16_t* dst = panel.data() + r * cols;
-    size_t i = 0;
-    for (; i + 16 <= cols; i += 16) {
-      const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
-    }
-    for (; i < cols; ++i) dst[i] = BF16BitsFromF32(static_cast<float>(src[i]));
-    rows[r] = dst;
+    I8ToBF16(w + r * cols, cols, panel.data() + r * cols);
+    rows[r] = panel.data() + r * cols;
   }
   TokenGroups<kR, BF16Dot>(rows, cols, xb, T, out, out_stride);
 }

@@ -36,6 +36,10 @@ HWY_NOINLINE bool RoundChunkInput(const float* HWY_RESTRICT x, size_t n, float* 
   return bits;
 }
 
+HWY_NOINLINE void RoundValues(const float* HWY_RESTRICT x, size_t n, float* HWY_RESTRICT out) {
+  RoundToBF16(x, n, out, nullptr);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace spark
 HWY_AFTER_NAMESPACE();
@@ -50,6 +54,7 @@ HWY_AFTER_NAMESPACE();
 namespace spark {
 HWY_EXPORT(MatMulRows);
 HWY_EXPORT(RoundChunkInput);
+HWY_EXPORT(RoundValues);
 
 namespace {
 // Rows per thread part: a multiple of the 4-row decode tile, and enough work (>= 64 KiB of
@@ -62,36 +67,24 @@ size_t RowGranule(const MatRef& w) {
 }
 }  // namespace
 
-// Whether a chunk matmul (T > 1) of this weight type rounds x to bf16: bf16 weights, and int8
-// ones, whose values are exact in bf16 (before the row scale), so both run the AVX512_BF16
-// tile where the CPU has it (docs/engine-file.md).
-static bool RoundsXToBF16(WeightType t) { return t == WeightType::kBF16 || t == WeightType::kI8; }
+bool RoundsXToBF16(WeightType t) { return t == WeightType::kBF16 || t == WeightType::kI8; }
 
-// The input of a weight matmul: x, and for bf16 / int8 weights in a chunk (T > 1) x rounded to
-// bf16 once per call, not once per thread part (matvec-inl.h, RoundToBF16): f32 values in
-// `f32` or bits in `bits`, per the target's tile. The buffers are the calling thread's, valid
-// until its next call; the parts only read them.
-struct ChunkInput {
-  const float* x;
-  const float* f32;
-  const uint16_t* bits;
-  ChunkInput(const float* x_in, size_t T, size_t cols, bool bf16) : x(x_in), f32(x_in), bits(nullptr) {
-    if (!bf16 || T < 2) return;
-    thread_local std::vector<float> xr;
-    thread_local std::vector<uint16_t> xb;
-    const size_t n = T * cols;
-    if (xr.size() < n) xr.resize(n);
-    if (xb.size() < n) xb.resize(n);
-    if (HWY_DYNAMIC_DISPATCH(RoundChunkInput)(x_in, n, xr.data(), xb.data())) {
-      bits = xb.data();
-    } else {
-      f32 = xr.data();
-    }
+ChunkInput::ChunkInput(const float* x_in, size_t n, bool round) : x(x_in), f32(x_in), bits(nullptr) {
+  if (!round) return;
+  thread_local std::vector<float> xr;
+  thread_local std::vector<uint16_t> xb;
+  if (xr.size() < n) xr.resize(n);
+  if (xb.size() < n) xb.resize(n);
+  if (HWY_DYNAMIC_DISPATCH(RoundChunkInput)(x_in, n, xr.data(), xb.data())) {
+    bits = xb.data();
+  } else {
+    f32 = xr.data();
   }
-  // What MatMulRows takes for a matrix of type t.
-  const float* X(WeightType t) const { return RoundsXToBF16(t) ? f32 : x; }
-  const uint16_t* Bits(WeightType t) const { return RoundsXToBF16(t) ? bits : nullptr; }
-};
+}
+
+void RoundToBF16Values(const float* x, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(RoundValues)(x, n, out);
+}
 
 // Attention's products with the KV cache (bf16 keys) keep f32 x: this is not a weight matmul.
 void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t out_stride,
@@ -103,7 +96,7 @@ void MatVec(ThreadPool& pool, const MatRef& w, const float* x, float* out) { Mat
 
 void MatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
-  const ChunkInput in(x, T, w.cols, RoundsXToBF16(w.type));
+  const ChunkInput in(x, T * w.cols, T > 1 && RoundsXToBF16(w.type));
   const float* xw = in.X(w.type);
   const uint16_t* xb = in.Bits(w.type);
   pool.ParallelFor(w.rows, RowGranule(w), [&](size_t r0, size_t r1, int) {
@@ -120,7 +113,7 @@ void MatMulMany(ThreadPool& pool, const MatRef* const* ws, float* const* outs, s
     granule = std::max(granule, RowGranule(*ws[i]));
     bf16 |= RoundsXToBF16(ws[i]->type);
   }
-  const ChunkInput in(x, T, n > 0 ? ws[0]->cols : 0, bf16);
+  const ChunkInput in(x, T * (n > 0 ? ws[0]->cols : 0), T > 1 && bf16);
   const auto fn = HWY_DYNAMIC_DISPATCH(MatMulRows);
   pool.ParallelFor(total, granule, [&](size_t b, size_t e, int) {
     size_t base = 0;

@@ -5,6 +5,7 @@
 #define SPARK_OPS_MATVEC_H_
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util/threading.h"
 #include "weights/types.h"
@@ -29,6 +30,29 @@ void MatMulMany(ThreadPool& pool, const MatRef* const* ws, float* const* outs, s
 // for every weight type (attention's q against the bf16 KV cache).
 void MatMulRange(const MatRef& w, const float* x, size_t T, float* out, size_t out_stride,
                  size_t r0, size_t r1);
+
+// Whether a chunk product (T > 1) with weights of type t rounds its input to bf16: bf16
+// weights, and int8 ones, whose values are exact in bf16 (before the row scale), so both run the
+// AVX512_BF16 tile where the CPU has it (docs/engine-file.md). The neuron-grouped Spark FFN
+// kernels (sparse_batch.h) follow the same rule.
+bool RoundsXToBF16(WeightType t);
+
+// The input of a chunk product: x, and when `round` x [n] rounded to bf16 once per call, not
+// once per thread part (matvec-inl.h, RoundToBF16): f32 values in `f32` or bits in `bits`, per
+// the target's tile (bits: the AVX512_BF16 tile). The buffers are the calling thread's, valid
+// until its next ChunkInput; the parts only read them.
+struct ChunkInput {
+  const float* x;
+  const float* f32;
+  const uint16_t* bits;
+  ChunkInput(const float* x_in, size_t n, bool round);
+  // What a kernel takes for a matrix of type t.
+  const float* X(WeightType t) const { return RoundsXToBF16(t) ? f32 : x; }
+  const uint16_t* Bits(WeightType t) const { return RoundsXToBF16(t) ? bits : nullptr; }
+};
+
+// out[i] = x[i] rounded to bf16 (nearest even; NaN stays NaN), as f32 values, on every target.
+void RoundToBF16Values(const float* x, size_t n, float* out);
 
 }  // namespace spark
 

@@ -10,18 +10,39 @@ HWY_BEFORE_NAMESPACE();
 namespace spark {
 namespace HWY_NAMESPACE {
 
-HWY_NOINLINE void CsrMaskedRows(const MatRef& w, const float* x, const int32_t* offsets,
-                                const int32_t* tokens, size_t r0, size_t r1, float* out) {
+// xb: x as bf16 bits when bf16 / int8 weights take the AVX512_BF16 tile (ChunkInput), else null
+// (x: then the bf16-rounded values for those types in a chunk).
+HWY_NOINLINE void CsrMaskedRows(const MatRef& w, const float* x, const uint16_t* xb,
+                                const int32_t* offsets, const int32_t* tokens, size_t r0, size_t r1,
+                                float* out) {
+#if HWY_TARGET == HWY_AVX3
+  if (xb != nullptr && w.type == WeightType::kBF16) {
+    return CsrMaskedRowsBF16(static_cast<const uint16_t*>(w.data), nullptr, w.cols, xb, offsets,
+                             tokens, r0, r1, out);
+  }
+  if (xb != nullptr && w.type == WeightType::kI8) {
+    return CsrMaskedRowsBF16(static_cast<const int8_t*>(w.data), w.scale, w.cols, xb, offsets,
+                             tokens, r0, r1, out);
+  }
+#else
+  (void)xb;
+#endif
   VisitWeights(w, [&](auto p, const float* scale) {
     CsrMaskedRowsT(p, scale, w.cols, x, offsets, tokens, r0, r1, out);
   });
 }
 
+// bf16_u: the pairs' u are bf16 values (a chunk of bf16 weights), which the AVX512_BF16 tile
+// takes where the CPU has it.
 HWY_NOINLINE void TokenSparseCols(const MatRef& w, const TokenPair* pairs,
                                   const int32_t* block_start, size_t T, float* out, size_t c0,
-                                  size_t c1) {
+                                  size_t c1, size_t a0, bool bf16_u) {
+  if (bf16_u && w.type == WeightType::kBF16 && UseBF16Tile()) {
+    return TokenSparseColsT<true>(static_cast<const hwy::bfloat16_t*>(w.data), w.rows, w.cols,
+                                  pairs, block_start, T, out, c0, c1, a0);
+  }
   VisitWeights(w, [&](auto p, const float*) {
-    TokenSparseColsT(p, w.rows, w.cols, pairs, block_start, T, out, c0, c1);
+    TokenSparseColsT<false>(p, w.rows, w.cols, pairs, block_start, T, out, c0, c1, a0);
   });
 }
 
@@ -40,6 +61,7 @@ HWY_AFTER_NAMESPACE();
 #include <algorithm>
 #include <vector>
 
+#include "ops/matvec.h"
 #include "ops/sparse_batch.h"
 #include "util/threading.h"
 
@@ -53,10 +75,13 @@ void MultiSparseVecMatRange(const MatRef& w, const float* u, const int32_t* idx,
   HWY_DYNAMIC_DISPATCH(MultiSparseCols)(w, u, idx, n, G, out, c0, c1);
 }
 
-void CsrMaskedMatMul(ThreadPool& pool, const MatRef& w, const float* x, const int32_t* offsets,
-                     const int32_t* tokens, float* out) {
+void CsrMaskedMatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T,
+                     const int32_t* offsets, const int32_t* tokens, float* out) {
   const auto fn = HWY_DYNAMIC_DISPATCH(CsrMaskedRows);
-  pool.ParallelFor(w.rows, 64, [&](size_t r0, size_t r1, int) { fn(w, x, offsets, tokens, r0, r1, out); });
+  const ChunkInput in(x, T * w.cols, T > 1 && RoundsXToBF16(w.type));
+  const float* xw = in.X(w.type);
+  const uint16_t* xb = in.Bits(w.type);
+  pool.ParallelFor(w.rows, 64, [&](size_t r0, size_t r1, int) { fn(w, xw, xb, offsets, tokens, r0, r1, out); });
 }
 
 void CsrSparseMatMul(ThreadPool& pool, const MatRef& w, const float* u, const int32_t* offsets,
@@ -68,7 +93,16 @@ void CsrSparseMatMul(ThreadPool& pool, const MatRef& w, const float* u, const in
   // otherwise cost a fresh 0.5 MiB allocation (page faults) per call.
   static thread_local std::vector<TokenPair> pairs;
   static thread_local std::vector<int32_t> start;
+  static thread_local std::vector<float> rounded;
   const size_t rows = w.rows, nnz = static_cast<size_t>(offsets[rows]);
+  // A chunk's u rounded to bf16 for bf16 / int8 weights, as a chunk matmul rounds its x; each
+  // product with a bf16 weight is then exact (int8: u's scale is folded in after rounding).
+  const bool round = T > 1 && RoundsXToBF16(w.type);
+  if (round) {
+    if (rounded.size() < nnz) rounded.resize(nnz);
+    RoundToBF16Values(u, nnz, rounded.data());
+    u = rounded.data();
+  }
   const size_t blocks = (rows + kSparseRowBlock - 1) / kSparseRowBlock;
   pairs.resize(nnz);
   start.assign(T * (blocks + 1), 0);
@@ -92,10 +126,17 @@ void CsrSparseMatMul(ThreadPool& pool, const MatRef& w, const float* u, const in
   // Plain pointers: inside the lambda the thread_local names would be the workers' own (empty).
   const TokenPair* pp = pairs.data();
   const int32_t* ps = start.data();
+  // The panel grid's origin a0 (TokenSparseColsT): bf16 rows of whole cache lines whose
+  // start is not 64-byte aligned; else 0.
+  size_t a0 = 0;
+  const size_t misalign = reinterpret_cast<uintptr_t>(w.data) % 64;
+  if (w.type == WeightType::kBF16 && w.RowBytes() % 64 == 0 && misalign % 2 == 0)
+    a0 = std::min(w.cols, (64 - misalign) % 64 / 2);
   // Parts of whole panels: a part's last panel narrower than 8 vectors would run on fewer
-  // accumulators (a 64-column remainder on AVX3: ~1/5 of the columns at a fraction of the rate).
-  pool.ParallelFor(w.cols, kSparsePanel, [&](size_t c0, size_t c1, int) {
-    fn(w, pp, ps, T, out, c0, c1);
+  // accumulators (a 64-column remainder on AVX3: ~1/5 of the columns at a fraction of the
+  // rate). The first part also takes the columns [0, a0).
+  pool.ParallelFor(w.cols - a0, kSparsePanel, [&](size_t c0, size_t c1, int) {
+    fn(w, pp, ps, T, out, c0 == 0 ? 0 : a0 + c0, a0 + c1, a0, round);
   });
 }
 

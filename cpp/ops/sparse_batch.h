@@ -18,13 +18,18 @@ namespace spark {
 
 // out[k] = W[i, :] . x[tokens[k], :] for every neuron i < w.rows and k in
 // [offsets[i], offsets[i+1]). x: [T, w.cols]; offsets: [w.rows + 1]; out: [offsets[w.rows]].
-// Threads split the neurons.
-void CsrMaskedMatMul(ThreadPool& pool, const MatRef& w, const float* x, const int32_t* offsets,
-                     const int32_t* tokens, float* out);
+// Threads split the neurons. For bf16 and int8 weights with T > 1, x is rounded to bf16 first,
+// as a chunk matmul rounds it (matvec.h RoundsXToBF16): every product is exact, the sums f32,
+// on the AVX512_BF16 tile (vdpbf16ps) where the CPU has it.
+void CsrMaskedMatMul(ThreadPool& pool, const MatRef& w, const float* x, size_t T,
+                     const int32_t* offsets, const int32_t* tokens, float* out);
 
 // out[t, c] = sum over neurons i (ascending) and k in [offsets[i], offsets[i+1]) with
 // tokens[k] == t of u[k] * W[i, c]. out: [T, w.cols], fully overwritten. Threads split the
-// columns into tiles; each walks every neuron for its tile only (no cross-thread sums).
+// columns into tiles; each walks every neuron for its tile only (no cross-thread sums). For
+// bf16 and int8 weights with T > 1, u is rounded to bf16 first (the x of this product; int8:
+// before its row scale), so bf16 weights' products are exact, and bf16 weights run on the
+// AVX512_BF16 tile (two neurons per vdpbf16ps) where the CPU has it.
 void CsrSparseMatMul(ThreadPool& pool, const MatRef& w, const float* u, const int32_t* offsets,
                      const int32_t* tokens, size_t T, float* out);
 

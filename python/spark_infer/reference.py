@@ -63,7 +63,11 @@ class Products:
     f32). For the bf16 matrices named in `bf16_x`, the engine's chunk matmuls are modelled: in
     the whole-matrix products of tokens whose chunk has 2 or more tokens, x is rounded to bf16
     (float32, then round to nearest even: `round_x_bf16`); gathered rows and one-token chunks
-    (decode) keep x. `chunk`: an int c as `prefill(tokens, chunk=c, all_logits=True)` splits
+    (decode) keep x, except with `grouped`: the engine's neuron-grouped Spark FFN chunk kernels
+    (cpp/ops/sparse_batch.h, taken when a layer's sparse FFN matrices exceed
+    `Engine.chunk_sparse_cache_bytes`) round, in tokens of chunks of 2 or more, the x of the
+    gathered rows (Spark K2, the sparsified FFNs' up / gate rows) and the coefficients u of the
+    output rows (Spark V, W_down^T) of those matrices to bf16 as well. `chunk`: an int c as `prefill(tokens, chunk=c, all_logits=True)` splits
     the tokens (the last chunk may be shorter), or the chunks' lengths in order (tokens past
     their sum are decoded one at a time); None: no chunks.
     `tie_distance[t]`: after a forward pass, the least distance of any x / s of token t (int8)
@@ -71,7 +75,8 @@ class Products:
     whose f32 x differs by more may round it the other way)."""
 
     def __init__(self, int8_x: Collection[str] = (), whole: bool = False,
-                 bf16_x: Collection[str] = (), chunk: int | Sequence[int] | None = None):
+                 bf16_x: Collection[str] = (), chunk: int | Sequence[int] | None = None,
+                 grouped: bool = False):
         lengths = [chunk] if isinstance(chunk, int) else list(chunk or [])
         if any(int(c) < 1 for c in lengths):
             raise ValueError(f"chunk lengths must be >= 1, got {chunk}")
@@ -79,6 +84,7 @@ class Products:
         self.whole = whole
         self.bf16_names = frozenset(bf16_x)
         self.chunk = chunk
+        self.grouped = grouped
         self.ids: frozenset[int] = frozenset()
         self.bf16_ids: frozenset[int] = frozenset()
         self.in_chunk = np.zeros(0, bool)   # per token: its chunk has 2 or more tokens
@@ -131,7 +137,16 @@ class Products:
 
     def rows(self, w: np.ndarray, idx: np.ndarray, x: np.ndarray, t: int) -> np.ndarray:
         """W[idx] @ x, x [cols] of token t."""
+        if self.grouped and id(w) in self.bf16_ids:
+            return w[idx] @ self._bf16(x, t)
         return w[idx] @ (self._int8(x, t) if id(w) in self.ids else x)
+
+    def spread(self, u: np.ndarray, w: np.ndarray, idx: np.ndarray, t: int) -> np.ndarray:
+        """u @ W[idx]: the kept rows of an output matrix (Spark V, W_down^T) weighted by token
+        t's coefficients u [len(idx)]."""
+        if self.grouped and id(w) in self.bf16_ids:
+            return self._bf16(u, t) @ w[idx]
+        return u @ w[idx]
 
     def gathered(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """x [T, cols] @ W.T as `rows` takes x (masked matvecs: the screened LM head's exact
@@ -258,7 +273,7 @@ def spark_ffn(x: np.ndarray, k1: np.ndarray, k2: np.ndarray, v: np.ndarray, frac
         theta = statistical_threshold(s, fraction)
         active = np.nonzero(s > theta)[0]
         u = gelu_tanh(s[active] - theta) * pr.rows(k2, active, x[t, r:], t)
-        y[t] = u @ v[active]
+        y[t] = pr.spread(u, v, active, t)
         n_active[t] = active.size
     return y, n_active
 
@@ -301,7 +316,7 @@ def sparse_gated_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down
         else:
             gk = g[kept] if g is not None else pr.rows(w_gate, kept, x[t], t)
             u = gelu_tanh(gk) * pr.rows(w_up, kept, x[t], t)
-        y[t] = u @ w_down_t[kept]
+        y[t] = pr.spread(u, w_down_t, kept, t)
         n_kept[t] = kept.size
     return y, n_kept
 
