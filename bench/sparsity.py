@@ -47,7 +47,7 @@ FRACTIONS = (0.75, 0.5, 0.3, 0.15, 0.08)
 
 
 def label(spec: str, calibrated: bool) -> str:
-    """A variant's row label: 'ffn=F BY[ wina][ rank=R] cal|gauss[ + attn=K]'."""
+    """A variant's row label: 'ffn=F BY[ wina][ rank=R][ refit=LAM] cal|gauss[ + attn=K]'."""
     from spark_infer.convert import SparsifySpec
 
     s = SparsifySpec.parse(spec)
@@ -55,6 +55,7 @@ def label(spec: str, calibrated: bool) -> str:
     if s.ffn < 1:
         parts.append(" ".join([f"ffn={s.ffn:g}", s.by, *(["wina"] if s.weighted else []),
                                *([f"rank={s.rank}"] if s.rank else []),
+                               *([f"refit={s.refit:g}"] if s.refit else []),
                                "cal" if calibrated else "gauss"]))
     if s.attn:
         parts.append(f"attn={s.attn}")
@@ -288,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=12, help="decode steps per round")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--window", type=int, default=1024, help="perplexity window")
-    ap.add_argument("--calibrate", default=str(ROOT / "python/spark_infer/data/calibration.txt"))
+    # The long text starts with calibration.txt: its first 2048 tokens (all that a calibration
+    # without refit reads) are the same.
+    ap.add_argument("--calibrate", default=str(ROOT / "python/spark_infer/data/calibration_long.txt"))
     ap.add_argument("--shapes", nargs="*", default=[], help="random shapes, speed only")
     ap.add_argument("--shape-context", type=int, default=256)
     ap.add_argument("--no-real", action="store_true", help="skip the Gemma 3 270M frontier")

@@ -204,6 +204,20 @@ def test_calibration_text_ships_with_the_package():
         assert not any(text[i:i + 80] in other for i in range(0, len(text) - 80, 40))
 
 
+def test_long_calibration_text_starts_with_the_short_one_and_shares_no_evaluation_passage():
+    """calibration_long.txt (the down refit's text) begins with calibration.txt, so whatever
+    reads only its first 2048 tokens reads the same; it shares no passage with the
+    evaluation texts."""
+    from spark_infer.data import calibration_text, long_calibration_text_path
+
+    text = long_calibration_text_path().read_text(encoding="utf-8")
+    short = calibration_text()
+    assert text.startswith(short.rstrip("\n") + "\n\n") and len(text) > 8 * len(short)
+    for name in ("austen_persuasion_1_2.txt", "kjv_ruth_1_2.txt"):
+        other = (real.DATA / name).read_text(encoding="utf-8")
+        assert not any(text[i:i + 80] in other for i in range(0, len(text) - 80, 40)), name
+
+
 def test_cli_window_and_stride(model_path, tmp_path):
     model = spark_infer.load(model_path, context_length=CONTEXT)   # as the CLI loads it
     text_file = tmp_path / "text.txt"

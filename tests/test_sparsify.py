@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,10 @@ def test_low_rank_predictor_approximates_the_gate_on_its_inputs():
 @pytest.mark.parametrize("spec, match", [
     ("ffn=1.5", "fraction"), ("ffn=0", "fraction"), ("attn=-1", ">= 0"), ("wat=3", "known"),
     ("ffn=0.5,by=abs", "by must"), ("ffn=0.5,by=abs_act,rank=8", "rank"), ("", "e.g."),
-    ("ffn=x", "not a float"), ("rank=8", "ffn < 1")])
+    ("ffn=x", "not a float"), ("rank=8", "ffn < 1"), ("ffn=0.5,refit=0", "refit=LAM"),
+    ("ffn=0.5,refit=-1", "refit=LAM"), ("ffn=0.5,refit=nan", "refit=LAM"),
+    ("ffn=0.5,refit=inf", "refit=LAM"), ("ffn=0.5,refit=x", "not a float"),
+    ("attn=8,refit", "ffn < 1")])
 def test_bad_specs(spec, match):
     with pytest.raises(ConversionError, match=match):
         SparsifySpec.parse(spec)
@@ -188,8 +192,109 @@ def test_frontier_realised_fraction_over_the_texts_is_the_reference_one(tiny, tm
         assert n == len(ids) + (len(ids) - 2) // (window - 1)      # one <bos> per window
         np.testing.assert_allclose(got[name], total / n, atol=2e-4)
     assert [v[0] for v in bench.variants(False, ["ffn=0.5,by=abs_act,wina,attn=64",
-                                                 "ffn=0.3,by=gate:gauss"])] == [
-        "ffn=0.5 abs_act wina cal + attn=64", "ffn=0.3 gate gauss"]
+                                                 "ffn=0.5,refit=0.5", "ffn=0.3,by=gate:gauss"])
+            ] == ["ffn=0.5 abs_act wina cal + attn=64", "ffn=0.5 abs_gelu refit=0.5 cal",
+                  "ffn=0.3 gate gauss"]
+
+
+# ------------------------------------------------------------------------------ down refit
+
+def _sparse_path_ffn_inputs(cfg, w, seq, layer):
+    """The FFN input x of `layer` on the sparsified model w (every earlier layer sparse, with
+    the file's own down projection), from the equations (reference.py)."""
+    from spark_infer.reference import attention, rms_norm, sparse_gated_ffn
+
+    h = w["token_embd"][np.asarray(seq)].astype(np.float64) * np.sqrt(cfg.d_model)
+    for i in range(layer + 1):
+        p = f"blk.{i}."
+        a, _ = attention(cfg, i, w, rms_norm(h, w[p + "attn_norm"], cfg.norm_eps))
+        h = h + rms_norm(a, w[p + "attn_post_norm"], cfg.norm_eps)
+        x = rms_norm(h, w[p + "ffn_norm"], cfg.norm_eps)
+        if i == layer:
+            return x
+        f, _ = sparse_gated_ffn(x, w[p + "ffn_gate"], w[p + "ffn_up"], w[p + "ffn_down_t"],
+                                cfg.ffn_quantile(i), None, None, None, cfg.ffn_select_by)
+        h = h + rms_norm(f, w[p + "ffn_post_norm"], cfg.norm_eps)
+
+
+def _sparse_and_dense_act(cfg, w, src, x, layer):
+    """(A_s: the kept neurons' activations, the dense activations), float64, rule sqrt_abs_act."""
+    p = f"blk.{layer}."
+    act = reference.gelu_tanh(x @ src[p + "ffn_gate"].T.astype(np.float64)) * (
+        x @ src[p + "ffn_up"].T.astype(np.float64))
+    s = np.sqrt(np.abs(act))
+    kept = s > s.mean(1, keepdims=True) + s.std(1, keepdims=True) * cfg.ffn_quantile(layer)
+    return act * kept, act
+
+
+def test_refit_is_the_ridge_least_squares_solution(tiny, tmp_path, monkeypatch, capsys):
+    """Each layer's refit down projection W' solves the ridge problem of the spec on the
+    calibration text, cut into several <bos>-led sequences: stacked as one least-squares
+    system [sqrt(w) A_s; sqrt(lam') I] W'^T = [sqrt(w) Y; sqrt(lam') W_down^T] (A_s the kept
+    activations on the sparsified model's own inputs, Y the dense FFN's output there, w_t =
+    1 / mean(y_t^2), lam' = lam trace(A_s^T diag(w) A_s) / d_ff), solved by np.linalg.lstsq,
+    with every activation recomputed here from the equations."""
+    from spark_infer.convert import sparsify as sparsify_module
+
+    path, _ = tiny
+    n = 96                                  # several sequences from a short text
+    monkeypatch.setattr(sparsify_module, "MAX_CALIBRATION_TOKENS", n)
+    text = tmp_path / "cal.txt"
+    text.write_text(Path(TEXT).read_text(encoding="utf-8")[:2500], encoding="utf-8")
+    lam = 0.3
+    out = tmp_path / "r.spark"
+    convert(path, out, dtype="f32", progress=False,
+            sparsify=f"ffn=0.4,by=sqrt_abs_act,refit={lam}", calibrate=text)
+    cfg, proto, w = read_engine_file(out, dequantize=True)
+    _, _, src = read_engine_file(path, dequantize=True)
+    ids = Tokenizer(proto).encode(text.read_text(encoding="utf-8"), add_bos=True)
+    seqs = [ids[:n]] + [ids[:1] + ids[i:i + n - 1] for i in range(n, len(ids), n - 1)]
+    assert len(seqs) >= 4
+    rec = read_engine_header(out)["sparsify"]["refit"]
+    assert rec["tokens"] == sum(map(len, seqs)) and rec["sequences"] == len(seqs)
+    assert rec["lambda"] == lam and rec["tensors"] == ["ffn_down"]
+    assert cli_main(["info", str(out)]) == 0
+    assert "refit:       ffn_down by ridge least squares" in capsys.readouterr().out
+    for layer in range(cfg.n_layers):
+        p = f"blk.{layer}."
+        w_down = src[p + "ffn_down"].astype(np.float64)
+        a_s, y = [], []
+        for seq in seqs:
+            x = _sparse_path_ffn_inputs(cfg, w, seq, layer)
+            kept_act, act = _sparse_and_dense_act(cfg, w, src, x, layer)
+            a_s.append(kept_act)
+            y.append(act @ w_down.T)
+        a_s, y = np.concatenate(a_s), np.concatenate(y)
+        sw = 1.0 / np.sqrt((y * y).mean(1, keepdims=True))
+        reg = lam * np.sum((sw * a_s) ** 2) / cfg.d_ff
+        m = np.concatenate([sw * a_s, np.sqrt(reg) * np.eye(cfg.d_ff)])
+        b = np.concatenate([sw * y, np.sqrt(reg) * w_down.T])
+        want = np.linalg.lstsq(m, b, rcond=None)[0]                       # [d_ff, d_model]
+        got = w[p + "ffn_down_t"]
+        assert np.abs(got - w_down.T).max() > 0.05 * np.abs(w_down).max()  # it did move
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_refit_reduces_the_ffn_error_on_held_out_text(tiny, tmp_path):
+    """Fitted on one text (Austen's), the refit down projection reproduces the dense FFN's
+    output on another (KJV Ruth) better than the source's down projection does, at the same
+    kept neurons (layer 0, whose input the sparsification does not change)."""
+    path, _ = tiny
+    out = tmp_path / "r.spark"
+    convert(path, out, dtype="f32", progress=False, sparsify="ffn=0.4,by=sqrt_abs_act,refit",
+            calibrate=Path(TEXT).parent / "austen_persuasion_1_2.txt")
+    cfg, proto, w = read_engine_file(out, dequantize=True)
+    _, _, src = read_engine_file(path, dequantize=True)
+    assert read_engine_header(out)["sparsify"]["refit"]["sequences"] > 4
+    x = _sparse_path_ffn_inputs(cfg, w, text_ids(path)[:256], 0)
+    a_s, act = _sparse_and_dense_act(cfg, w, src, x, 0)
+    y = act @ src["blk.0.ffn_down"].T
+    # Each token's error relative to its output's mean square (the output goes through an RMS
+    # norm), as the refit weighs it.
+    wt = 1.0 / (y * y).mean(1, keepdims=True)
+    err_source = np.sum(wt * (a_s @ src["blk.0.ffn_down"].T - y) ** 2)
+    err_refit = np.sum(wt * (a_s @ w["blk.0.ffn_down_t"] - y) ** 2)
+    assert err_refit < 0.93 * err_source, (err_refit, err_source)
 
 
 # ------------------------------------------------------------------------------ real model

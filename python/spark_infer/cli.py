@@ -207,6 +207,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if info.get("sparsify"):
         rec = info["sparsify"]
         print(f"sparsified:  {rec.get('method')}; calibration {rec.get('calibration')}")
+        if rec.get("refit"):
+            r = rec["refit"]
+            print(f"refit:       {', '.join(r.get('tensors', []))} by ridge least squares to the "
+                  f"dense FFN's output, lambda {r.get('lambda'):g} x {r.get('lambda_scale')}, "
+                  f"{r.get('tokens')} tokens in {r.get('sequences')} sequences")
     layers = cfg["layer_types"]
     print(f"attention:   {layers.count('local')} local (window {cfg['sliding_window']}) / "
           f"{layers.count('global')} global layers; RoPE {cfg['rope_base_local']:g} / "
@@ -284,10 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token_embd / LM head dtype (default: --dtype)")
     p.add_argument("--sparsify", default=None, metavar="SPEC",
                    help="training-free sparsity, e.g. ffn=0.5 or ffn=0.5,attn=128 (also: "
-                        "rank=R low-rank gate predictor, wina, attn_dim=D, recent=N)")
+                        "rank=R low-rank gate predictor, wina, attn_dim=D, recent=N, refit[=LAM] "
+                        "least-squares refit of the down projection on the calibration text)")
     p.add_argument("--calibrate", default=None, metavar="TEXT",
                    help="UTF-8 text file to calibrate the per-layer FFN quantiles on, so the "
-                        "realised fraction matches ffn=F; with a q4 dtype, the text whose "
+                        "realised fraction matches ffn=F (its first 2048 tokens; a refit reads "
+                        "all of it); with a q4 dtype, the text whose "
                         "inputs weigh the q4 fit (default: the shipped calibration text)")
     p.add_argument("--lm-head-screen", type=float, default=None, metavar="MARGIN",
                    help="add the screened LM head: a q4 copy of the embedding scores every "

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ._errors import ConversionError
-from .sparsify import SparsifySpec
+from .sparsify import MAX_CALIBRATION_TOKENS, SparsifySpec
 
 __all__ = ["ConversionError", "convert", "kept_precision", "load_source", "load_weights",
            "source_kind", "SparsifySpec"]
@@ -210,9 +210,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     sparsify: e.g. ``"ffn=0.5"`` or ``"ffn=0.5,attn=128"`` (see SparsifySpec.parse): a dense
       model becomes a sparsified one (training-free; docs/engine-file.md).
     calibrate: a UTF-8 text file; with it the FFN's per-layer quantiles are calibrated so the
-      realised fraction on that text is F. Attention rotations and the low-rank predictor always
-      need text: without ``calibrate`` they use the text shipped in ``spark_infer/data``, and
-      the FFN uses the Gaussian quantile Q(1 - F) on every layer. q4 matrices of a dense model
+      realised fraction on that text is F (its first 2048 tokens; a ``refit`` of the down
+      projection reads all of it, up to MAX_REFIT_TOKENS). Attention rotations, the low-rank
+      predictor and the refit always need text: without ``calibrate`` they use the text shipped
+      in ``spark_infer/data`` (``calibration_long.txt`` for a refit), and the FFN uses the
+      Gaussian quantile Q(1 - F) on every layer. q4 matrices of a dense model
       (not sparsified here) are fitted weighted by their inputs' mean squares on the same text
       (``convert.importance``); a checkpoint without a tokenizer is fitted unweighted.
     lm_head_screen: a margin m > 0 (logits, e.g. 10) adds the screened LM head: a q4 copy of
@@ -301,23 +303,28 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
     return out
 
 
-# Calibration texts longer than this are cut: the numpy pass holds [heads, T, T] scores, and
-# its attention costs T^2 (2048 tokens: ~20 s for Gemma 3 270M on 2 cores).
-MAX_CALIBRATION_TOKENS = 2048
+# Calibration texts are cut at MAX_CALIBRATION_TOKENS (sparsify.py: the numpy pass holds
+# [heads, T, T] scores, and its attention costs T^2; 2048 tokens: ~20 s for Gemma 3 270M on 2
+# cores). A down-projection refit reads the whole text, as sequences of MAX_CALIBRATION_TOKENS (each
+# costs about as much as a sparsification without refit).
+MAX_REFIT_TOKENS = 65536
 
 
-def _calibration_ids(s: _Source, calibrate) -> tuple[list[int], str]:
-    """Token ids (with <bos>, at most MAX_CALIBRATION_TOKENS) of the calibration text, and its
-    file name: `calibrate`, or the text shipped in spark_infer/data."""
-    from ..data import calibration_text_path
+def _calibration_ids(s: _Source, calibrate, limit: int = MAX_CALIBRATION_TOKENS
+                     ) -> tuple[list[int], str]:
+    """Token ids (with <bos>, at most `limit`) of the calibration text, and its file name:
+    `calibrate`, or a text shipped in spark_infer/data (the long one when more than one
+    sequence is read)."""
+    from ..data import calibration_text_path, long_calibration_text_path
     from ..tokenizer import Tokenizer
 
-    path = Path(calibrate) if calibrate is not None else calibration_text_path()
+    path = Path(calibrate) if calibrate is not None else (
+        long_calibration_text_path() if limit > MAX_CALIBRATION_TOKENS else calibration_text_path())
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConversionError(f"calibration text {path}: {e}") from None
-    ids = Tokenizer(s.tokenizer_proto).encode(text, add_bos=True)[:MAX_CALIBRATION_TOKENS]
+    ids = Tokenizer(s.tokenizer_proto).encode(text, add_bos=True)[:limit]
     if len(ids) < 16:
         raise ConversionError(f"calibration text {path} has only {len(ids)} tokens; give a "
                               f"text of at least a few hundred")
@@ -330,6 +337,7 @@ def _sparsify_source(s: _Source, spec, calibrate):
     if s.tokenizer_proto is None:
         raise ConversionError("sparsifying needs the model's tokenizer (for the calibration "
                               "text), and this checkpoint has none")
-    ids, name = _calibration_ids(s, calibrate)
+    ids, name = _calibration_ids(s, calibrate,
+                                 MAX_REFIT_TOKENS if spec.refit else MAX_CALIBRATION_TOKENS)
     return sparsify(s.cfg, s.get, spec, ids, calibration_name=name,
                     calibrate_ffn=calibrate is not None)

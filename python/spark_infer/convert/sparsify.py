@@ -36,6 +36,9 @@ from ._errors import ConversionError
 __all__ = ["SparsifySpec", "Sparsified", "sparsify"]
 
 DEFAULT_RECENT = 32
+DEFAULT_REFIT_LAMBDA = 3.0   # measured at F=0.5, int8 (README, "Sparse models": the down refit)
+# One calibration sequence: the numpy pass holds [heads, T, T] attention scores and costs T^2.
+MAX_CALIBRATION_TOKENS = 2048
 _EPS_REL = 1e-6       # relative eigenvalue floor when whitening by C^(1/2)
 
 
@@ -45,7 +48,8 @@ class SparsifySpec:
     (0 = dense attention); rank: low-rank gate predictor R (0 = the exact gate selects);
     weighted: WINA-style selection weights; by: what ranks the neurons ("gate", "abs_gelu",
     "abs_act", "sqrt_abs_act"; see ModelConfig.ffn_select_by); attn_dim: predictor dims r_a (0 = head_dim / 4);
-    recent: newest tokens always attended."""
+    recent: newest tokens always attended; refit: ridge strength lambda (relative to the mean
+    diagonal of A_s^T A_s) of the down projection's least-squares refit (0 = no refit)."""
 
     ffn: float = 1.0
     attn: int = 0
@@ -54,6 +58,7 @@ class SparsifySpec:
     by: str = "abs_gelu"
     attn_dim: int = 0
     recent: int = DEFAULT_RECENT
+    refit: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0.0 < self.ffn <= 1.0):
@@ -61,8 +66,11 @@ class SparsifySpec:
         for name in ("attn", "rank", "attn_dim", "recent"):
             if getattr(self, name) < 0:
                 raise ConversionError(f"--sparsify {name} must be >= 0, got {getattr(self, name)}")
-        if self.ffn == 1.0 and (self.rank or self.weighted):
-            raise ConversionError("--sparsify rank/wina need ffn < 1")
+        if self.ffn == 1.0 and (self.rank or self.weighted or self.refit):
+            raise ConversionError("--sparsify rank/wina/refit need ffn < 1")
+        if not (math.isfinite(self.refit) and self.refit >= 0):
+            raise ConversionError(f"--sparsify refit=LAM must be a finite ridge strength > 0, "
+                                  f"got {self.refit}")
         if self.by not in FFN_SELECT:
             raise ConversionError(f"--sparsify by must be one of {', '.join(FFN_SELECT)}, got "
                                   f"{self.by!r}")
@@ -73,27 +81,33 @@ class SparsifySpec:
 
     @classmethod
     def parse(cls, text: str) -> "SparsifySpec":
-        """'ffn=0.5,attn=128,by=abs_gelu,rank=128,wina,attn_dim=64,recent=32' (any subset,
-        any order)."""
+        """'ffn=0.5,attn=128,by=abs_gelu,rank=128,wina,attn_dim=64,recent=32,refit[=LAM]' (any
+        subset, any order; a bare 'refit' takes DEFAULT_REFIT_LAMBDA)."""
         if not isinstance(text, str) or not text.strip():
             raise ConversionError("--sparsify wants e.g. 'ffn=0.5' or 'ffn=0.5,attn=128'")
         kinds = {"ffn": float, "attn": int, "rank": int, "attn_dim": int, "recent": int,
-                 "by": str}
+                 "by": str, "refit": float}
         values: dict = {}
         for item in text.split(","):
             key, eq, value = item.strip().partition("=")
             if key == "wina" and not eq:
                 values["weighted"] = True
                 continue
+            if key == "refit" and not eq:
+                values["refit"] = DEFAULT_REFIT_LAMBDA
+                continue
             if key not in kinds or not eq:
                 raise ConversionError(f"--sparsify: cannot read {item.strip()!r}; known: "
                                       f"ffn=F, attn=K, by={'|'.join(FFN_SELECT)}, rank=R, "
-                                      f"wina, attn_dim=D, recent=N")
+                                      f"wina, attn_dim=D, recent=N, refit[=LAM]")
             try:
                 values[key] = kinds[key](value)
             except ValueError:
                 raise ConversionError(f"--sparsify {key}: {value!r} is not a "
                                       f"{kinds[key].__name__}") from None
+            if key == "refit" and not values[key] > 0:
+                raise ConversionError(f"--sparsify refit=LAM must be a finite ridge strength "
+                                      f"> 0, got {value!r}")
         return cls(**values)
 
 
@@ -179,6 +193,38 @@ def _key_rotation(keys: np.ndarray, r_a: int) -> tuple[np.ndarray, float]:
     return u[:, order].T.astype(np.float32), float(lam[:r_a].sum() / max(lam.sum(), 1e-30))
 
 
+def calibration_sequences(ids: np.ndarray, all_of_it: bool) -> list[np.ndarray]:
+    """Independent sequences of at most MAX_CALIBRATION_TOKENS from ids (which start with
+    <bos>), each starting with <bos>: the first only, unless all_of_it."""
+    n = MAX_CALIBRATION_TOKENS
+    seqs = [ids[:n]]
+    if all_of_it:
+        seqs += [np.concatenate([ids[:1], ids[i:i + n - 1]]) for i in range(n, len(ids), n - 1)]
+    return seqs
+
+
+def refit_down(acts: list[np.ndarray], targets: list[np.ndarray], w_down: np.ndarray,
+               lam: float) -> np.ndarray:
+    """W' [D, F] = argmin sum_t w_t ||W' a_t - y_t||^2 + lam' ||W' - W_down||_F^2 over the rows
+    a_t of acts (the sparse activations, [T, F] per sequence) and y_t of targets ([T, D], the
+    dense FFN's output), lam' = lam * trace(G) / F, G = sum_t w_t a_t a_t^T, w_t = 1 / mean(y_t^2):
+    the FFN output goes through an RMS norm, so a token's error counts relative to the size of
+    its output. Normal equations in float64: (G + lam' I) W'^T = sum_t w_t a_t y_t^T + lam' W_down^T
+    (the ridge pulls neurons the text rarely keeps back to their source rows)."""
+    n_ff = w_down.shape[1]
+    gram = np.zeros((n_ff, n_ff))
+    cross = np.zeros((n_ff, w_down.shape[0]))
+    for a, y in zip(acts, targets):
+        w = 1.0 / np.maximum((y.astype(np.float64) ** 2).mean(axis=1), 1e-30)
+        aw = a * np.sqrt(w)[:, None].astype(np.float32)
+        yw = y * np.sqrt(w)[:, None].astype(np.float32)
+        gram += aw.T @ aw            # float32 products of one sequence, summed in float64
+        cross += aw.T @ yw
+    reg = lam * np.trace(gram) / n_ff
+    sol = np.linalg.solve(gram + reg * np.eye(n_ff), cross + reg * w_down.T.astype(np.float64))
+    return sol.T.astype(np.float32)
+
+
 # --------------------------------------------------------------------------- sparsify
 
 def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifySpec,
@@ -204,56 +250,89 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
         raise ConversionError("sparsifying needs a calibration text of at least one token")
 
     ids = np.asarray(calibration_ids, dtype=np.int64)
+    if not spec.refit:
+        ids = ids[:MAX_CALIBRATION_TOKENS]
+    seqs = calibration_sequences(ids, spec.refit > 0)
     T, L = len(ids), cfg.n_layers
     q_gauss = normal_quantile(1.0 - spec.ffn) if ffn_on else 0.0
     quantiles: list[float] = []
     realised: list[float] = []
     energy: list[float] = []
     made: dict[str, np.ndarray] = {}       # computed tensors, handed to the writer later
-
-    h = get("token_embd")[ids].astype(np.float32) * np.float32(math.sqrt(cfg.d_model))
+    embd = get("token_embd")
+    # The sparsified model's residual stream per sequence (earlier layers already sparse and
+    # refit).
+    hs = [embd[seq].astype(np.float32) * np.float32(math.sqrt(cfg.d_model)) for seq in seqs]
+    del embd
     for layer in range(L):
         p = f"blk.{layer}."
-        heads, keys = _attention(cfg, layer, get, _rms(h, get(p + "attn_norm"), cfg.norm_eps))
-        a = heads @ get(p + "attn_output").T
-        if attn_on:
-            rots = []
-            for g in range(cfg.n_kv_heads):
-                rot, e = _key_rotation(keys[:, g], r_a)
-                rots.append(rot)
-                energy.append(e)
-            made[p + "attn_rot"] = np.concatenate(rots)
-        h = h + _rms(a, get(p + "attn_post_norm"), cfg.norm_eps)
-        x = _rms(h, get(p + "ffn_norm"), cfg.norm_eps)
         w_gate, w_up, w_down = get(p + "ffn_gate"), get(p + "ffn_up"), get(p + "ffn_down")
-        g_pre = x @ w_gate.T                                        # [T, F]
-        act = gelu_tanh(g_pre) * (x @ w_up.T)
-        if ffn_on:
-            score = g_pre
-            if spec.rank:
-                ga, gb = _low_rank_gate(w_gate, x, spec.rank, seed=layer)
-                made[p + "ffn_gate_a"], made[p + "ffn_gate_b"] = ga, gb
-                score = (x @ ga.T) @ gb.T
-            if spec.by == "abs_gelu":
-                score = np.abs(gelu_tanh(score))
-            elif spec.by == "abs_act":
-                score = np.abs(act)
-            elif spec.by == "sqrt_abs_act":
-                score = np.sqrt(np.abs(act))
-            if spec.weighted:
-                c = np.linalg.norm(w_down, axis=0).astype(np.float32)  # norm of each down row
-                c /= max(float(c.mean()), 1e-30)
-                made[p + "ffn_select"] = c
-                score = score * c
-            mean = score.mean(axis=1, keepdims=True)
-            std = score.std(axis=1, keepdims=True)
-            z = (score - mean) / np.maximum(std, 1e-30)
-            q_l = float(np.quantile(z, 1.0 - spec.ffn)) if calibrate_ffn else q_gauss
-            quantiles.append(q_l)
-            kept = score > mean + std * np.float32(q_l)
-            realised.append(float(kept.mean()))
-            act = act * kept
-        h = h + _rms(act.astype(np.float32) @ w_down.T, get(p + "ffn_post_norm"), cfg.norm_eps)
+
+        def attend(h: np.ndarray, first: bool) -> tuple[np.ndarray, np.ndarray]:
+            """(h after attention, the FFN input x)."""
+            heads, keys = _attention(cfg, layer, get, _rms(h, get(p + "attn_norm"), cfg.norm_eps))
+            if attn_on and first:
+                rots = []
+                for g in range(cfg.n_kv_heads):
+                    rot, e = _key_rotation(keys[:, g], r_a)
+                    rots.append(rot)
+                    energy.append(e)
+                made[p + "attn_rot"] = np.concatenate(rots)
+            h = h + _rms(heads @ get(p + "attn_output").T, get(p + "attn_post_norm"), cfg.norm_eps)
+            return h, _rms(h, get(p + "ffn_norm"), cfg.norm_eps)
+
+        xs = []
+        for i in range(len(hs)):
+            hs[i], x = attend(hs[i], i == 0)
+            xs.append(x)
+        acts, targets = [], []
+        for i, x in enumerate(xs):
+            g_pre = x @ w_gate.T                                        # [T, F]
+            act = gelu_tanh(g_pre) * (x @ w_up.T)
+            if ffn_on:
+                score = g_pre
+                if spec.rank:
+                    if i == 0:
+                        ga, gb = _low_rank_gate(w_gate, x, spec.rank, seed=layer)
+                        made[p + "ffn_gate_a"], made[p + "ffn_gate_b"] = ga, gb
+                    score = (x @ ga.T) @ gb.T
+                if spec.by == "abs_gelu":
+                    score = np.abs(gelu_tanh(score))
+                elif spec.by == "abs_act":
+                    score = np.abs(act)
+                elif spec.by == "sqrt_abs_act":
+                    score = np.sqrt(np.abs(act))
+                if spec.weighted:
+                    # From the source's down rows, before any refit: the engine reads these
+                    # weights as given, and the selection must not depend on the refit.
+                    c = np.linalg.norm(w_down, axis=0).astype(np.float32)
+                    c /= max(float(c.mean()), 1e-30)
+                    made[p + "ffn_select"] = c
+                    score = score * c
+                mean = score.mean(axis=1, keepdims=True)
+                std = score.std(axis=1, keepdims=True)
+                z = (score - mean) / np.maximum(std, 1e-30)
+                if i == 0:
+                    # The quantile comes from the first sequence only (the text's first
+                    # MAX_CALIBRATION_TOKENS tokens, as without a refit): F is realised there.
+                    q_l = float(np.quantile(z, 1.0 - spec.ffn)) if calibrate_ffn else q_gauss
+                    quantiles.append(q_l)
+                kept = score > mean + std * np.float32(q_l)
+                if i == 0:
+                    realised.append(float(kept.mean()))
+                if spec.refit:
+                    # The dense FFN at the sparsified model's own input. The dense model's own
+                    # FFN output (which would also chase the earlier layers' drift) costs a
+                    # second pass, and per layer it cut the held-out error by a smaller share.
+                    targets.append(act @ w_down.T)
+                act = act * kept
+            acts.append(act.astype(np.float32))
+        down = w_down
+        if spec.refit:
+            down = refit_down(acts, targets, w_down, spec.refit)
+            made[p + "ffn_down_t"] = np.ascontiguousarray(down.T)
+        for i, act in enumerate(acts):
+            hs[i] = hs[i] + _rms(act @ down.T, get(p + "ffn_post_norm"), cfg.norm_eps)
 
     changes: dict = {}
     if ffn_on:
@@ -277,11 +356,20 @@ def sparsify(cfg: ModelConfig, get: Callable[[str], np.ndarray], spec: SparsifyS
         "method": f"training-free: statistical top-k of the FFN neurons by {spec.by}"
                   + (" (low-rank predictor)" if spec.rank else "")
                   + (" with WINA-style weights" if spec.weighted else "")
-                  + ("; rotated-key pooled top-k attention" if attn_on else ""),
+                  + ("; rotated-key pooled top-k attention" if attn_on else "")
+                  + ("; ffn_down refit by ridge least squares to the dense FFN's output"
+                     if spec.refit else ""),
         "spec": asdict(spec) | {"attn_dim": r_a if attn_on else 0},
         "ffn_calibrated": bool(ffn_on and calibrate_ffn),
         "calibration": {"text": calibration_name, "tokens": int(T), "ids_sha256": text_hash},
         "ffn_realised_fraction": [round(f, 5) for f in realised],
         "attn_key_energy_in_predictor": [round(e, 5) for e in energy],
     }
+    if spec.refit:
+        record["refit"] = {
+            "tensors": ["ffn_down"], "lambda": spec.refit,
+            "lambda_scale": "trace(A_s^T W A_s) / d_ff",
+            "target": "the dense FFN's output at the sparsified model's input",
+            "token_weight": "1 / mean(y_t^2)",
+            "tokens": int(sum(len(s) for s in seqs)), "sequences": len(seqs)}
     return Sparsified(new_cfg, new_get, record)
