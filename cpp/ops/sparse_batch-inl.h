@@ -406,9 +406,9 @@ HWY_INLINE void TokenSparseColsT(P w, size_t rows, size_t cols, const TokenPair*
 }
 
 // out[g, c] for g in [g0, g0 + kG) and the kC vectors of columns at c: the kG x kC sums stay in
-// registers across the n rows (at most 8 accumulators: AVX2 has 16 registers), each value
-// vector is loaded once for the kG rows of u. Every output is one FMA chain over j in order
-// from 0, as a plain loop would make it, so neither the tiling nor G changes a result.
+// registers across the n rows, each value vector is loaded once for the kG rows of u. Every
+// output is one FMA chain over j in order from 0, as a plain loop would make it, so neither the
+// tiling nor G changes a result.
 template <size_t kG, size_t kC, class P>
 HWY_INLINE void MultiTile(P w, const float* HWY_RESTRICT scale, size_t cols,
                           const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx, size_t n,
@@ -417,10 +417,11 @@ HWY_INLINE void MultiTile(P w, const float* HWY_RESTRICT scale, size_t cols,
   const size_t NF = hn::Lanes(df);
   const float* ug[kG];
   hn::Vec<decltype(df)> acc[kG][kC];
-  HWY_UNROLL(4)
+  // Fully unrolled (a literal bound >= the trip count, for GCC 12), so acc stays in registers.
+  HWY_UNROLL(16)
   for (size_t k = 0; k < kG; ++k) {
     ug[k] = u + (g0 + k) * n;
-    HWY_UNROLL(4)
+    HWY_UNROLL(16)
     for (size_t v = 0; v < kC; ++v) acc[k][v] = hn::Zero(df);
   }
   for (size_t j = 0; j < n; ++j) {
@@ -428,51 +429,94 @@ HWY_INLINE void MultiTile(P w, const float* HWY_RESTRICT scale, size_t cols,
     const P row = w + r * cols + c;
     const float s = scale ? scale[r] : 1.0f;
     hn::Vec<decltype(df)> v[kC];
-    HWY_UNROLL(4)
+    HWY_UNROLL(16)
     for (size_t i = 0; i < kC; ++i) v[i] = LoadF32(df, row + i * NF);
-    HWY_UNROLL(4)
+    HWY_UNROLL(16)
     for (size_t k = 0; k < kG; ++k) {
       const auto a = hn::Set(df, ug[k][j] * s);
-      HWY_UNROLL(4)
+      HWY_UNROLL(16)
       for (size_t i = 0; i < kC; ++i) acc[k][i] = hn::MulAdd(a, v[i], acc[k][i]);
     }
   }
-  HWY_UNROLL(4)
+  HWY_UNROLL(16)
   for (size_t k = 0; k < kG; ++k) {
-    HWY_UNROLL(4)
+    HWY_UNROLL(16)
     for (size_t i = 0; i < kC; ++i) hn::StoreU(acc[k][i], df, out + (g0 + k) * cols + c + i * NF);
   }
 }
 
-// Rows [0, G) of u in tiles of 4, then 2, then 1 (MultiTile), at the kC vectors of columns at c.
-template <size_t kC, class P>
+// Column vectors per MultiTile of kG rows of u: kG x kC sums and kC value vectors in registers.
+// Each tile walks all n value rows once per strip of kC vectors, so wider strips mean fewer
+// strided passes over the rows: with AVX-512's 32 registers 4 x 4 or 2 x 8 (Gemma 2 2B decode
+// attention at 4096, value sums of a KV head's 2 query heads, 1 thread: 2 x 2 strips made 8
+// passes of one 64-byte line per bf16 row and ran at ~8 GB/s); AVX2 has 16: 4 x 2.
+template <size_t kG>
+constexpr size_t MultiCols() {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  return kG >= 4 ? 4 : 8;
+#else
+  return 2;
+#endif
+}
+
+// Rows [g0, g0 + kG) of u at the vector columns [c, c1): strips of kC vectors, then 2, then 1.
+template <size_t kG, size_t kC, class P>
+HWY_INLINE void MultiStrips(P w, const float* HWY_RESTRICT scale, size_t cols,
+                            const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx, size_t n,
+                            size_t g0, float* HWY_RESTRICT out, size_t c, size_t c1) {
+  const size_t NF = hn::Lanes(hn::ScalableTag<float>());
+  for (; c + kC * NF <= c1; c += kC * NF) MultiTile<kG, kC>(w, scale, cols, u, idx, n, g0, out, c);
+  if constexpr (kC > 2) {
+    for (; c + 2 * NF <= c1; c += 2 * NF) MultiTile<kG, 2>(w, scale, cols, u, idx, n, g0, out, c);
+  }
+  for (; c + NF <= c1; c += NF) MultiTile<kG, 1>(w, scale, cols, u, idx, n, g0, out, c);
+}
+
+// Rows [0, G) of u in tiles of 4, 2, 1, each with strips of kC(kG) vectors over [c, c1).
+template <size_t kC4, size_t kC2, size_t kC1, class P>
 HWY_INLINE void MultiTiles(P w, const float* HWY_RESTRICT scale, size_t cols,
                            const float* HWY_RESTRICT u, const int32_t* HWY_RESTRICT idx, size_t n,
-                           size_t G, float* HWY_RESTRICT out, size_t c) {
+                           size_t G, float* HWY_RESTRICT out, size_t c, size_t c1) {
   size_t g0 = 0;
-  for (; g0 + 4 <= G; g0 += 4) MultiTile<4, kC>(w, scale, cols, u, idx, n, g0, out, c);
+  for (; g0 + 4 <= G; g0 += 4) MultiStrips<4, kC4>(w, scale, cols, u, idx, n, g0, out, c, c1);
   if (g0 + 2 <= G) {
-    MultiTile<2, kC>(w, scale, cols, u, idx, n, g0, out, c);
+    MultiStrips<2, kC2>(w, scale, cols, u, idx, n, g0, out, c, c1);
     g0 += 2;
   }
-  if (g0 < G) MultiTile<1, kC>(w, scale, cols, u, idx, n, g0, out, c);
+  if (g0 < G) MultiStrips<1, kC1>(w, scale, cols, u, idx, n, g0, out, c, c1);
 }
 
 // out[g, c] = sum_j u[g, j] W[idx[j], c] (MultiSparseVecMatRange): register tiles of up to 4
-// rows of u x 2 vectors of columns, then single vectors, then scalar columns. A tile reads a
-// strip of each value row; the strips partition the rows, so the values are read once per 4
-// rows of u.
+// rows of u x kC vectors of columns, then scalar columns. A tile reads a strip of each value
+// row; the strips partition the rows, so the values are read once per 4 rows of u.
+// Wide strips mean fewer strided passes over the value rows. Few rows of u (decode: the query
+// heads of one KV head) take the widest strips the registers hold (kG x kC sums and kC value
+// vectors): AVX-512's 32 registers fit 4 x 4 and 2 x 8; AVX2's 16, 4 x 2 (Gemma 2 2B decode
+// attention at 4096, value sums of 2 query heads, 1 thread, Zen 4: 2 x 2 strips, 8 passes of
+// one 64-byte line per bf16 row, ran at ~8 GB/s). Many rows (a prefill block's tokens x heads)
+// walk column strips outer, so a strip of the values is reused from cache by every tile.
 template <class P>
 HWY_INLINE void MultiSparseVecMatT(P w, const float* HWY_RESTRICT scale,
                                    size_t cols, const float* HWY_RESTRICT u,
                                    const int32_t* HWY_RESTRICT idx, size_t n, size_t G,
                                    float* HWY_RESTRICT out, size_t c0, size_t c1) {
-  const hn::ScalableTag<float> df;
-  const size_t NF = hn::Lanes(df);
-  size_t c = c0;
-  for (; c + 2 * NF <= c1; c += 2 * NF) MultiTiles<2>(w, scale, cols, u, idx, n, G, out, c);
-  for (; c + NF <= c1; c += NF) MultiTiles<1>(w, scale, cols, u, idx, n, G, out, c);
-  for (; c < c1; ++c) {
+  const size_t NF = hn::Lanes(hn::ScalableTag<float>());
+  const size_t cv = c0 + (c1 - c0) / NF * NF;  // end of the vector columns
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  constexpr size_t kWide = 4;
+  if (G <= 4) {
+    MultiTiles<4, 8, 8>(w, scale, cols, u, idx, n, G, out, c0, cv);
+  } else {
+    for (size_t c = c0; c < cv; c += kWide * NF) {
+      MultiTiles<4, 4, 4>(w, scale, cols, u, idx, n, G, out, c, std::min(cv, c + kWide * NF));
+    }
+  }
+#else
+  for (size_t c = c0; c < cv; c += 2 * NF) {
+    MultiTiles<2, 2, 2>(w, scale, cols, u, idx, n, G, out, c, std::min(cv, c + 2 * NF));
+  }
+#endif
+  for (size_t c = cv; c < c1; ++c) {
     for (size_t g = 0; g < G; ++g) {
       float sum = 0.0f;
       for (size_t j = 0; j < n; ++j) {
