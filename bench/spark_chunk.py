@@ -14,15 +14,18 @@ AVX512_BF16 tile (`_core.set_avx512_bf16(False)`).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 
-from spark_infer import _core
-from spark_infer.config import preset
-from spark_infer.weights import f32_to_bf16, quantize_int8, quantize_q4
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from profile_ffn import _time  # noqa: E402  (median of one pass per layer, one warm-up)
+
+from spark_infer import _core  # noqa: E402
+from spark_infer.config import preset  # noqa: E402
+from spark_infer.weights import f32_to_bf16, quantize_int8, quantize_q4  # noqa: E402
 
 
 def make(rng: np.random.Generator, rows: int, cols: int, dtype: str):
@@ -35,18 +38,6 @@ def make(rng: np.random.Generator, rows: int, cols: int, dtype: str):
     if dtype == "q4":
         return quantize_q4(w), None, cols // 32 * 20
     return w, None, 4 * cols
-
-
-def median_time(fn, layers: int, repeats: int) -> float:
-    for i in range(layers):
-        fn(i)
-    out = []
-    for _ in range(repeats):
-        for i in range(layers):
-            t0 = time.perf_counter()
-            fn(i)
-            out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def main() -> int:
@@ -76,9 +67,9 @@ def main() -> int:
     v = [make(rng, ff, d, args.dtype) for _ in range(args.layers)]
     out_k = np.empty(nnz, np.float32)
     out_v = np.empty((T, d), np.float32)
-    t_k2 = median_time(lambda i: _core.csr_masked_matmul(k2[i][0], x, offsets, tokens, out_k,
+    t_k2 = _time(lambda i: _core.csr_masked_matmul(k2[i][0], x, offsets, tokens, out_k,
                                                          scale=k2[i][1]), args.layers, args.repeats)
-    t_v = median_time(lambda i: _core.csr_sparse_matmul(v[i][0], u, offsets, tokens, out_v,
+    t_v = _time(lambda i: _core.csr_sparse_matmul(v[i][0], u, offsets, tokens, out_v,
                                                         scale=v[i][1]), args.layers, args.repeats)
     tile = "on" if _core.use_avx512_bf16() else "off"
     print(f"{args.preset} {args.dtype}, chunk {T}, {args.threads} threads, Highway "

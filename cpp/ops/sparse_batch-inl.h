@@ -491,9 +491,10 @@ HWY_INLINE void MultiTiles(P w, const float* HWY_RESTRICT scale, size_t cols,
 // row; the strips partition the rows, so the values are read once per 4 rows of u.
 // Wide strips mean fewer strided passes over the value rows. Few rows of u (decode: the query
 // heads of one KV head) take the widest strips the registers hold (kG x kC sums and kC value
-// vectors): AVX-512's 32 registers fit 4 x 4 and 2 x 8; AVX2's 16, 4 x 2 (Gemma 2 2B decode
-// attention at 4096, value sums of 2 query heads, 1 thread, Zen 4: 2 x 2 strips, 8 passes of
-// one 64-byte line per bf16 row, ran at ~8 GB/s). Many rows (a prefill block's tokens x heads)
+// vectors): AVX-512's 32 registers fit 4 x 4 and 2 x 8; AVX2's 16, 4 x 2. With 2 x 2 strips a
+// bf16 row of 256 was walked in 8 passes of one 64-byte line; the wide strips raised Gemma 2
+// 2B decode attention at 4096 from 17.6-18.0 to 20.3-23.1 GB/s of cache read (2 threads, Zen 4,
+// bench/results/attention-decode-strips-2026-12-07.txt). Many rows (a prefill block's tokens x heads)
 // walk column strips outer, so a strip of the values is reused from cache by every tile.
 template <class P>
 HWY_INLINE void MultiSparseVecMatT(P w, const float* HWY_RESTRICT scale,
