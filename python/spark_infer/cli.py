@@ -202,8 +202,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                f" rotated dims, {cfg['attn_sparse_recent']} newest always")
     print(f"sparsity:    {ffn}; {att}")
     if cfg.get("lm_head_screen_margin"):
-        print(f"LM head:     screened by a q4 copy, logits within {cfg['lm_head_screen_margin']:g} "
-              f"of the largest recomputed exactly")
+        print(f"LM head:     screened by a 4-bit copy (screen4: 128-weight blocks), logits "
+              f"within {cfg['lm_head_screen_margin']:g} of the largest recomputed exactly")
     if info.get("sparsify"):
         rec = info["sparsify"]
         print(f"sparsified:  {rec.get('method')}; calibration {rec.get('calibration')}")
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "all of it); with a q4 dtype, the text whose "
                         "inputs weigh the q4 fit (default: the shipped calibration text)")
     p.add_argument("--lm-head-screen", type=float, default=None, metavar="MARGIN",
-                   help="add the screened LM head: a q4 copy of the embedding scores every "
+                   help="add the screened LM head: a 4-bit copy (screen4: 128-weight blocks; "
+                        "d_model a multiple of 128) of the embedding scores every "
                         "token, logits within MARGIN of the largest are recomputed exactly "
                         "(e.g. 10; 0 removes it; default: as the source)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -10,7 +10,10 @@ Contract:
   F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`, q4: U8 [rows, cols / 32 * 20], blocks
   of 32 weights along each row in GGML's Q4_1 layout, or q5: U8 [rows, cols / 32 * 22], GGML's
   Q5_0 blocks (the row bytes tell q4 and q5 apart). Each type's layout, encoder and decoder
-  live in `spark_infer.weights`. Each matrix has its own type (`write_engine_file`'s dtype,
+  live in `spark_infer.weights`. The LM-head screen `token_embd_screen` (only with
+  lm_head_screen_margin > 0) has its own layout, screen4 (`weights/screen4.py`): U8
+  `screen4_shape(vocab, d_model)` = [ceil(vocab / 4), d_model / 128 * 272], written from
+  token_embd's float values (`DERIVED_FROM`), so d_model must be a multiple of 128. Each matrix has its own type (`write_engine_file`'s dtype,
   embed_dtype and per-tensor tensor_dtypes).
 - Layout written here (the safetensors format allows no holes between tensors): the header is
   padded with spaces so the data starts at a multiple of 64 bytes; tensors follow contiguously,
@@ -36,7 +39,10 @@ import numpy as np
 
 from .config import ModelConfig
 from .weights import (BLOCK_BYTES as _BLOCK_BYTES, DTYPES, ITEMSIZE as _ITEMSIZE, Q4_GROUP,
-                      Q5_BLOCK_BYTES as _Q5_BLOCK_BYTES, ST_DTYPE as _ST_DTYPE, decode, encode)
+                      Q5_BLOCK_BYTES as _Q5_BLOCK_BYTES, SCREEN_BLOCK_BYTES, SCREEN_GROUP,
+                      SCREEN_ROWS, decode, dequantize_screen4, encode, quantize_screen4,
+                      screen4_shape)
+from .weights import ST_DTYPE as _MATRIX_ST_DTYPE
 from .weights import stored_shape as _stored_shape, stored_type as _stored_type
 
 __all__ = [
@@ -53,8 +59,11 @@ _HEADER_ALIGN = 64
 _CHUNK_ELEMS = 1 << 20
 
 
-# The LM-head screen's type (docs/engine-file.md, "The screened LM head").
-SCREEN_DTYPE = "q4"
+# The LM-head screen's layout (docs/engine-file.md, "The screened LM head"): not a matrix type
+# users pick (DTYPES), so only the tensor token_embd_screen is written and read in it.
+SCREEN_DTYPE = "screen4"
+SCREEN_TENSOR = "token_embd_screen"
+_ST_DTYPE = dict(_MATRIX_ST_DTYPE, **{SCREEN_DTYPE: "U8"})
 
 
 class FormatError(ValueError):
@@ -68,8 +77,8 @@ class TensorSpec(NamedTuple):
 
 
 # Tensors the writer derives from another one's values, which sources never give: the LM-head
-# screen is a q4 copy of token_embd.
-DERIVED_FROM = {"token_embd_screen": "token_embd"}
+# screen is a 4-bit copy of token_embd (screen4).
+DERIVED_FROM = {SCREEN_TENSOR: "token_embd"}
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,8 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
     """Every tensor `cfg` implies, in table order (docs/engine-file.md, "Tensors")."""
     d, hd, ff = cfg.d_model, cfg.head_dim, cfg.d_ff
     specs = [TensorSpec("token_embd", (cfg.vocab_size, d), True)]
-    if cfg.lm_head_screen_margin > 0:
-        specs.append(TensorSpec("token_embd_screen", (cfg.vocab_size, d), True))
+    if cfg.lm_head_screen_margin > 0:   # logical shape; stored as screen4_shape(vocab, d)
+        specs.append(TensorSpec(SCREEN_TENSOR, (cfg.vocab_size, d), True))
     specs.append(TensorSpec("output_norm", (d,), False))
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
@@ -137,12 +146,12 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
 class _Entry(NamedTuple):
     name: str
     shape: tuple[int, ...]  # as stored
-    dtype: str             # weight type (DTYPES); "f32" for vectors and scales
+    dtype: str             # weight type (DTYPES or SCREEN_DTYPE); "f32" for vectors and scales
     begin: int             # offset within the data section
     end: int
 
     @property
-    def st_dtype(self) -> str:   # safetensors dtype: F32 | BF16 | I8 | U8 (q4 / q5 blocks)
+    def st_dtype(self) -> str:   # safetensors dtype: F32 | BF16 | I8 | U8 (q4 / q5 / screen4)
         return _ST_DTYPE[self.dtype]
 
 
@@ -154,9 +163,10 @@ def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str,
         if not spec.is_matrix:
             wanted.append((spec.name, spec.shape, "f32"))
             continue
+        if spec.name == SCREEN_TENSOR:
+            wanted.append((spec.name, _screen_shape(spec.shape), SCREEN_DTYPE))
+            continue
         t = (tensor_dtypes or {}).get(spec.name, embed_dtype if spec.name == "token_embd" else dtype)
-        if spec.name == "token_embd_screen":
-            t = SCREEN_DTYPE
         if t in _BLOCK_BYTES and spec.shape[1] % Q4_GROUP:
             raise ValueError(f"{t} needs rows of a multiple of {Q4_GROUP} weights: tensor "
                              f"{spec.name!r} has shape {spec.shape}")
@@ -172,6 +182,15 @@ def _layout(cfg: ModelConfig, dtype: str, embed_dtype: str,
         entries[name] = _Entry(name, shape, t, offset, offset + nbytes)
         offset += nbytes
     return entries
+
+
+def _screen_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The stored shape of the screen of a [vocab, d_model] head; ValueError naming the
+    128-weight blocks when d_model does not fit them."""
+    if shape[1] % SCREEN_GROUP:
+        raise ValueError(f"the LM-head screen (lm_head_screen_margin > 0) needs d_model a multiple "
+                         f"of {SCREEN_GROUP} (its screen4 blocks), got d_model {shape[1]}")
+    return screen4_shape(shape[0], shape[1])
 
 
 def _header_bytes(cfg: ModelConfig, entries: dict[str, _Entry],
@@ -247,14 +266,17 @@ def _row_blocks(name: str, value: Any, shape: tuple[int, ...]) -> Iterator[np.nd
 def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name: str,
                   value: Any, want: tuple[int, ...], importance: np.ndarray | None = None,
                   derived: Sequence[str] = ()) -> None:
-    """Writes `value` as tensor `name`, and as each tensor in `derived` (in its own dtype; a q4
-    one fitted unweighted)."""
+    """Writes `value` as tensor `name`, and as each tensor in `derived` (in its own layout,
+    fitted unweighted)."""
     entry = entries[name]
     shape = _value_shape(name, value)
     if shape != want:
         raise ValueError(f"tensor {name!r} has shape {shape}, expected {want}")
     row_elems = int(np.prod(entry.shape[1:], dtype=np.int64))   # 1 for a vector
     row = 0
+    # Rows of each derived tensor not written yet: a screen4 tile holds 4 rows, and the source's
+    # blocks need not be whole tiles.
+    carry = {other: np.zeros((0, *shape[1:]), np.float32) for other in derived}
     for block in _row_blocks(name, value, shape):
         if not np.all(np.isfinite(block)):
             raise ValueError(f"tensor {name!r} has NaN or infinite values")
@@ -266,12 +288,28 @@ def _write_tensor(f: BinaryIO, data_start: int, entries: dict[str, _Entry], name
             f.write(np.ascontiguousarray(scale, dtype="<f4").data)
         f.seek(data_start + entry.begin + row * row_elems * _ITEMSIZE[entry.st_dtype])
         f.write(np.ascontiguousarray(out).data)
-        for other in derived:
-            e = entries[other]
-            out, _ = encode(block, e.dtype)
-            f.seek(data_start + e.begin + row * (e.end - e.begin) // e.shape[0])
-            f.write(np.ascontiguousarray(out).data)
         row += n_rows
+        for other in derived:
+            rows = np.concatenate([carry[other], block]) if len(carry[other]) else block
+            unit = _rows_per_stored_row(entries[other])
+            whole = len(rows) // unit * unit
+            _write_derived(f, data_start, entries[other], row - len(rows), rows[:whole])
+            carry[other] = rows[whole:]
+    for other in derived:   # the last, partial tile (padded by the encoder)
+        _write_derived(f, data_start, entries[other], row - len(carry[other]), carry[other])
+
+
+def _rows_per_stored_row(e: _Entry) -> int:
+    return SCREEN_ROWS if e.dtype == SCREEN_DTYPE else 1
+
+
+def _write_derived(f: BinaryIO, data_start: int, e: _Entry, first: int, rows: np.ndarray) -> None:
+    """Writes float `rows`, rows first.. of derived tensor `e` (first at a stored row's start)."""
+    if not len(rows):
+        return
+    out = quantize_screen4(rows) if e.dtype == SCREEN_DTYPE else encode(rows, e.dtype)[0]
+    f.seek(data_start + e.begin + first // _rows_per_stored_row(e) * (e.end - e.begin) // e.shape[0])
+    f.write(np.ascontiguousarray(out).data)
 
 
 def _iter_source(source: TensorSource, specs: list[TensorSpec]) -> Iterator[tuple[str, Any]]:
@@ -419,9 +457,11 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
     Tensors are the table's names (plus `<name>.scale` for I8 matrices unless dequantized).
     dequantize=False: read-only views over the file's memory map: F32 as float32, BF16 as
     uint16 bit patterns, I8 as int8, q4 as its uint8 blocks [rows, cols / 32 * 20], q5 as its
-    uint8 blocks [rows, cols / 32, 22] (the shape the kernels take q5 in).
+    uint8 blocks [rows, cols / 32, 22] (the shape the kernels take q5 in), the LM-head screen
+    as its uint8 screen4 tiles [ceil(vocab / 4), d_model / 128 * 272].
     dequantize=True: every table tensor as float32 (bf16 widened exactly, int8 times scale, q4
-    and q5 by `weights.dequantize_q4` / `dequantize_q5`).
+    and q5 by `weights.dequantize_q4` / `dequantize_q5`, the screen [vocab, d_model] by
+    `weights.dequantize_screen4`).
     Raises FormatError (naming the tensor or field) for a file that breaks the contract.
     """
     try:
@@ -450,11 +490,11 @@ def read_engine_file(path: str | os.PathLike[str], dequantize: bool = False
 
 def _typed_views(f: Any, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """The file's tensors by name, q5 matrices with their block axis apart (the engine's
-    reader checked every U8 matrix to hold q4 or q5 rows)."""
+    reader checked every U8 matrix to hold q4 or q5 rows, and the screen to be screen4)."""
     views = dict(f.tensors())
     for spec in tensor_specs(cfg):
         a = views[spec.name]
-        if spec.is_matrix and a.dtype == np.uint8 and spec.shape[1] and \
+        if spec.is_matrix and spec.name != SCREEN_TENSOR and a.dtype == np.uint8 and spec.shape[1] and \
                 a.shape[1] == spec.shape[1] // Q4_GROUP * _Q5_BLOCK_BYTES:
             views[spec.name] = a.reshape(a.shape[0], -1, _Q5_BLOCK_BYTES)
     return views
@@ -463,8 +503,12 @@ def _typed_views(f: Any, cfg: ModelConfig) -> dict[str, np.ndarray]:
 def dequantize_tensor(stored: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """A new float32 array of tensor `name` from the stored ones (`read_engine_file` with
     dequantize=False): bf16 widened exactly, int8 times its scale, q4 and q5 by
-    `weights.dequantize_q4` / `dequantize_q5`."""
+    `weights.dequantize_q4` / `dequantize_q5`, the LM-head screen by `weights.dequantize_screen4`
+    (its rows: token_embd's)."""
     a = stored[name]
+    if name == SCREEN_TENSOR:
+        return dequantize_screen4(a, stored["token_embd"].shape[0],
+                                  a.shape[1] // SCREEN_BLOCK_BYTES * SCREEN_GROUP)
     return decode(a, stored[name + ".scale"] if a.dtype == np.int8 else None)
 
 

@@ -202,7 +202,8 @@ class Model:
     def lm_head_screen(self) -> bool:
         """Whether the screened LM head is in use (files converted with ``lm_head_screen``;
         on by default there): logits within the margin of the largest come from the head, the
-        rest from its q4 screen. False: every logit from the head (exact, slower)."""
+        rest from its screen, a 4-bit copy (screen4: 128-weight blocks). False: every logit
+        from the head (exact, slower)."""
         return self.engine.lm_head_screen
 
     @lm_head_screen.setter

@@ -7,7 +7,9 @@ Gemma 2 / Gemma 3 (tests/test_reference.py) and, for the Spark parts, against br
 
 Shapes: T tokens, D = d_model, H = n_heads, G = n_kv_heads, hd = head_dim, F = d_ff, V = vocab.
 Weights are the engine-file tensors by name, any float dtype (e.g. `read_engine_file(...,
-dequantize=True)`); matrices are [rows, cols] and act as y = W @ x.
+dequantize=True)`); matrices are [rows, cols] and act as y = W @ x. The LM-head screen
+`token_embd_screen` is the exception: its stored screen4 bytes (`read_engine_file(path)` without
+dequantize), since its scores are defined on its codes and scales (`weights.screen4_logits`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig
-from .weights import bf16_to_f32, f32_to_bf16
+from .weights import bf16_to_f32, f32_to_bf16, screen4_logits
 
 __all__ = [
     "LayerStats", "normal_quantile", "statistical_threshold", "rms_norm", "gelu_tanh", "softcap",
@@ -485,7 +487,9 @@ def forward_with_stats(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
     hn, w, stats, products = _final_hidden(cfg, weights, tokens, kv_dtype, products)
     if cfg.lm_head_screen_margin > 0:  # exact logits from masked matvecs of the tied head
         logits = softcap(products.gathered(hn, w["token_embd"]), cfg.final_softcap)
-        screen = softcap(products.full(hn, w["token_embd_screen"]), cfg.final_softcap)
+        # Every row (prefill too) meets the screen as the engine's kernel does: x in int8 per row.
+        screen = softcap(screen4_logits(w[_SCREEN], cfg.vocab_size, cfg.d_model, hn),
+                         cfg.final_softcap)
         logits = screened_logits(logits, screen, cfg.lm_head_screen_margin)
     else:
         logits = softcap(products.full(hn, w["token_embd"]), cfg.final_softcap)  # tied LM head
@@ -509,6 +513,13 @@ def _final_hidden(cfg, weights, tokens, kv_dtype, products):
         if name.endswith(".scale"):
             continue                    # int8 scales: weights must come dequantized
         a = np.asarray(a)
+        if name == _SCREEN:
+            if a.dtype != np.uint8:
+                raise ValueError(f"weight {_SCREEN!r} has dtype {a.dtype}; pass its stored "
+                                 f"screen4 bytes (uint8, read_engine_file(path) without "
+                                 f"dequantize): the screen's scores are defined on them")
+            w[name] = a
+            continue
         if a.dtype.kind != "f":
             raise ValueError(f"weight {name!r} has dtype {a.dtype}; pass float values "
                              f"(read_engine_file(..., dequantize=True))")
@@ -530,6 +541,7 @@ def _final_hidden(cfg, weights, tokens, kv_dtype, products):
     return rms_norm(h, w["output_norm"], eps), w, stats, products
 
 
+_SCREEN = "token_embd_screen"
 # At most this many logits per row are recomputed by the screened head (ties aside).
 SCREEN_MAX_RESCORED = 4096
 

@@ -150,7 +150,8 @@ def _engine_source(src: str | os.PathLike) -> _Source:
         raise ConversionError(str(e)) from None
     # A file with q4 / q5 blocks (a quantized GGUF's mix, say) keeps each matrix's type; one of
     # only float and int8 matrices is a float source for q4.
-    kinds = {s.name: _stored_kind(stored[s.name]) for s in tensor_specs(cfg) if s.is_matrix}
+    kinds = {s.name: _stored_kind(stored[s.name]) for s in tensor_specs(cfg)
+             if s.is_matrix and s.name not in DERIVED_FROM}   # the screen is remade, not kept
     quantized = any(k in ("q4", "q5") for k in kinds.values())
     return _Source(cfg, proto, lambda name: dequantize_tensor(stored, name), stored.clear,
                    [s.name for s in tensor_specs(cfg) if s.name not in DERIVED_FROM],
@@ -217,13 +218,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
       Gaussian quantile Q(1 - F) on every layer. q4 matrices of a dense model
       (not sparsified here) are fitted weighted by their inputs' mean squares on the same text
       (``convert.importance``); a checkpoint without a tokenizer is fitted unweighted.
-    lm_head_screen: a margin m > 0 (logits, e.g. 10) adds the screened LM head: a q4 copy of
-      ``token_embd`` scores every token, and the logits within m of the largest are recomputed
+    lm_head_screen: a margin m > 0 (logits, e.g. 10) adds the screened LM head: a 4-bit copy
+      of ``token_embd`` (screen4: 128-weight blocks, so d_model must be a multiple of 128)
+      scores every token, and the logits within m of the largest are recomputed
       from ``token_embd`` itself (docs/engine-file.md); 0 removes it; None keeps the source's.
     Returns ``Path(out)``. Raises ConversionError; on failure nothing is left at ``out`` (an
     existing file there is kept unchanged).
     """
-    from ..fileformat import DTYPES, write_engine_file
+    from ..fileformat import DTYPES, SCREEN_GROUP, write_engine_file
     from .sparsify import SparsifySpec
 
     if dtype not in DTYPES:
@@ -250,6 +252,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
                 cfg = cfg.replace(lm_head_screen_margin=float(lm_head_screen))
             except ValueError as e:
                 raise ConversionError(f"lm_head_screen: {e}") from None
+            if cfg.lm_head_screen_margin > 0 and cfg.d_model % SCREEN_GROUP:
+                raise ConversionError(f"lm_head_screen: the screen's 4-bit blocks (screen4) hold "
+                                      f"{SCREEN_GROUP} weights, so d_model must be a multiple of "
+                                      f"{SCREEN_GROUP}; this model's is {cfg.d_model}")
         kept = kept_precision(s.kinds, cfg, dtype, embed_dtype)
         # q4 matrices that were 4-bit blocks come back exactly from any fit: only others need
         # the weighted one.

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate", default=None, metavar="TEXT",
                     help="text file for the per-layer FFN quantiles, or weighing the q4 fit")
     ap.add_argument("--lm-head-screen", type=float, default=None, metavar="MARGIN",
-                   help="add the screened LM head: a q4 copy of the embedding scores every "
+                   help="add the screened LM head: a 4-bit copy (screen4: 128-weight blocks; "
+                        "d_model a multiple of 128) of the embedding scores every "
                         "token, logits within MARGIN of the largest are recomputed exactly "
                         "(e.g. 10; 0 removes it; default: as the source)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

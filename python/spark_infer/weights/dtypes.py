@@ -4,7 +4,8 @@ and stored shape, and the one switch over types for encoding and decoding a tens
 q4 and q5 are both stored as U8 blocks; the row bytes tell them apart (cols / 32 * 20 or 22
 for a matrix of cols columns). In memory (`read_engine_file`, the kernels) a q4 matrix is
 uint8 [rows, cols / 32 * 20], a q5 matrix uint8 [rows, cols / 32, 22]: the block axis apart, so
-that the array alone says its type."""
+that the array alone says its type. The LM-head screen's layout (`screen4.py`) is not one of
+these types: only `token_embd_screen` has it, and the file format names that tensor itself."""
 
 from __future__ import annotations
 
