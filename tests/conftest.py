@@ -2,7 +2,8 @@
 
 `target`: runs a test once per SIMD target that this build compiled and this CPU supports,
 forcing the kernels onto it (test ids are the target names, e.g. test_matvec[AVX2-...]).
-`bf16_modes` / `set_bf16`: the AVX512_BF16 switch of the bf16 chunk matmul, for tests.
+`bf16_modes` / `set_bf16`: the AVX512_BF16 switch of the bf16 chunk matmul, for tests;
+`vnni_modes` / `set_vnni` the same for the AVX512_VNNI byte tiles.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def bf16_modes(target: str) -> list[bool | None]:
 
 def set_bf16(mode: bool | None) -> None:
     _core.set_avx512_bf16(_core.has_avx512_bf16() if mode is None else mode)
+
+
+def vnni_modes(target: str) -> list[bool | None]:
+    """The AVX3 byte tiles' paths to run on this CPU (q4 / q5 decode, the LM-head screen):
+    its AVX512_VNNI tile and the plain one (_core.set_avx512_vnni); None: the target has one."""
+    return [True, False] if target == "AVX3" and _core.has_avx512_vnni() else [None]
+
+
+def set_vnni(mode: bool | None) -> None:
+    _core.set_avx512_vnni(_core.has_avx512_vnni() if mode is None else mode)
 
 
 @pytest.fixture(scope="session")

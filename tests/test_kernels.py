@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import bf16_modes, set_bf16
+from conftest import bf16_modes, set_bf16, set_vnni, vnni_modes
 from spark_infer import _core
 
 U = 2.0**-24  # f32 unit roundoff
@@ -302,15 +302,6 @@ def decode_reference(fmt: str, blocks: np.ndarray, rows: int, cols: int, x: np.n
     terms = (np.abs(d) * s64 * np.abs(c * q[None]).sum(axis=2)
              + np.abs(m) * s64 * np.abs(q).sum(axis=1)[None]).sum(axis=1)
     return want, (2 * (cols // 32) + 16) * U * terms
-
-
-def vnni_modes(target: str) -> list[bool | None]:
-    """The AVX3 decode tiles' paths to run on this CPU (None: the target has one)."""
-    return [True, False] if target == "AVX3" and _core.has_avx512_vnni() else [None]
-
-
-def set_vnni(mode: bool | None) -> None:
-    _core.set_avx512_vnni(_core.has_avx512_vnni() if mode is None else mode)
 
 
 def int8_exact_x(x: np.ndarray) -> np.ndarray:

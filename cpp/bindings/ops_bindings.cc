@@ -16,6 +16,7 @@
 #include "ops/activation.h"
 #include "ops/matvec.h"
 #include "ops/norm.h"
+#include "ops/screen.h"
 #include "ops/sparse.h"
 #include "ops/sparse_batch.h"
 #include "ops/topk.h"
@@ -122,6 +123,24 @@ void RegisterOps(py::module_& m) {
     MatMul(DefaultPool(), mw, px, static_cast<size_t>(T), po);
   }, arg("w").noconvert(), arg("x").noconvert(), arg("out").noconvert(), arg("scale").noconvert() = py::none(),
      "out[t, r] = w[r, :] . x[t, :] for a chunk of T tokens. x: [T, cols], out: [T, rows].");
+
+  m.def("screen_scores", [](py::array packed, size_t rows, py::array x, py::array out) {
+    if (rows == 0) throw py::value_error("rows must be > 0");
+    const py::ssize_t cols = x.ndim() == 1 ? x.shape(0) : -1;
+    if (cols <= 0 || cols % static_cast<py::ssize_t>(kScreenGroup) != 0)
+      throw py::value_error("x must be float32 [cols], cols a positive multiple of " + std::to_string(kScreenGroup));
+    ScreenRef s;
+    s.rows = rows;
+    s.cols = static_cast<size_t>(cols);
+    s.data = Checked<uint8_t>(packed, "packed", {static_cast<py::ssize_t>(s.Tiles()),
+                                                 static_cast<py::ssize_t>(s.TileBytes())});
+    const float* px = Checked<float>(x, "x", {cols});
+    float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(rows)}, true);
+    py::gil_scoped_release release;
+    ScreenScores(DefaultPool(), s, px, po);
+  }, arg("packed").noconvert(), arg("rows"), arg("x").noconvert(), arg("out").noconvert(),
+     "The LM-head screen's scores (ops/screen.h): out[v] = s_v of x. packed: uint8 screen4 tiles "
+     "[ceil(rows / 4), cols / 128 * 272] (spark_infer.weights.screen4), x: [cols], out: [rows].");
 
   // --- sparse
   m.def("masked_matvec", [](py::array w, py::array x, py::array idx, py::array out, OptArray scale) {

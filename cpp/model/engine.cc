@@ -18,6 +18,7 @@
 #include "ops/matvec.h"
 #include "ops/norm.h"
 #include "ops/sparse.h"
+#include "ops/screen.h"
 #include "ops/topk.h"
 #include "util/checked.h"
 #include "util/json.h"
@@ -387,7 +388,7 @@ void Engine::set_lm_head_screen(bool on) {
   screen_on_ = on;
 }
 
-// The screen's q4 rows cost 0.625 bytes a weight (int8 1.0, bf16 2.0), and the few logits that
+// The screen's rows cost 0.53 bytes a weight (screen4; int8 1.0, bf16 2.0), and the few logits that
 // can matter, near the largest, are recomputed from the head itself: on real text (Gemma 3
 // 270M, margin 10) a few hundred of 262144 per token. A flat distribution (random ids) can put
 // tens of thousands within the margin, so at most the kScreenMaxRescored largest are (ties at
@@ -395,7 +396,8 @@ void Engine::set_lm_head_screen(bool on) {
 void Engine::ScreenedLogits(size_t rows, float* logits) {
   const ModelConfig& c = config_;
   const size_t V = c.vocab_size, d = c.d_model;
-  MatMul(pool_, weights_.embed_screen, xn_.get(), rows, logits);
+  // Row by row, each with its own x quantization: prefill rows get the decode's scores.
+  for (size_t r = 0; r < rows; ++r) ScreenScores(pool_, weights_.embed_screen, xn_.get() + r * d, logits + r * V);
   if (c.final_softcap > 0) SoftCap(logits, rows * V, c.final_softcap, logits);
   int32_t* idx = screen_idx_.data();
   float* exact = screen_exact_.get();

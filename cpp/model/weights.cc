@@ -59,7 +59,7 @@ class Loader {
     const TensorInfo& t = Checked(name, {rows, stored_cols});
     m.data = t.data;
     if (m.type == WeightType::kI8) m.scale = Scale(name + ".scale", rows);
-    if (name != "token_embd" && name != "token_embd_screen") types_.insert(m.type);
+    if (name != "token_embd") types_.insert(m.type);
     return m;
   }
 
@@ -72,6 +72,25 @@ class Loader {
     m.rows = rows;
     m.cols = cols;
     return m;
+  }
+
+  // The LM-head screen: U8 [tiles, tile bytes] in the screen4 layout (weights/types.h). Files
+  // from before that layout hold q4 rows [rows, cols / 32 * 20] here: refused by shape.
+  ScreenRef Screen(const std::string& name, size_t rows, size_t cols) {
+    ScreenRef s;
+    s.rows = rows;
+    s.cols = cols;
+    if (cols % kScreenGroup != 0)
+      throw FormatError(f_.path() + ": the LM-head screen needs d_model a multiple of " +
+                        std::to_string(kScreenGroup) + ", got " + std::to_string(cols));
+    const TensorInfo& info = f_.Get(name);
+    const std::vector<size_t> shape = {s.Tiles(), s.TileBytes()};
+    if (info.dtype != "U8" || info.shape != shape)
+      throw FormatError(f_.path() + ": tensor '" + name + "' must be U8 " + ShapeStr(shape) +
+                        " (the screen4 layout), got " + info.dtype + " " + ShapeStr(info.shape) +
+                        "; a file converted before that layout: convert the model again");
+    s.data = static_cast<const uint8_t*>(Checked(name, shape).data);
+    return s;
   }
 
   // The I8 companion `<name>.scale`: F32 [rows].
@@ -108,7 +127,7 @@ ModelWeights ModelWeights::Load(const SafetensorsFile& file, const ModelConfig& 
   ModelWeights w;
   const size_t d = c.d_model, hd = c.head_dim;
   w.embed = ld.Matrix("token_embd", c.vocab_size, d);
-  if (c.lm_head_screen_margin > 0) w.embed_screen = ld.Matrix("token_embd_screen", c.vocab_size, d);
+  if (c.lm_head_screen_margin > 0) w.embed_screen = ld.Screen("token_embd_screen", c.vocab_size, d);
   w.final_norm = ld.Vector("output_norm", d);
   for (size_t i = 0; i < c.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";

@@ -37,7 +37,7 @@ struct LayerWeights {
 
 struct ModelWeights {
   MatRef embed;                       // [vocab, d_model], also the LM head
-  MatRef embed_screen;                // lm_head_screen_margin > 0: [vocab, d_model], q4 copy of embed
+  ScreenRef embed_screen;             // lm_head_screen_margin > 0: embed's 4-bit screen (types.h)
   const float* final_norm = nullptr;  // [d_model]
   std::vector<LayerWeights> layers;
   size_t bytes = 0;                   // all weight bytes in use

@@ -163,6 +163,28 @@ struct MatRef {
   size_t Bytes() const { return rows * RowBytes() + (scale ? rows * 4 : 0); }
 };
 
+// The LM-head screen (docs/engine-file.md, "The screened LM head"; the layout's definition and
+// encoder: python/spark_infer/weights/screen4.py). 4-bit symmetric codes c (w = d * (c - 7.5)) in
+// blocks of kScreenGroup weights along a row, one f32 d per block; rows in tiles of kScreenRows,
+// interleaved block by block so the decode kernel streams one contiguous tile at a time. A tile
+// of G = cols / 128 blocks is G * 256 code bytes ([block g][row r][64 bytes]: byte j has column
+// 128 g + j in its low nibble, 128 g + 64 + j in its high one), then G * 4 f32 d ([g][r]).
+constexpr size_t kScreenGroup = 128;
+constexpr size_t kScreenRows = 4;
+constexpr size_t kScreenBlockBytes = kScreenGroup / 2 * kScreenRows + 4 * kScreenRows;  // 272
+
+struct ScreenRef {
+  const uint8_t* data = nullptr;  // [Tiles(), TileBytes()]
+  size_t rows = 0;                // rows past `rows` in the last tile are padding
+  size_t cols = 0;                // a multiple of kScreenGroup
+
+  size_t Blocks() const { return cols / kScreenGroup; }
+  size_t Tiles() const { return (rows + kScreenRows - 1) / kScreenRows; }
+  size_t TileBytes() const { return Blocks() * kScreenBlockBytes; }
+  size_t Bytes() const { return Tiles() * TileBytes(); }
+  const uint8_t* Tile(size_t t) const { return data + t * TileBytes(); }
+};
+
 // f32 copy of row r of m, any type (the scalar decoder; kernels use load-inl.h).
 inline void DecodeRow(const MatRef& m, size_t r, float* out) {
   const uint8_t* row = m.Row(r);

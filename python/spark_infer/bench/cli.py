@@ -7,6 +7,7 @@ import argparse
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -70,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context and decode tokens: seeded random ids (default), or the "
                              "shipped calibration text (models with a tokenizer), which the "
                              "screened LM head and sparsified FFNs respond to as in real use")
+    parser.add_argument("--lm-head-screen", type=float, default=0.0, metavar="MARGIN",
+                        help="random-weight models (presets, config JSON) get the screened LM "
+                             "head with this margin (README, \"The screened LM head\"; default 0: "
+                             "none). Embedded real models carry their own setting")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw the report as a PNG")
     parser.add_argument("--cache-dir", help="random model files (default <cache>/bench)")
@@ -96,6 +101,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--threads must be at least 1")
     if any(c < 1 for c in args.context):
         raise ValueError("--context must be at least 1")
+    if not math.isfinite(args.lm_head_screen) or args.lm_head_screen < 0:
+        raise ValueError(f"--lm-head-screen must be a finite margin >= 0, got {args.lm_head_screen}")
 
 
 def run(args: argparse.Namespace) -> int:

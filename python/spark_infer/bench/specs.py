@@ -22,14 +22,18 @@ def _cache_root(args: argparse.Namespace) -> Path:
     return cache_dir() / "bench"
 
 
-def _random_model_file(cfg: ModelConfig, name: str, dtype: str, seed: int, root: Path) -> Path:
+def _random_model_file(cfg: ModelConfig, name: str, dtype: str, seed: int, root: Path,
+                       lm_head_screen: float = 0.0) -> Path:
     """The cached random-weight engine file of (config, dtype, seed), written on first use;
-    dtype "D/E" gives the embedding dtype E."""
+    dtype "D/E" gives the embedding dtype E; lm_head_screen > 0 adds the screened LM head with
+    that margin (the config, and so the file's key, then says so)."""
     import hashlib
 
     from spark_infer.fileformat import FORMAT_VERSION
     from spark_infer.random_model import make_random_model
 
+    if lm_head_screen > 0:
+        cfg = cfg.replace(lm_head_screen_margin=float(lm_head_screen))
     dtype, _, embed_dtype = dtype.partition("/")
     digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:10]
     setting = f"{dtype}-embed_{embed_dtype}" if embed_dtype else dtype
@@ -57,7 +61,8 @@ def resolve_spec(spec: str, dtype: str, args: argparse.Namespace, notes: list[st
         if p.suffix == ".json":
             cfg = ModelConfig.from_json(p.read_text())
             return (f"{p.stem} {dtype}", _random_model_file(cfg, p.stem, dtype, args.seed,
-                                                            _cache_root(args)), "random")
+                                                            _cache_root(args),
+                                                            args.lm_head_screen), "random")
         return p.name, p, "file"
     if name in models.MODELS and not force_random:
         try:
@@ -69,5 +74,5 @@ def resolve_spec(spec: str, dtype: str, args: argparse.Namespace, notes: list[st
     if name not in PRESETS:
         raise ValueError(f"model {spec!r} is neither a file nor one of: {', '.join(PRESETS)}")
     label = f"{name} {dtype}" + (" (random)" if name in models.MODELS else "")
-    return label, _random_model_file(preset(name), name, dtype, args.seed,
-                                     _cache_root(args)), "random"
+    return label, _random_model_file(preset(name), name, dtype, args.seed, _cache_root(args),
+                                     args.lm_head_screen), "random"
