@@ -201,6 +201,23 @@ def test_convert_adds_keeps_and_removes_the_screen(tmp_path):
     assert cfg.lm_head_screen_margin == 0.0 and "token_embd_screen" not in stored
 
 
+def test_convert_keeps_a_quantized_sources_blocks_and_remakes_its_screen(tmp_path):
+    """A q4 file with a screen, converted to q4: every matrix keeps its q4 blocks (the screen is
+    not one of them: it is made again from token_embd), and there is nothing to calibrate."""
+    _, path, weights = _model(tmp_path, "gemma3", 5.0, dtype="q4")
+    out = convert(path, tmp_path / "again.spark", dtype="q4", progress=False)
+    src, got = read_engine_file(path)[2], read_engine_file(out)[2]
+    assert got.keys() == src.keys()
+    for name in set(got) - {SCREEN}:
+        np.testing.assert_array_equal(got[name], src[name])
+    # The source's screen was fitted to token_embd's floats before q4; this one to its q4 values.
+    np.testing.assert_array_equal(got[SCREEN], quantize_screen4(weights["token_embd"]))
+    text = tmp_path / "t.txt"
+    text.write_text("some text to calibrate on")
+    with pytest.raises(ConversionError, match="nothing to calibrate"):
+        convert(path, tmp_path / "c.spark", dtype="q4", calibrate=text, progress=False)
+
+
 def test_cli_convert_and_info(tmp_path):
     import subprocess
     import sys

@@ -259,11 +259,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16",
         kept = kept_precision(s.kinds, cfg, dtype, embed_dtype)
         # q4 matrices that were 4-bit blocks come back exactly from any fit: only others need
         # the weighted one.
-        from ..fileformat import tensor_specs
+        from ..fileformat import DERIVED_FROM, tensor_specs
 
         refit = any(kept.get(t.name, _asked(t.name, dtype, embed_dtype)) == "q4"
                     and (s.kinds or {}).get(t.name) != "q4"
-                    for t in tensor_specs(cfg) if t.is_matrix)
+                    for t in tensor_specs(cfg) if t.is_matrix and t.name not in DERIVED_FROM)
         if calibrate is not None and spec is None and not refit:
             raise ConversionError("--calibrate has nothing to calibrate: every q4 matrix keeps "
                                   "the quantized source's own blocks (no weighted fit) and there "
