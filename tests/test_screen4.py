@@ -81,7 +81,8 @@ def fit(block: np.ndarray, steps: int = 2) -> tuple[np.ndarray, np.float32]:
 def test_fit_follows_the_docstring_on_gaussian_rows():
     rng = np.random.default_rng(1)
     rows, cols = 9, 384
-    w = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 3, size=(rows, 1))).astype(np.float32)
+    scale = rng.uniform(0.01, 3, size=(rows, 1))
+    w = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
     w[2, 128:256] *= 50                                  # an outlier block
     packed = quantize_screen4(w)
     codes, d = parse(packed, rows, cols)

@@ -10,11 +10,11 @@ Contract:
   F32 [rows] companion, `w[r, c] = scale[r] * q[r, c]`, q4: U8 [rows, cols / 32 * 20], blocks
   of 32 weights along each row in GGML's Q4_1 layout, or q5: U8 [rows, cols / 32 * 22], GGML's
   Q5_0 blocks (the row bytes tell q4 and q5 apart). Each type's layout, encoder and decoder
-  live in `spark_infer.weights`. The LM-head screen `token_embd_screen` (only with
-  lm_head_screen_margin > 0) has its own layout, screen4 (`weights/screen4.py`): U8
+  live in `spark_infer.weights`. Each matrix has its own type (`write_engine_file`'s dtype,
+  embed_dtype and per-tensor tensor_dtypes), but for the LM-head screen `token_embd_screen`
+  (only with lm_head_screen_margin > 0): its own layout, screen4 (`weights/screen4.py`), U8
   `screen4_shape(vocab, d_model)` = [ceil(vocab / 4), d_model / 128 * 272], written from
-  token_embd's float values (`DERIVED_FROM`), so d_model must be a multiple of 128. Each matrix has its own type (`write_engine_file`'s dtype,
-  embed_dtype and per-tensor tensor_dtypes).
+  token_embd's float values (`DERIVED_FROM`), so d_model must be a multiple of 128.
 - Layout written here (the safetensors format allows no holes between tensors): the header is
   padded with spaces so the data starts at a multiple of 64 bytes; tensors follow contiguously,
   F32 first, then BF16, then I8 and U8 (each group in table order), so every tensor starts at a multiple
@@ -308,7 +308,8 @@ def _write_derived(f: BinaryIO, data_start: int, e: _Entry, first: int, rows: np
     if not len(rows):
         return
     out = quantize_screen4(rows) if e.dtype == SCREEN_DTYPE else encode(rows, e.dtype)[0]
-    f.seek(data_start + e.begin + first // _rows_per_stored_row(e) * (e.end - e.begin) // e.shape[0])
+    stored_row_bytes = (e.end - e.begin) // e.shape[0]
+    f.seek(data_start + e.begin + first // _rows_per_stored_row(e) * stored_row_bytes)
     f.write(np.ascontiguousarray(out).data)
 
 
@@ -377,6 +378,8 @@ def write_engine_file(path: str | os.PathLike[str], cfg: ModelConfig, tensors: T
     sparsifying conversion did); the format's own keys cannot be overridden.
     q4_importance: optional per-matrix column importance [cols] for the q4 fit
     (`weights.quantize_q4`), by tensor name; matrices without an entry are fitted unweighted.
+    With lm_head_screen_margin > 0 the writer derives token_embd_screen from token_embd (screen4;
+    ValueError unless d_model is a multiple of 128).
     Raises ValueError naming the tensor for a missing, unexpected, misshapen or non-finite one;
     no file is left at `path` (nor a temporary) when anything fails.
     """
@@ -494,8 +497,8 @@ def _typed_views(f: Any, cfg: ModelConfig) -> dict[str, np.ndarray]:
     views = dict(f.tensors())
     for spec in tensor_specs(cfg):
         a = views[spec.name]
-        if spec.is_matrix and spec.name != SCREEN_TENSOR and a.dtype == np.uint8 and spec.shape[1] and \
-                a.shape[1] == spec.shape[1] // Q4_GROUP * _Q5_BLOCK_BYTES:
+        if spec.is_matrix and spec.name != SCREEN_TENSOR and a.dtype == np.uint8 and \
+                spec.shape[1] and a.shape[1] == spec.shape[1] // Q4_GROUP * _Q5_BLOCK_BYTES:
             views[spec.name] = a.reshape(a.shape[0], -1, _Q5_BLOCK_BYTES)
     return views
 
