@@ -39,12 +39,16 @@ def gguf_file() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def engine_file(dtype: str = "f32", embed_dtype: str | None = None) -> Path:
+    """The GGUF converted as `models.resolve_model` converts it (the dtype's default LM-head
+    screen included), into this session's work directory."""
+    from spark_infer import models
     from spark_infer.convert import convert
 
     t0 = time.perf_counter()
     setting = dtype if embed_dtype in (None, dtype) else f"{dtype}-embed_{embed_dtype}"
     out = convert(gguf_file(), workdir() / f"gemma3-270m.{setting}.spark", dtype=dtype,
-                  embed_dtype=embed_dtype, progress=False)
+                  embed_dtype=embed_dtype, progress=False,
+                  lm_head_screen=models.DEFAULT_LM_HEAD_SCREEN.get(dtype))
     print(f"\nconverted gemma3-270m to {setting} in {time.perf_counter() - t0:.1f} s")
     return out
 
