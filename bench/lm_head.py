@@ -53,15 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         base, screened = setting.removesuffix("+screen"), setting.endswith("+screen")
         dtype, embed = base.split("/")
         path = models.resolve_model("gemma3-270m", dtype, progress=False, embed_dtype=embed)
-        if not screened:
+        margin = args.screen_margin if screened else 0.0
+        from spark_infer.fileformat import read_engine_header
+
+        if read_engine_header(path)["config"].get("lm_head_screen_margin", 0.0) == margin:
             return path
-        # The same file with the screened LM head (docs/engine-file.md), made once.
-        out = models.cache_dir() / "bench" / f"{path.stem}.screen{args.screen_margin:g}.spark"
+        # The same file with the screen as the setting asks (the embedded q4 file carries one,
+        # models.DEFAULT_LM_HEAD_SCREEN): made once.
+        out = models.cache_dir() / "bench" / f"{path.stem}.screen{margin:g}.spark"
         if not out.exists():
             from spark_infer.convert import convert
 
             convert(path, out, dtype=dtype, embed_dtype=embed, progress=False,
-                    lm_head_screen=args.screen_margin)
+                    lm_head_screen=margin)
         return out
 
     out = {"machine": {**B.machine_info(), "llc_bytes": _llc(), "threads": args.threads},
