@@ -114,3 +114,49 @@ def test_screen_scores_bad_input() -> None:
     with pytest.raises((ValueError, TypeError)):
         _core.screen_scores(packed, 5, x, np.zeros(4, np.float32))
     assert screen4_shape(5, 128) == packed.shape
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "few_values", "all_equal", "one", "wide", "inf"])
+def test_kth_largest_is_exact(case: str) -> None:
+    """_core.kth_largest (the screened head's cap on flat distributions) against np.partition."""
+    rng = np.random.default_rng(len(case))
+    x = {"normal": rng.standard_normal(100_000) * 3,
+         "ties": np.round(rng.standard_normal(50_000) * 4) / 4,
+         "few_values": rng.choice([-1.0, 0.5, 2.0], 9_000),
+         "all_equal": np.full(5_000, 1.25),
+         "one": np.array([7.0]),
+         "wide": np.concatenate([rng.standard_normal(3_000), [3e38, -3e38, 1e-40, -1e-40]]),
+         "inf": np.concatenate([rng.standard_normal(3_000), [np.inf, -np.inf, np.inf]])}[case]
+    x = x.astype(np.float32)
+    for k in sorted({1, min(2, len(x)), len(x) // 3 + 1, min(4096, len(x)), len(x)}):
+        want = -np.partition(-x, k - 1)[k - 1]
+        assert _core.kth_largest(x, k) == want, (case, k)
+    with pytest.raises(ValueError):
+        _core.kth_largest(x, 0)
+    with pytest.raises(ValueError):
+        _core.kth_largest(x, len(x) + 1)
+    with pytest.raises(ValueError):
+        _core.kth_largest(np.array([1.0, np.nan], np.float32), 1)
+
+
+@pytest.mark.parametrize("case", ["peaked", "flat", "ties_at_kth", "few", "nan", "all_equal"])
+def test_screen_kept_matches_definition(target: str, case: str) -> None:
+    """_core.screen_kept (which logits the screened head recomputes) against numpy from the
+    definition: x_i >= max(max(x) - margin, the cap-th largest), NaN never kept."""
+    rng = np.random.default_rng(len(case))
+    n = 262_144 if case in ("peaked", "flat") else 20_000
+    x = {"peaked": rng.standard_normal(n) * 3,            # few within the margin: no cap
+         "flat": rng.standard_normal(n) * 0.5,             # most within it: the cap binds
+         "ties_at_kth": np.round(rng.standard_normal(n) * 2) / 2,
+         "few": rng.standard_normal(n),
+         "nan": rng.standard_normal(n),
+         "all_equal": np.zeros(n)}[case].astype(np.float32)
+    if case == "nan":
+        x[rng.integers(0, n, 50)] = np.nan
+    valid = x[~np.isnan(x)]
+    for margin, cap in [(10.0, 4096), (1.0, 4096), (3.0, 64), (14.0, 4096), (0.0, 1), (10.0, n + 5)]:
+        floor = valid.max() - np.float32(margin)
+        kth = -np.partition(-valid, cap - 1)[cap - 1] if cap <= len(valid) else -np.inf
+        want = np.flatnonzero(x >= max(floor, kth))
+        got = _core.screen_kept(x, margin, cap)
+        assert np.array_equal(got, want), (case, margin, cap, len(got), len(want))

@@ -211,6 +211,29 @@ void RegisterOps(py::module_& m) {
     if (!(p > 0.0 && p < 1.0)) throw py::value_error("p must be in (0, 1), got " + std::to_string(p));
     return InvNormalCdf(p);
   }, arg("p"), "Q(p): the inverse standard-normal CDF.");
+  m.def("screen_kept", [](py::array x, float margin, size_t cap) {
+    const float* px = Checked<float>(x, "x", {-1});
+    const size_t n = static_cast<size_t>(x.shape(0));
+    if (!(margin >= 0) || !std::isfinite(margin)) throw py::value_error("margin must be finite and >= 0");
+    if (cap < 1) throw py::value_error("cap must be >= 1");
+    std::vector<int32_t> idx(n);
+    size_t kept;
+    {
+      py::gil_scoped_release release;
+      kept = ScreenKept(px, n, margin, cap, idx.data());
+    }
+    return py::array_t<int32_t>(static_cast<py::ssize_t>(kept), idx.data());
+  }, arg("x").noconvert(), arg("margin"), arg("cap"),
+     "Indices (ascending) of the logits the screened LM head recomputes (ops/topk.h).");
+  m.def("kth_largest", [](py::array x, size_t k) {
+    const float* px = Checked<float>(x, "x", {-1});
+    const size_t n = static_cast<size_t>(x.shape(0));
+    if (k < 1 || k > n) throw py::value_error("k must be in [1, len(x)]");
+    for (size_t i = 0; i < n; ++i)
+      if (std::isnan(px[i])) throw py::value_error("x has a NaN");
+    py::gil_scoped_release release;
+    return KthLargest(px, n, k);
+  }, arg("x").noconvert(), arg("k"), "The k-th largest of x (float32 [n], no NaN), exactly (ops/topk.h).");
   m.def("statistical_topk", [](py::array x, double fraction) {
     if (!(fraction > 0.0 && fraction < 1.0))
       throw py::value_error("fraction must be in (0, 1), got " + std::to_string(fraction));

@@ -403,18 +403,7 @@ void Engine::ScreenedLogits(size_t rows, float* logits) {
   float* exact = screen_exact_.get();
   for (size_t r = 0; r < rows; ++r) {
     float* z = logits + r * V;
-    size_t n = WithinOfMax(z, V, c.lm_head_screen_margin, idx);
-    if (n > kScreenMaxRescored) {
-      for (size_t j = 0; j < n; ++j) exact[j] = z[idx[j]];  // scratch until the dot products
-      std::nth_element(exact, exact + kScreenMaxRescored - 1, exact + n, std::greater<float>());
-      const float floor = exact[kScreenMaxRescored - 1];
-      size_t kept = 0;
-      for (size_t j = 0; j < n; ++j) {
-        idx[kept] = idx[j];
-        kept += z[idx[j]] >= floor;
-      }
-      n = kept;
-    }
+    const size_t n = ScreenKept(z, V, c.lm_head_screen_margin, kScreenMaxRescored, idx);
     MaskedMatVec(pool_, weights_.embed, xn_.get() + r * d, idx, n, exact);
     if (c.final_softcap > 0) SoftCap(exact, n, c.final_softcap, exact);
     for (size_t j = 0; j < n; ++j) z[idx[j]] = exact[j];

@@ -22,9 +22,9 @@ HWY_NOINLINE TopKStats StatTopK(const float* HWY_RESTRICT x, size_t n, float q,
   return s;
 }
 
-HWY_NOINLINE size_t WithinOfMaxT(const float* HWY_RESTRICT x, size_t n, float margin,
-                                 int32_t* HWY_RESTRICT idx) {
-  const float floor = MaxOf(x, n) - margin;
+HWY_NOINLINE float MaxOfT(const float* HWY_RESTRICT x, size_t n) { return MaxOf(x, n); }
+
+HWY_NOINLINE size_t AtLeastT(const float* HWY_RESTRICT x, size_t n, float floor, int32_t* HWY_RESTRICT idx) {
   // x >= floor is x > the float just below floor (none lies between them).
   return ThresholdScan(x, n, nextafterf(floor, -INFINITY), idx, nullptr);
 }
@@ -36,14 +36,81 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 #include <math.h>
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
 #include <limits>
+#include <vector>
 
 namespace spark {
 HWY_EXPORT(StatTopK);
-HWY_EXPORT(WithinOfMaxT);
+HWY_EXPORT(MaxOfT);
+HWY_EXPORT(AtLeastT);
 
-size_t WithinOfMax(const float* x, size_t n, float margin, int32_t* idx) {
-  return HWY_DYNAMIC_DISPATCH(WithinOfMaxT)(x, n, margin, idx);
+size_t ScreenKept(const float* x, size_t n, float margin, size_t cap, int32_t* idx) {
+  if (n == 0) return 0;
+  const auto at_least = HWY_DYNAMIC_DISPATCH(AtLeastT);
+  const float floor = HWY_DYNAMIC_DISPATCH(MaxOfT)(x, n) - margin;
+  // Where more than `cap` lie within the margin, a threshold t from every 16th value (the
+  // sample's rank for ~1.5 cap) collects a few thousand candidates instead of all of them. If
+  // t overshot (fewer than cap at or above it), everything within the margin is collected.
+  constexpr size_t kStride = 16;
+  float t = floor;
+  if (cap < n) {
+    thread_local std::vector<float> sample;
+    sample.clear();
+    for (size_t i = 0; i < n; i += kStride)
+      if (x[i] >= floor) sample.push_back(x[i]);
+    const size_t rank = 3 * cap / 2 / kStride + 8;
+    if (sample.size() > rank) {
+      std::nth_element(sample.begin(), sample.begin() + (rank - 1), sample.end(), std::greater<float>());
+      t = std::max(floor, sample[rank - 1]);
+    }
+  }
+  size_t m = at_least(x, n, t, idx);
+  if (m < cap && t > floor) m = at_least(x, n, floor, idx);
+  if (m <= cap) return m;
+  // Every x >= t is in idx and at least cap of them, so the cap-th largest is theirs.
+  thread_local std::vector<float> vals;
+  vals.resize(m);
+  for (size_t j = 0; j < m; ++j) vals[j] = x[idx[j]];
+  const float kth = KthLargest(vals.data(), m, cap);
+  size_t kept = 0;
+  for (size_t j = 0; j < m; ++j) {
+    idx[kept] = idx[j];
+    kept += x[idx[j]] >= kth;
+  }
+  return kept;
+}
+
+float KthLargest(const float* x, size_t n, size_t k) {
+  float lo = x[0], hi = x[0];
+  for (size_t i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  if (!(hi > lo)) return hi;
+  thread_local std::vector<float> in_bin;
+  if (!std::isfinite(hi - lo)) {  // infinities, or a range past FLT_MAX: no bins, select in all
+    in_bin.assign(x, x + n);
+    std::nth_element(in_bin.begin(), in_bin.begin() + (k - 1), in_bin.end(), std::greater<float>());
+    return in_bin[k - 1];
+  }
+  // bin(v) is non-decreasing in v (a subtraction and a positive scale, each rounded
+  // monotonically), so every value in a higher bin is >= every value in a lower one.
+  constexpr size_t kBins = 2048;
+  const float scale = static_cast<float>(kBins) / (hi - lo);
+  auto bin = [&](float v) { return std::min(kBins - 1, static_cast<size_t>((v - lo) * scale)); };
+  size_t counts[kBins] = {};
+  for (size_t i = 0; i < n; ++i) ++counts[bin(x[i])];
+  size_t b = kBins - 1, above = 0;  // values in bins > b
+  while (above + counts[b] < k) above += counts[b--];
+  in_bin.clear();
+  for (size_t i = 0; i < n; ++i)
+    if (bin(x[i]) == b) in_bin.push_back(x[i]);
+  const size_t kk = k - above;  // 1 <= kk <= counts[b]
+  std::nth_element(in_bin.begin(), in_bin.begin() + (kk - 1), in_bin.end(), std::greater<float>());
+  return in_bin[kk - 1];
 }
 
 double InvNormalCdf(double p) {

@@ -24,10 +24,19 @@ struct TopKStats {
 // matvecs around it.
 TopKStats StatisticalTopK(const float* x, size_t n, float q, int32_t* idx, float* shifted);
 
-// Writes the indices (ascending) of x_i >= max(x) - margin into idx (room for n entries) and
-// returns their count; NaN entries are never kept nor the max. The screened LM head's first
-// cut (docs/engine-file.md): two vector passes, no sort.
-size_t WithinOfMax(const float* x, size_t n, float margin, int32_t* idx);
+// The screened LM head's kept logits (docs/engine-file.md): writes the indices (ascending) of
+// x_i >= max(max(x) - margin, x_(cap)) into idx (room for n entries) and returns their count,
+// x_(cap) the cap-th largest (ties at it kept; none when cap >= n). NaN entries are never kept
+// nor the max. Vector passes over x; where the cap binds (flat distributions: most of a
+// 262144-token vocabulary within the margin) a strided sample first narrows the candidates.
+// Single-threaded.
+size_t ScreenKept(const float* x, size_t n, float margin, size_t cap, int32_t* idx);
+
+// The k-th largest of x[0, n) (1 <= k <= n; no NaN), exactly: a 2048-bin histogram over
+// [min, max] finds the bin holding it, and nth_element runs on that bin's values only. The
+// screened LM head's cap on flat distributions (tens of thousands of candidates): ~3 linear
+// passes instead of nth_element's branchy partitioning of all of them. Single-threaded.
+float KthLargest(const float* x, size_t n, size_t k);
 
 }  // namespace spark
 
