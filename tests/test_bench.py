@@ -239,6 +239,32 @@ def test_bad_arguments_exit_with_usage(capsys: pytest.CaptureFixture[str]) -> No
     assert "no model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("margin", ["-1", "nan", "inf"])
+def test_bad_lm_head_screen_margin_exits_with_usage(margin: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench.main(["gemma2-2b", "--lm-head-screen", margin, "--steps", "1"])
+    assert e.value.code == 2
+    assert "--lm-head-screen must be a finite margin >= 0" in capsys.readouterr().err
+
+
+def test_lm_head_screen_gives_random_models_the_screen(tmp_path: Path) -> None:
+    """--lm-head-screen M: the random model's config says margin M (so its cached file is keyed
+    apart from the unscreened one) and its engine decodes through the screen."""
+    cfg = DENSE.replace(d_model=128)
+    plain = bench._random_model_file(cfg, "d128", "bf16", 0, tmp_path)
+    screened = bench._random_model_file(cfg, "d128", "bf16", 0, tmp_path, lm_head_screen=10.0)
+    assert plain != screened
+    from spark_infer.fileformat import read_engine_header
+
+    assert read_engine_header(plain)["config"].get("lm_head_screen_margin", 0.0) == 0.0
+    assert read_engine_header(screened)["config"]["lm_head_screen_margin"] == 10.0
+    engine = _core.Engine(str(screened), context_length=16)
+    assert engine.lm_head_screen
+    engine.prefill(np.arange(4, dtype=np.int32), 4, False)
+    engine.decode(5)
+    assert engine.screen_rescored > 0
+
+
 def test_bytes_per_token_of_sparsified_models(tmp_path: Path) -> None:
     """Sparsified FFN: the predictor (or gate) whole, kept rows of up and down_t at the active
     fraction (abs_act: up whole too); sparsified attention: the r_a scan plus the kept rows.
