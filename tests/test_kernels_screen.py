@@ -160,3 +160,15 @@ def test_screen_kept_matches_definition(target: str, case: str) -> None:
         want = np.flatnonzero(x >= max(floor, kth))
         got = _core.screen_kept(x, margin, cap)
         assert np.array_equal(got, want), (case, margin, cap, len(got), len(want))
+
+
+def test_screen_kept_bad_input() -> None:
+    x = np.zeros(10, np.float32)
+    for margin in (-1.0, np.nan, np.inf):
+        with pytest.raises(ValueError):
+            _core.screen_kept(x, margin, 4)
+    with pytest.raises(ValueError):
+        _core.screen_kept(x, 1.0, 0)
+    with pytest.raises((ValueError, TypeError)):
+        _core.screen_kept(x.astype(np.float64), 1.0, 4)
+    assert len(_core.screen_kept(np.zeros(0, np.float32), 1.0, 4)) == 0
