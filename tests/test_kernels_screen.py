@@ -172,3 +172,30 @@ def test_screen_kept_bad_input() -> None:
     with pytest.raises((ValueError, TypeError)):
         _core.screen_kept(x.astype(np.float64), 1.0, 4)
     assert len(_core.screen_kept(np.zeros(0, np.float32), 1.0, 4)) == 0
+
+
+def test_screen_scores_of_several_rows(target: str) -> None:
+    """x [T, cols] (a prefill chunk, one pass over the screen): each row against the definition,
+    bit-identical to scoring it alone, and a row with a NaN gets NaN scores while the others
+    keep theirs."""
+    rng = np.random.default_rng(11)
+    rows, cols, T = 37, 256, 5
+    packed = quantize_screen4(rng.standard_normal((rows, cols)).astype(np.float32))
+    x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
+    x[3, 17] = np.nan
+    for vnni in vnni_modes(target):
+        set_vnni(vnni)
+        out = np.zeros((T, rows), dtype=np.float32)
+        _core.screen_scores(packed, rows, x, out)
+        for t in range(T):
+            alone = np.zeros(rows, dtype=np.float32)
+            _core.screen_scores(packed, rows, np.ascontiguousarray(x[t]), alone)
+            if t == 3:
+                assert np.all(np.isnan(out[t])) and np.all(np.isnan(alone))
+                continue
+            assert np.array_equal(out[t], alone), (target, vnni, t)
+            want, bound = scores_from_definition(packed, rows, x[t])
+            assert np.all(np.abs(out[t] - want) <= bound), (target, vnni, t)
+    set_vnni(None)
+    with pytest.raises((ValueError, TypeError)):
+        _core.screen_scores(packed, rows, x, np.zeros((T - 1, rows), np.float32))

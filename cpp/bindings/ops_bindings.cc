@@ -126,21 +126,27 @@ void RegisterOps(py::module_& m) {
 
   m.def("screen_scores", [](py::array packed, size_t rows, py::array x, py::array out) {
     if (rows == 0) throw py::value_error("rows must be > 0");
-    const py::ssize_t cols = x.ndim() == 1 ? x.shape(0) : -1;
+    // x: [cols] (one row) or [T, cols]; out: [rows] or [T, rows] to match.
+    const bool one = x.ndim() == 1;
+    const py::ssize_t cols = one ? x.shape(0) : x.ndim() == 2 ? x.shape(1) : -1;
     if (cols <= 0 || cols % static_cast<py::ssize_t>(kScreenGroup) != 0)
-      throw py::value_error("x must be float32 [cols], cols a positive multiple of " + std::to_string(kScreenGroup));
+      throw py::value_error("x must be float32 [cols] or [T, cols], cols a positive multiple of " +
+                            std::to_string(kScreenGroup));
     ScreenRef s;
     s.rows = rows;
     s.cols = static_cast<size_t>(cols);
     s.data = Checked<uint8_t>(packed, "packed", {static_cast<py::ssize_t>(s.Tiles()),
                                                  static_cast<py::ssize_t>(s.TileBytes())});
-    const float* px = Checked<float>(x, "x", {cols});
-    float* po = Checked<float>(out, "out", {static_cast<py::ssize_t>(rows)}, true);
+    const py::ssize_t T = one ? 1 : x.shape(0);
+    const float* px = one ? Checked<float>(x, "x", {cols}) : Checked<float>(x, "x", {T, cols});
+    float* po = one ? Checked<float>(out, "out", {static_cast<py::ssize_t>(rows)}, true)
+                    : Checked<float>(out, "out", {T, static_cast<py::ssize_t>(rows)}, true);
     py::gil_scoped_release release;
-    ScreenScores(DefaultPool(), s, px, po);
+    ScreenScores(DefaultPool(), s, px, static_cast<size_t>(T), po);
   }, arg("packed").noconvert(), arg("rows"), arg("x").noconvert(), arg("out").noconvert(),
-     "The LM-head screen's scores (ops/screen.h): out[v] = s_v of x. packed: uint8 screen4 tiles "
-     "[ceil(rows / 4), cols / 128 * 272] (spark_infer.weights.screen4), x: [cols], out: [rows].");
+     "The LM-head screen's scores (ops/screen.h): out[v] = s_v of x, per row of x. packed: uint8 "
+     "screen4 tiles [ceil(rows / 4), cols / 128 * 272] (spark_infer.weights.screen4), x: [cols] "
+     "or [T, cols], out: [rows] or [T, rows].");
 
   // --- sparse
   m.def("masked_matvec", [](py::array w, py::array x, py::array idx, py::array out, OptArray scale) {

@@ -390,14 +390,15 @@ void Engine::set_lm_head_screen(bool on) {
 
 // The screen's rows cost 0.53 bytes a weight (screen4; int8 1.0, bf16 2.0), and the few logits that
 // can matter, near the largest, are recomputed from the head itself: on real text (Gemma 3
-// 270M, margin 10) a few hundred of 262144 per token. A flat distribution (random ids) can put
-// tens of thousands within the margin, so at most the kScreenMaxRescored largest are (ties at
-// the last one kept).
+// 270M) a few hundred (margin 10) to a few thousand (margin 14) of 262144 per token. A flat
+// distribution (random ids) can put most of the vocabulary within the margin, so at most the
+// kScreenMaxRescored largest are (ties at the last one kept; ScreenKept).
 void Engine::ScreenedLogits(size_t rows, float* logits) {
   const ModelConfig& c = config_;
   const size_t V = c.vocab_size, d = c.d_model;
-  // Row by row, each with its own x quantization: prefill rows get the decode's scores.
-  for (size_t r = 0; r < rows; ++r) ScreenScores(pool_, weights_.embed_screen, xn_.get() + r * d, logits + r * V);
+  // Each row with its own x quantization (prefill rows get the decode's scores), one pass over
+  // the screen for all of them.
+  ScreenScores(pool_, weights_.embed_screen, xn_.get(), rows, logits);
   if (c.final_softcap > 0) SoftCap(logits, rows * V, c.final_softcap, logits);
   int32_t* idx = screen_idx_.data();
   float* exact = screen_exact_.get();

@@ -47,70 +47,97 @@ HWY_INLINE void ScreenFinish(const uint8_t* tile, size_t blocks, const ScreenX& 
 }
 
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
-SPARK_BYTE_TILE_ATTR HWY_NOINLINE void ScreenTilesBytes(const ScreenRef& s, const ScreenX& x, size_t t0,
-                                                        size_t t1, float* HWY_RESTRICT out) {
-  const size_t G = s.Blocks();
+// One tile's scores for one x into out[0, n).
+SPARK_BYTE_TILE_ATTR HWY_INLINE void ScreenTileBytes(const uint8_t* HWY_RESTRICT tile, size_t G,
+                                                     const ScreenX& x, float* HWY_RESTRICT out, size_t n) {
   const __m256i low4 = _mm256_set1_epi8(15);
-  for (size_t t = t0; t < t1; ++t) {
-    const uint8_t* HWY_RESTRICT tile = s.Tile(t);
-    __m256 acc[kScreenRows];
-    for (size_t r = 0; r < kScreenRows; ++r) acc[r] = _mm256_setzero_ps();
-    for (size_t g = 0; g < G; ++g) {
-      const uint8_t* HWY_RESTRICT cb = tile + g * 256;
-      // The tile after next: two tiles of lead keep the stream ahead across tile boundaries.
-      for (size_t b = 0; b < 256; b += 64) hwy::Prefetch(cb + 2 * s.TileBytes() + b);
-      const int8_t* HWY_RESTRICT qg = x.q8 + g * kScreenGroup;
-      auto xv = [&](size_t k) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qg + 32 * k)); };
-      const __m256i x0 = xv(0), x1 = xv(1), x2 = xv(2), x3 = xv(3);
-      for (size_t r = 0; r < kScreenRows; ++r) {
-        const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + 64 * r));
-        const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + 64 * r + 32));
-        // Bytes 0-31 hold columns 0-31 (low) and 64-95 (high), bytes 32-63 columns 32-63, 96-127.
-        __m256i i = ByteDot(_mm256_setzero_si256(), _mm256_and_si256(c0, low4), x0,
-                            _mm256_and_si256(_mm256_srli_epi16(c0, 4), low4), x2);
-        i = ByteDot(i, _mm256_and_si256(c1, low4), x1, _mm256_and_si256(_mm256_srli_epi16(c1, 4), low4), x3);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(ScreenScale(tile, G, g, r)), acc[r]);
-      }
+  __m256 acc[kScreenRows];
+  for (size_t r = 0; r < kScreenRows; ++r) acc[r] = _mm256_setzero_ps();
+  for (size_t g = 0; g < G; ++g) {
+    const uint8_t* HWY_RESTRICT cb = tile + g * 256;
+    const int8_t* HWY_RESTRICT qg = x.q8 + g * kScreenGroup;
+    auto xv = [&](size_t k) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qg + 32 * k)); };
+    const __m256i x0 = xv(0), x1 = xv(1), x2 = xv(2), x3 = xv(3);
+    for (size_t r = 0; r < kScreenRows; ++r) {
+      const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + 64 * r));
+      const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + 64 * r + 32));
+      // Bytes 0-31 hold columns 0-31 (low) and 64-95 (high), bytes 32-63 columns 32-63, 96-127.
+      __m256i i = ByteDot(_mm256_setzero_si256(), _mm256_and_si256(c0, low4), x0,
+                          _mm256_and_si256(_mm256_srli_epi16(c0, 4), low4), x2);
+      i = ByteDot(i, _mm256_and_si256(c1, low4), x1, _mm256_and_si256(_mm256_srli_epi16(c1, 4), low4), x3);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(ScreenScale(tile, G, g, r)), acc[r]);
     }
-    // Lanes of the 4 rows to one sum each: [r0 r1 r2 r3] in both 128-bit halves, then added.
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    HWY_ALIGN float sums[4];
-    _mm_store_ps(sums, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-    const size_t r0 = t * kScreenRows;
-    ScreenFinish(tile, G, x, sums, out + r0, HWY_MIN(kScreenRows, s.rows - r0));
   }
+  // Lanes of the 4 rows to one sum each: [r0 r1 r2 r3] in both 128-bit halves, then added.
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+  HWY_ALIGN float sums[4];
+  _mm_store_ps(sums, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  ScreenFinish(tile, G, x, sums, out, n);
 }
 #endif
 
-HWY_NOINLINE void ScreenTiles(const ScreenRef& s, const ScreenX& x, size_t t0, size_t t1, float* HWY_RESTRICT out) {
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
-  if (UseByteTiles()) return ScreenTilesBytes(s, x, t0, t1, out);
-#endif
+// One tile's scores for one x into out[0, n): widened int16 products, any target.
+HWY_INLINE void ScreenTileWide(const uint8_t* HWY_RESTRICT tile, size_t G, const ScreenX& x,
+                               float* HWY_RESTRICT out, size_t n) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Repartition<int32_t, decltype(d16)> d32;
   const hn::Rebind<uint8_t, decltype(d16)> d8;
   const size_t N = hn::Lanes(d16);
-  const size_t G = s.Blocks();
   const auto low4 = hn::Set(d16, 15);
-  for (size_t t = t0; t < t1; ++t) {
-    const uint8_t* HWY_RESTRICT tile = s.Tile(t);
-    float sums[kScreenRows] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (size_t g = 0; g < G; ++g) {
-      const int16_t* HWY_RESTRICT qg = x.q16 + g * kScreenGroup;
-      for (size_t r = 0; r < kScreenRows; ++r) {
-        const uint8_t* HWY_RESTRICT cb = tile + g * 256 + 64 * r;
-        auto a = hn::Zero(d32), b = a;  // ReorderWidenMulAccumulate's two halves
-        for (size_t v = 0; v < 64; v += N) {
-          const auto c = hn::PromoteTo(d16, hn::LoadU(d8, cb + v));
-          a = hn::ReorderWidenMulAccumulate(d32, hn::And(c, low4), hn::LoadU(d16, qg + v), a, b);
-          a = hn::ReorderWidenMulAccumulate(d32, hn::ShiftRight<4>(c), hn::LoadU(d16, qg + 64 + v), a, b);
-        }
-        const int32_t dot = hn::GetLane(hn::SumOfLanes(d32, hn::RearrangeToOddPlusEven(a, b)));
-        sums[r] += static_cast<float>(dot) * ScreenScale(tile, G, g, r);
+  float sums[kScreenRows] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (size_t g = 0; g < G; ++g) {
+    const int16_t* HWY_RESTRICT qg = x.q16 + g * kScreenGroup;
+    for (size_t r = 0; r < kScreenRows; ++r) {
+      const uint8_t* HWY_RESTRICT cb = tile + g * 256 + 64 * r;
+      auto a = hn::Zero(d32), b = a;  // ReorderWidenMulAccumulate's two halves
+      for (size_t v = 0; v < 64; v += N) {
+        const auto c = hn::PromoteTo(d16, hn::LoadU(d8, cb + v));
+        a = hn::ReorderWidenMulAccumulate(d32, hn::And(c, low4), hn::LoadU(d16, qg + v), a, b);
+        a = hn::ReorderWidenMulAccumulate(d32, hn::ShiftRight<4>(c), hn::LoadU(d16, qg + 64 + v), a, b);
       }
+      const int32_t dot = hn::GetLane(hn::SumOfLanes(d32, hn::RearrangeToOddPlusEven(a, b)));
+      sums[r] += static_cast<float>(dot) * ScreenScale(tile, G, g, r);
     }
-    const size_t r0 = t * kScreenRows;
-    ScreenFinish(tile, G, x, sums, out + r0, HWY_MIN(kScreenRows, s.rows - r0));
+  }
+  ScreenFinish(tile, G, x, sums, out, n);
+}
+
+// Tile t's stream, prefetched two tiles ahead (lead across tile boundaries); returns its first
+// row and sets *n to its real rows (the last tile may have padding).
+HWY_INLINE size_t ScreenTileStart(const ScreenRef& s, size_t t, size_t* n) {
+  const size_t tile_bytes = s.TileBytes();
+  for (size_t b = 0; b < tile_bytes; b += 64) hwy::Prefetch(s.Tile(t) + 2 * tile_bytes + b);
+  const size_t r0 = t * kScreenRows;
+  *n = HWY_MIN(kScreenRows, s.rows - r0);
+  return r0;
+}
+
+// Tiles [t0, t1) against each of the T rows of x (xs[i], skipped when !xs[i].valid): out[i *
+// out_stride + v]. Rows of x are the inner loop, so a tile comes from memory once per call and
+// from L1 for the other rows: a prefill chunk's scores cost one pass over the screen.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
+SPARK_BYTE_TILE_ATTR HWY_NOINLINE void ScreenTilesBytes(const ScreenRef& s, const ScreenX* xs, size_t T,
+                                                        size_t t0, size_t t1, float* HWY_RESTRICT out,
+                                                        size_t out_stride) {
+  for (size_t t = t0; t < t1; ++t) {
+    size_t n;
+    const size_t r0 = ScreenTileStart(s, t, &n);
+    for (size_t i = 0; i < T; ++i)
+      if (xs[i].valid) ScreenTileBytes(s.Tile(t), s.Blocks(), xs[i], out + i * out_stride + r0, n);
+  }
+}
+#endif
+
+HWY_NOINLINE void ScreenTiles(const ScreenRef& s, const ScreenX* xs, size_t T, size_t t0, size_t t1,
+                              float* HWY_RESTRICT out, size_t out_stride) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
+  if (UseByteTiles()) return ScreenTilesBytes(s, xs, T, t0, t1, out, out_stride);
+#endif
+  for (size_t t = t0; t < t1; ++t) {
+    size_t n;
+    const size_t r0 = ScreenTileStart(s, t, &n);
+    for (size_t i = 0; i < T; ++i)
+      if (xs[i].valid) ScreenTileWide(s.Tile(t), s.Blocks(), xs[i], out + i * out_stride + r0, n);
   }
 }
 

@@ -445,20 +445,6 @@ HWY_INLINE void MultiTile(P w, const float* HWY_RESTRICT scale, size_t cols,
   }
 }
 
-// Column vectors per MultiTile of kG rows of u: kG x kC sums and kC value vectors in registers.
-// Each tile walks all n value rows once per strip of kC vectors, so wider strips mean fewer
-// strided passes over the rows: with AVX-512's 32 registers 4 x 4 or 2 x 8 (Gemma 2 2B decode
-// attention at 4096, value sums of a KV head's 2 query heads, 1 thread: 2 x 2 strips made 8
-// passes of one 64-byte line per bf16 row and ran at ~8 GB/s); AVX2 has 16: 4 x 2.
-template <size_t kG>
-constexpr size_t MultiCols() {
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  return kG >= 4 ? 4 : 8;
-#else
-  return 2;
-#endif
-}
-
 // Rows [g0, g0 + kG) of u at the vector columns [c, c1): strips of kC vectors, then 2, then 1.
 template <size_t kG, size_t kC, class P>
 HWY_INLINE void MultiStrips(P w, const float* HWY_RESTRICT scale, size_t cols,

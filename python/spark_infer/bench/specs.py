@@ -54,13 +54,15 @@ def resolve_spec(spec: str, dtype: str, args: argparse.Namespace, notes: list[st
 
     if "@" in spec and not os.path.exists(spec):
         spec, dtype = spec.rsplit("@", 1)
+    # Random-weight models given the screened LM head say so in their label.
+    screen = f" +screen{args.lm_head_screen:g}" if args.lm_head_screen > 0 else ""
     force_random = spec.startswith("random:")
     name = spec[len("random:"):] if force_random else spec
     if os.path.exists(name) and not force_random:
         p = Path(name)
         if p.suffix == ".json":
             cfg = ModelConfig.from_json(p.read_text())
-            return (f"{p.stem} {dtype}", _random_model_file(cfg, p.stem, dtype, args.seed,
+            return (f"{p.stem} {dtype}{screen}", _random_model_file(cfg, p.stem, dtype, args.seed,
                                                             _cache_root(args),
                                                             args.lm_head_screen), "random")
         return p.name, p, "file"
@@ -73,6 +75,6 @@ def resolve_spec(spec: str, dtype: str, args: argparse.Namespace, notes: list[st
             notes.append(f"{name}: the real model is not installed ({e}); using random weights")
     if name not in PRESETS:
         raise ValueError(f"model {spec!r} is neither a file nor one of: {', '.join(PRESETS)}")
-    label = f"{name} {dtype}" + (" (random)" if name in models.MODELS else "")
+    label = f"{name} {dtype}{screen}" + (" (random)" if name in models.MODELS else "")
     return label, _random_model_file(preset(name), name, dtype, args.seed, _cache_root(args),
                                      args.lm_head_screen), "random"
