@@ -43,6 +43,10 @@ def test_logits_equal_reference(model, model_path):
     assert np.max(np.abs(exact - expected)) < 1e-4 * np.max(np.abs(expected))
     with pytest.raises(ValueError, match="kv_dtype"):
         spark_infer.load(model_path, kv_dtype="f16")
+    mapped = spark_infer.load(model_path, context_length=96, kv_dtype="f32", use_mmap=True)
+    np.testing.assert_array_equal(mapped.logits(ids), exact)   # the same bytes, mapped
+    with pytest.raises(ValueError, match="use_mmap"):
+        spark_infer.load(model_path, use_mmap="yes")
 
 
 def test_greedy_is_the_argmax_chain(model, model_path):

@@ -186,6 +186,23 @@ def test_prefill_and_decode_match_reference(kind, kv_dtype, model_files):
     assert engine.pos == 20
 
 
+@pytest.mark.parametrize("kind", ["gemma3", "spark_all", "gemma2"])
+def test_mapped_and_read_weights_agree(kind, model_files):
+    """use_mmap=True maps the file; the default reads it into huge-page memory: both hold the
+    same bytes, so both match the reference and each other bit for bit."""
+    cfg = KINDS[kind]
+    path, weights = model_files(kind)
+    tokens = tokens_for(cfg, 12)
+    expected = reference.forward(cfg, weights, tokens, "bf16")
+    got = {}
+    for use_mmap in (False, True):
+        engine = _core.Engine(path, context_length=16, use_mmap=use_mmap)
+        got[use_mmap] = np.concatenate([engine.prefill(tokens[:7], chunk=4, all_logits=True),
+                                        np.stack([engine.decode(int(t)) for t in tokens[7:]])])
+        assert rel_err(got[use_mmap], expected) < REL_TOL_BF16_KV
+    np.testing.assert_array_equal(got[False], got[True])
+
+
 @pytest.mark.parametrize("kind", ["gemma3", "spark_all", "sparse_all_gemma2", "sparse_attn"])
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_quantized_weights_match_reference_on_dequantized(kind, dtype, model_files):
@@ -479,13 +496,14 @@ HOSTILE = {
 }
 
 
+@pytest.mark.parametrize("use_mmap", [False, True])
 @pytest.mark.parametrize("attack", list(HOSTILE))
-def test_hostile_files_raise_format_error(attack, model_files, tmp_path):
+def test_hostile_files_raise_format_error(attack, use_mmap, model_files, tmp_path):
     path, _ = model_files("gemma3")
     bad = str(tmp_path / "bad.spark")
     HOSTILE[attack](path, bad)
     with pytest.raises(_core.FormatError) as info:
-        _core.Engine(bad, context_length=8)
+        _core.Engine(bad, context_length=8, use_mmap=use_mmap)
     assert isinstance(info.value, ValueError)
     assert str(info.value)  # a message, in words
 

@@ -73,15 +73,15 @@ Arguments:
     but a rewind past what the ring holds re-runs the prompt: see rewind).
 )doc")
       .def(py::init([](const std::string& path, size_t context_length, size_t max_chunk,
-                       const std::string& kv_dtype, bool swa_full) {
+                       const std::string& kv_dtype, bool swa_full, bool use_mmap) {
              if (kv_dtype != "bf16" && kv_dtype != "f32")
                throw py::value_error("kv_dtype must be 'bf16' or 'f32', got '" + kv_dtype + "'");
              const WeightType kv = kv_dtype == "f32" ? WeightType::kF32 : WeightType::kBF16;
              py::gil_scoped_release release;
-             return std::make_unique<Engine>(path, context_length, max_chunk, kv, swa_full);
+             return std::make_unique<Engine>(path, context_length, max_chunk, kv, swa_full, use_mmap);
            }),
            arg("path"), arg("context_length"), arg("max_chunk") = 64, arg("kv_dtype") = "bf16",
-           py::kw_only(), arg("swa_full") = false)
+           py::kw_only(), arg("swa_full") = false, arg("use_mmap") = false)
       .def_property_readonly("metadata", [](const Engine& e) {
         py::dict d;
         for (const auto& [k, v] : e.metadata()) d[py::str(k)] = py::bytes(v);

@@ -86,8 +86,9 @@ void EmbeddingRow(const MatRef& m, size_t r, float scale, float* out) {
 
 }  // namespace
 
-Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type, bool swa_full)
-    : file_(path), ctx_(context_length), pool_(PhysicalCores()),
+Engine::Engine(const std::string& path, size_t context_length, size_t max_chunk, WeightType kv_type, bool swa_full,
+               bool use_mmap)
+    : file_(path, use_mmap ? MappedFile::Access::kMap : MappedFile::Access::kRead), ctx_(context_length), pool_(PhysicalCores()),
       chunk_sparse_cache_bytes_(LastLevelCacheBytes() / 2) {
   config_ = ReadEngineConfig(file_);  // the one reader (model/engine_file.h)
   weights_ = ModelWeights::Load(file_, config_);

@@ -49,8 +49,9 @@ class Engine {
   // larger than the machine's memory). max_chunk above context_length is cut to it. Threads:
   // PhysicalCores() until set_threads.
   // kv_type: the KV cache's element type, kBF16 (default) or kF32. swa_full: no ring buffers.
+  // use_mmap: map the file instead of reading it into huge pages (util/huge_pages.h).
   Engine(const std::string& path, size_t context_length, size_t max_chunk = 64,
-         WeightType kv_type = WeightType::kBF16, bool swa_full = false);
+         WeightType kv_type = WeightType::kBF16, bool swa_full = false, bool use_mmap = false);
 
   const ModelConfig& config() const { return config_; }
   const std::map<std::string, std::string>& metadata() const { return file_.metadata(); }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "hwy/aligned_allocator.h"
+#include "util/huge_pages.h"
 #include "weights/types.h"
 
 namespace spark {
@@ -91,6 +92,7 @@ struct KVCache {
   static hwy::AlignedFreeUniquePtr<uint8_t[]> Bytes(size_t n) {
     auto p = hwy::AllocateAligned<uint8_t>(n ? n : 1);
     if (!p) throw std::bad_alloc();
+    AdviseHugePages(p.get(), n);  // before the first touch (util/huge_pages.h)
     return p;
   }
   uint8_t* Row(const Layer& l, uint8_t* base, size_t g, size_t row, size_t cols) const {

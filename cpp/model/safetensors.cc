@@ -22,7 +22,7 @@ bool MulOverflows(size_t a, size_t b, size_t* out) { return __builtin_mul_overfl
 
 }  // namespace
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
+SafetensorsFile::SafetensorsFile(const std::string& path, MappedFile::Access access) : file_(path, access) {
   const std::string where = path + ": ";
   const size_t size = file_.size();
   if (size < 8) throw FormatError(where + "truncated (shorter than the 8-byte header size)");

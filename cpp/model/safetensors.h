@@ -32,7 +32,8 @@ struct TensorInfo {
 
 class SafetensorsFile {
  public:
-  explicit SafetensorsFile(const std::string& path);  // maps and validates
+  // Maps (or reads, MappedFile::Access) and validates.
+  explicit SafetensorsFile(const std::string& path, MappedFile::Access access = MappedFile::Access::kMap);
 
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }

@@ -8,12 +8,13 @@
 #include <unistd.h>
 
 #include <stdexcept>
+#include <string>
 
 #include "util/json.h"
 
 namespace spark {
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+MappedFile::MappedFile(const std::string& path, Access access) : path_(path) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -30,6 +31,29 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     close(fd);
     throw FormatError(path + ": the file is empty");
   }
+  if (access == Access::kRead) {
+    try {
+      copy_ = HugeBuffer(size_);
+    } catch (const std::bad_alloc&) {
+      close(fd);
+      throw std::runtime_error("cannot allocate " + std::to_string(size_) + " bytes to read " + path);
+    }
+    size_t done = 0;
+    while (done < size_) {
+      const ssize_t r = pread(fd, copy_.data() + done, size_ - done, static_cast<off_t>(done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        const std::string why = r == 0 ? "the file shrank while it was read" : strerror(errno);
+        close(fd);
+        throw std::runtime_error("cannot read " + path + ": " + why);
+      }
+      done += static_cast<size_t>(r);
+    }
+    close(fd);
+    copy_.Protect();
+    data_ = copy_.data();
+    return;
+  }
   void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
   close(fd);
   if (p == MAP_FAILED) throw std::runtime_error("cannot map " + path + ": " + strerror(errno));
@@ -37,7 +61,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
 }
 
 MappedFile::~MappedFile() {
-  if (data_) munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_ && !copy_.data()) munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 }  // namespace spark

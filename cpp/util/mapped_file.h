@@ -1,4 +1,5 @@
-// mapped_file.h: a read-only memory map of a whole file (weights are views into it).
+// mapped_file.h: a whole file's bytes in read-only memory (weights are views into them): a map
+// of the file, or a private copy in huge pages (util/huge_pages.h says why).
 #ifndef SPARK_UTIL_MAPPED_FILE_H_
 #define SPARK_UTIL_MAPPED_FILE_H_
 
@@ -7,12 +8,19 @@
 
 #include <string>
 
+#include "util/huge_pages.h"
+
 namespace spark {
 
 class MappedFile {
  public:
-  // Throws std::system_error-like std::runtime_error (FileNotFound -> std::invalid_argument).
-  explicit MappedFile(const std::string& path);
+  enum class Access {
+    kMap,   // mmap: pages come from the page cache on first touch, shared between processes
+    kRead,  // read whole into private memory advised for huge pages: a load-time copy, faster
+            // streaming after it
+  };
+  // Throws std::runtime_error (no such file -> std::invalid_argument; empty -> FormatError).
+  explicit MappedFile(const std::string& path, Access access = Access::kMap);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -25,6 +33,7 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  HugeBuffer copy_;  // Access::kRead: holds the bytes (data_ points into it)
 };
 
 }  // namespace spark
