@@ -265,6 +265,28 @@ def test_lm_head_screen_gives_random_models_the_screen(tmp_path: Path) -> None:
     assert engine.screen_rescored > 0
 
 
+def test_bytes_per_token_of_a_screened_lm_head(tmp_path: Path) -> None:
+    """With the screened LM head a decode step reads the screen (4.25 bits a weight: 4-bit
+    codes and an f32 d per 128 weights) and the rescored rows of token_embd, not all of it."""
+    cfg = DENSE.replace(d_model=128)
+    plain = bench._random_model_file(cfg, "d128", "bf16", 0, tmp_path)
+    screened = bench._random_model_file(cfg, "d128", "bf16", 0, tmp_path, lm_head_screen=10.0)
+    scfg = cfg.replace(lm_head_screen_margin=10.0)
+    frac, att = [1.0] * cfg.n_layers, [8.0] * cfg.n_layers
+    exact = bench.decode_bytes_per_token(cfg, bench.tensor_bytes(plain), 8, frac, att)
+    got = bench.decode_bytes_per_token(scfg, bench.tensor_bytes(screened), 8, frac, att,
+                                       lm_head_rows=3.0)
+    V, d = cfg.vocab_size, cfg.d_model
+    screen = (V + 3) // 4 * (d // 128 * 272)                  # 4 rows a tile, 272 bytes a block
+    norm = 4 * d                                              # output_norm, f32
+    assert exact["by_component"]["logits"] == pytest.approx(2 * V * d + norm)   # bf16 head
+    assert got["by_component"]["logits"] == pytest.approx(screen + 3 * 2 * d + norm)
+    assert got["total"] - got["by_component"]["logits"] == pytest.approx(
+        exact["total"] - exact["by_component"]["logits"])
+    none = bench.decode_bytes_per_token(scfg, bench.tensor_bytes(screened), 8, frac, att)
+    assert none["by_component"]["logits"] == pytest.approx(screen + norm)
+
+
 def test_bytes_per_token_of_sparsified_models(tmp_path: Path) -> None:
     """Sparsified FFN: the predictor (or gate) whole, kept rows of up and down_t at the active
     fraction (abs_act: up whole too); sparsified attention: the r_a scan plus the kept rows.

@@ -109,7 +109,7 @@ Arguments:
                     "kernels, larger ones the neuron-grouped kernels (default: half the LLC).")
       .def_property("lm_head_screen", &Engine::lm_head_screen, &Engine::set_lm_head_screen,
                     "The screened LM head (files with lm_head_screen_margin > 0; on by default): "
-                    "logits from the q4 screen, those within the margin of the largest recomputed "
+                    "logits from the screen (screen4), those within the margin of the largest recomputed "
                     "from token_embd. False: every logit from token_embd.")
       .def_property_readonly("screen_rescored", &Engine::screen_rescored,
                              "Logits the screened head recomputed exactly in the last prefill / "

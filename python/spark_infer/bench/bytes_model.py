@@ -36,12 +36,18 @@ def _visible(cfg: ModelConfig, layer: int, pos: int) -> int:
 
 def decode_bytes_per_token(cfg: ModelConfig, tb: dict[str, int], context: int,
                            ffn_active: Sequence[float], attn_tokens: Sequence[float],
-                           kv_dtype: str = "bf16") -> dict[str, float]:
+                           kv_dtype: str = "bf16", lm_head_rows: float | None = None) -> dict[str, float]:
     """Weight and KV bytes one decode step at context `context` touches (module docstring;
     `kv_dtype`: the cache's element type, "bf16" or "f32"),
     with the split by the engine's time components (attention: its norms, Q/K/V/O and the KV
-    cache; ffn: its norms and matrices; logits: the tied embedding read as the LM head)."""
-    logits = float(_with_scale(tb, "token_embd") + tb.get("output_norm", 0))
+    cache; ffn: its norms and matrices; logits: the tied embedding read as the LM head, or with
+    the screened LM head the screen plus `lm_head_rows` rows of the embedding, the mean
+    rescored a token: `Engine.screen_rescored`; None counts the screen alone)."""
+    if cfg.lm_head_screen_margin > 0 and "token_embd_screen" in tb:
+        row = _with_scale(tb, "token_embd") / cfg.vocab_size
+        logits = float(tb["token_embd_screen"] + (lm_head_rows or 0.0) * row + tb.get("output_norm", 0))
+    else:
+        logits = float(_with_scale(tb, "token_embd") + tb.get("output_norm", 0))
     weights = logits
     ffn_bytes = 0.0
     kv = 0.0

@@ -25,6 +25,7 @@ class Sample:
     times: dict[str, float] | None = None        # seconds per component, summed over calls
     ffn_active: list[float] | None = None        # per layer, mean over calls
     attn_tokens: list[float] | None = None       # per layer, mean over calls
+    lm_head_rows: float | None = None            # screened LM head: rows rescored, mean over calls
 
     @property
     def tok_s(self) -> float:
@@ -90,6 +91,7 @@ class EngineRunner:
         times = dict.fromkeys(COMPONENTS, 0.0)
         ffn = np.zeros(self.cfg.n_layers)
         att = np.zeros(self.cfg.n_layers)
+        rescored = 0.0
         for tok in steps:
             if e.pos != context:
                 raise RuntimeError(f"{self.label}: cache at {e.pos}, expected {context}")
@@ -101,9 +103,10 @@ class EngineRunner:
                 times[k] += t[k]
             ffn += f
             att += a
+            rescored += e.screen_rescored
             e.rewind(context)
         n = len(steps)
-        return Sample(n, seconds, times, (ffn / n).tolist(), (att / n).tolist())
+        return Sample(n, seconds, times, (ffn / n).tolist(), (att / n).tolist(), rescored / n)
 
     def close(self) -> None:
         del self.engine

@@ -54,7 +54,9 @@ def _point(runner: Any, mode: str, threads: int, context: int, samples: list[Sam
         r["attn_tokens_mean"] = float(np.mean(att))
     cfg = getattr(runner, "cfg", None)
     if mode == "decode" and cfg is not None and ffn is not None:
-        b = decode_bytes_per_token(cfg, runner.tb, context, ffn, att, runner.kv_dtype)
+        rows = [s.lm_head_rows for s in samples if s.lm_head_rows is not None]
+        b = decode_bytes_per_token(cfg, runner.tb, context, ffn, att, runner.kv_dtype,
+                                   float(np.mean(rows)) if rows else None)
         r["bytes_per_token"] = b
         _bandwidth_fields(r, [b["total"] * t / 1e9 for t in tok_s], probes)
     elif mode == "decode" and runner.kind == "llama.cpp":
