@@ -46,7 +46,7 @@ class EngineRunner:
         self.tb = tensor_bytes(path)
         t0 = time.perf_counter()
         self.engine = _core.Engine(str(path), context, max_chunk=chunk, kv_dtype=kv_dtype)
-        self.engine.decode(0)          # first call: page-faults the mapping (cold load)
+        self.engine.decode(0)          # first call: touches the buffers (cold start)
         self.load_s = time.perf_counter() - t0
         self.engine.reset()
         self.dtype = self.engine.weight_type
