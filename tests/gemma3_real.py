@@ -37,10 +37,15 @@ def gguf_file() -> Path:
     return Path(pkg.assemble(workdir() / pkg.MODEL_NAME))
 
 
-@functools.lru_cache(maxsize=None)
 def engine_file(dtype: str = "f32", embed_dtype: str | None = None) -> Path:
     """The GGUF converted as `models.resolve_model` converts it (the dtype's default LM-head
-    screen included), into this session's work directory."""
+    screen included), into this session's work directory; once per setting ("q4" and
+    ("q4", "q4") are one)."""
+    return _engine_file(dtype, None if embed_dtype == dtype else embed_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _engine_file(dtype: str, embed_dtype: str | None) -> Path:
     from spark_infer import models
     from spark_infer.convert import convert
 

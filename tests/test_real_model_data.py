@@ -254,6 +254,10 @@ def test_resolve_model_converts_once(monkeypatch, tmp_path):
 
 def test_default_setting():
     assert models.default_setting() == (models.DEFAULT_DTYPE, models.DEFAULT_EMBED_DTYPE)
+    assert (models.DEFAULT_DTYPE, models.DEFAULT_EMBED_DTYPE) == ("q4", "q4")
+    # The sparsified model keeps the setting its sparsity was measured in.
+    assert models.default_setting(name="gemma3-270m-sparse") == ("int8", "int8")
+    assert models.default_setting("bf16", name="gemma3-270m-sparse") == ("bf16", "bf16")
     assert models.default_setting("f32") == ("f32", "f32")          # as convert does
     assert models.default_setting("int8", "bf16") == ("int8", "bf16")
     assert models.default_setting(None, "f32") == (models.DEFAULT_DTYPE, "f32")

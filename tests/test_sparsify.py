@@ -301,14 +301,14 @@ def test_refit_reduces_the_ffn_error_on_held_out_text(tiny, tmp_path):
 
 @real.needs_gemma3
 def test_embedded_sparse_model_stays_within_the_perplexity_bound(tmp_path, monkeypatch):
-    """gemma3-270m-sparse in the default weight setting (int8), made from the dense file of that
+    """gemma3-270m-sparse in its default weight setting (int8), made from the dense file of that
     setting as load() makes it on first use: its realised FFN fraction matches the spec, its
     perplexity on both evaluation texts is within 3 % of the dense model's, and its next-token
     choice agrees with the dense model's."""
     import spark_infer
     from spark_infer import models
 
-    dtype, embed_dtype = models.default_setting()
+    dtype, embed_dtype = models.default_setting(name="gemma3-270m-sparse")
     dense = real.engine_file(dtype, embed_dtype)
     monkeypatch.setenv("SPARK_INFER_CACHE", str(tmp_path))
     os.symlink(dense, models.cached_path("gemma3-270m", dtype, embed_dtype))

@@ -37,11 +37,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None,
                    help="engine file, or an embedded model name (default: gemma3-270m)")
     p.add_argument("--dtype", default=None, choices=DTYPES,
-                   help="matrix weights of an embedded model (default: int8, the fastest "
-                        "within 1%% of f32's perplexity)")
+                   help="matrix weights of an embedded model (default: q4 for gemma3-270m, "
+                        "the fastest within 1%% of f32's perplexity; int8 for gemma3-270m-sparse)")
     p.add_argument("--embed-dtype", default=None, choices=DTYPES,
                    help="embedding / LM-head weights of an embedded model (default: --dtype, "
-                        "or int8)")
+                        "or the model's default)")
     p.add_argument("-t", "--threads", type=_positive_int, default=None,
                    help="kernel threads (default: physical cores)")
     p.add_argument("-c", "--context-length", type=_positive_int, default=None,

@@ -97,8 +97,10 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
       dtype: weight type of an embedded model's matrices: "bf16", "int8", "q4", "q5" or "f32"
         ("q4" keeps each tensor of the quantized GGUF at its own precision: q4, q5 or int8).
       embed_dtype: weight type of its tied embedding / LM head (default: `dtype`). With neither
-        given, the embedded default setting (models.DEFAULT_DTYPE, models.DEFAULT_EMBED_DTYPE):
-        the fastest measured one whose perplexity stays within 1 % of f32's (README). An
+        given, the model's default setting (gemma3-270m: models.DEFAULT_DTYPE,
+        models.DEFAULT_EMBED_DTYPE, "q4" with the screened LM head, the fastest measured one
+        whose perplexity stays within 1 % of f32's; gemma3-270m-sparse: "int8", the setting its
+        sparsity was measured in; README). An
         engine file has its own dtypes: passing either with a path is a ValueError.
       chunk_size: tokens per prefill chunk (default 64; cut to the context length).
       kv_dtype: the KV cache's element type, "bf16" (default: half the bytes attention reads;
@@ -129,7 +131,7 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
 
     name = DEFAULT_MODEL if model is None else os.fspath(model)
     if name in models.MODELS:
-        dtype, embed_dtype = models.default_setting(dtype, embed_dtype)
+        dtype, embed_dtype = models.default_setting(dtype, embed_dtype, name)
         path = models.resolve_model(name, dtype=dtype, embed_dtype=embed_dtype)
     else:
         if dtype is not None or embed_dtype is not None:
