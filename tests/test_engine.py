@@ -496,6 +496,19 @@ HOSTILE = {
 }
 
 
+def test_a_file_larger_than_memory_must_be_mapped(tmp_path):
+    """Reading a copy larger than the machine's memory would be killed mid-read: refused in
+    words, pointing at use_mmap=True (a sparse file: no disk used)."""
+    big = tmp_path / "big.spark"
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with open(big, "wb") as f:
+        f.truncate(2 * ram)
+    with pytest.raises(ValueError, match="larger than this machine's memory.*use_mmap=True"):
+        _core.Engine(str(big), context_length=8)
+    with pytest.raises(_core.FormatError):     # mapped: read as any other file (a bad header)
+        _core.Engine(str(big), context_length=8, use_mmap=True)
+
+
 @pytest.mark.parametrize("use_mmap", [False, True])
 @pytest.mark.parametrize("attack", list(HOSTILE))
 def test_hostile_files_raise_format_error(attack, use_mmap, model_files, tmp_path):

@@ -32,6 +32,15 @@ MappedFile::MappedFile(const std::string& path, Access access) : path_(path) {
     throw FormatError(path + ": the file is empty");
   }
   if (access == Access::kRead) {
+    // A copy larger than the machine's memory would be killed while it is read (anonymous
+    // memory is overcommitted); a map of the file still runs, from the page cache.
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0 && size_ > static_cast<size_t>(pages) * static_cast<size_t>(page)) {
+      close(fd);
+      throw std::invalid_argument(path + " (" + std::to_string(size_ >> 20) + " MiB) is larger than this machine's memory (" +
+                                  std::to_string((static_cast<size_t>(pages) * static_cast<size_t>(page)) >> 20) +
+                                  " MiB): map it instead (use_mmap=True)");
+    }
     try {
       copy_ = HugeBuffer(size_);
     } catch (const std::bad_alloc&) {

@@ -19,7 +19,8 @@ class MappedFile {
     kRead,  // read whole into private memory advised for huge pages: a load-time copy, faster
             // streaming after it
   };
-  // Throws std::runtime_error (no such file -> std::invalid_argument; empty -> FormatError).
+  // Throws std::runtime_error (no such file, or kRead of a file larger than the machine's
+  // memory -> std::invalid_argument; empty -> FormatError).
   explicit MappedFile(const std::string& path, Access access = Access::kMap);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
