@@ -124,6 +124,9 @@ def test_generate_with_penalties(model_path):
                     "--frequency-penalty", "1", "--presence-penalty", "1")
     assert plain.returncode == 0 and penalized.returncode == 0, penalized.stderr
     assert penalized.stdout.strip() and penalized.stdout != plain.stdout
+    mapped = run(*common, "--mmap")   # the same bytes, mapped: the same greedy text
+    assert mapped.returncode == 0, mapped.stderr
+    assert mapped.stdout.split("\nprefill:")[0] == plain.stdout.split("\nprefill:")[0]
 
 
 def test_chat_outgrowing_the_context_keeps_the_session(model_path):

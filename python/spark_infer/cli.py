@@ -44,6 +44,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "or the model's default)")
     p.add_argument("-t", "--threads", type=_positive_int, default=None,
                    help="kernel threads (default: physical cores)")
+    p.add_argument("--mmap", action="store_true",
+                   help="map the engine file instead of reading it into memory (load(use_mmap="
+                        "True); README, \"Weights in memory\"): lazy loading, pages shared with "
+                        "other processes and serve's --parallel engines, decode a few %% slower")
     p.add_argument("-c", "--context-length", type=_positive_int, default=None,
                    help="KV-cache positions (default: 4096)")
 
@@ -85,7 +89,7 @@ def _load(args: argparse.Namespace):
     from spark_infer.model import load
 
     return load(args.model, threads=args.threads, context_length=args.context_length,
-                dtype=args.dtype, embed_dtype=args.embed_dtype)
+                dtype=args.dtype, embed_dtype=args.embed_dtype, use_mmap=args.mmap)
 
 
 def _print_speed(model) -> None:

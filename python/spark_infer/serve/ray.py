@@ -33,6 +33,7 @@ class ReplicaConfig:
     context_length: int | None = None
     dtype: str | None = None         # embedded models only (see load())
     embed_dtype: str | None = None
+    use_mmap: bool = False           # see load()
     api_key: str | None = None
     max_queue: int = 64
 
@@ -48,7 +49,7 @@ class _Replica:
         per_engine = max(1, cfg.threads // cfg.parallel)
         self.cfg = cfg
         self.models = [load(cfg.model, threads=per_engine, context_length=cfg.context_length,
-                            dtype=cfg.dtype, embed_dtype=cfg.embed_dtype)
+                            dtype=cfg.dtype, embed_dtype=cfg.embed_dtype, use_mmap=cfg.use_mmap)
                        for _ in range(cfg.parallel)]
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ReplicaConfig(model=args.model, model_name=name, aliases=tuple(aliases),
                         threads=args.threads or 1, parallel=args.parallel,
                         context_length=args.context_length, dtype=args.dtype,
-                        embed_dtype=args.embed_dtype, api_key=args.api_key,
+                        embed_dtype=args.embed_dtype, use_mmap=bool(getattr(args, "mmap", False)),
+                        api_key=args.api_key,
                         max_queue=args.max_queue)
     ray.init(ignore_reinit_error=True, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})

@@ -43,7 +43,8 @@ def load_models(args: argparse.Namespace) -> list[Any]:
 
     def one(threads: int | None) -> Any:
         return load(args.model, threads=threads, context_length=args.context_length,
-                    dtype=args.dtype, embed_dtype=args.embed_dtype)
+                    dtype=args.dtype, embed_dtype=args.embed_dtype,
+                    use_mmap=bool(getattr(args, "mmap", False)))
 
     first = one(args.threads)
     if args.threads is None and args.parallel > 1:
