@@ -6,7 +6,9 @@ so the host's bandwidth swings reach both alike; medians of the per-token times 
         [--blocks 60] [--output FILE]
 
 A model is an embedded name with its dtype (gemma3-270m@q4) or an engine file's path. Prompts
-are the KJV text when the model has a tokenizer, random ids otherwise.
+are the shipped calibration text when the model has a tokenizer (the bench's `--tokens text`),
+random ids otherwise (`spark_infer.bench.bench_tokens`). Also prints each load's seconds: the
+read copies the file (from the page cache when it was read before), the map defers the reads.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import time
 import numpy as np
 
 import spark_infer
-from spark_infer.bench import machine_info
+from spark_infer.bench import bench_tokens, machine_info
+from spark_infer.data import calibration_text
 
 STEPS_PER_BLOCK = 4
-TEXT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "kjv_ruth_1_2.txt")
 
 
 def load(model: str, use_mmap: bool, context: int, threads: int) -> spark_infer.Model:
@@ -36,20 +38,19 @@ def load(model: str, use_mmap: bool, context: int, threads: int) -> spark_infer.
 
 
 def prompt_ids(m: spark_infer.Model, n: int) -> np.ndarray:
-    if m.tokenizer is not None:
-        with open(TEXT, encoding="utf-8") as f:
-            text = f.read()
-        ids = m.tokenize(text)
-        while len(ids) < n:
-            ids = ids + ids
-        return np.asarray(ids[:n], np.int32)
-    return np.random.default_rng(0).integers(0, m.config.vocab_size, n).astype(np.int32)
+    if m.tokenizer is None:
+        return bench_tokens(0, m.config.vocab_size, n)
+    ids = m.tokenize(calibration_text())
+    return np.resize(np.asarray(ids, np.int32), n)   # repeated as needed
 
 
 def measure(model: str, context: int, blocks: int, threads: int) -> dict[str, float]:
     steps = blocks * STEPS_PER_BLOCK
-    engines = {mode: load(model, mode == "mmap", context + steps + 8, threads)
-               for mode in ("read", "mmap")}
+    engines, load_s = {}, {}
+    for mode in ("read", "mmap"):
+        t = time.perf_counter()
+        engines[mode] = load(model, mode == "mmap", context + steps + 8, threads)
+        load_s[mode] = time.perf_counter() - t
     ids = prompt_ids(engines["read"], context + steps)
     for m in engines.values():
         m.engine.reset()
@@ -65,7 +66,8 @@ def measure(model: str, context: int, blocks: int, threads: int) -> dict[str, fl
                 e.decode(tok)
                 times[mode].append(time.perf_counter() - t)
     read, mapped = (statistics.median(times[m]) * 1e3 for m in ("read", "mmap"))
-    return {"read_ms": read, "mmap_ms": mapped, "mmap_over_read": mapped / read}
+    return {"read_ms": read, "mmap_ms": mapped, "mmap_over_read": mapped / read,
+            "read_load_s": load_s["read"], "mmap_load_s": load_s["mmap"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             r.update(model=model, context=context)
             results.append(r)
             print(f"{model:24s} ctx {context:5d}  read {r['read_ms']:7.3f}  mmap {r['mmap_ms']:7.3f}  "
-                  f"mmap / read {r['mmap_over_read']:.3f}", flush=True)
+                  f"mmap / read {r['mmap_over_read']:.3f}  load s read {r['read_load_s']:.2f} "
+                  f"mmap {r['mmap_load_s']:.2f}", flush=True)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump({"machine": info, "thp": thp, "threads": args.threads,

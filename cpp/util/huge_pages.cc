@@ -23,7 +23,7 @@ void AdviseHugePages(void* p, size_t n) {
 #endif
 }
 
-HugeBuffer::HugeBuffer(size_t n) : size_(n), mapped_(RoundUp(n ? n : 1, kHugePageBytes)) {
+HugeBuffer::HugeBuffer(size_t n) : mapped_(RoundUp(n ? n : 1, kHugePageBytes)) {
   // Map one huge page more than needed and trim both ends, so the buffer starts on a 2 MiB
   // boundary whatever address the kernel picks.
   const size_t over = mapped_ + kHugePageBytes;
@@ -42,14 +42,12 @@ HugeBuffer::~HugeBuffer() {
 
 HugeBuffer::HugeBuffer(HugeBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)),
       mapped_(std::exchange(other.mapped_, 0)) {}
 
 HugeBuffer& HugeBuffer::operator=(HugeBuffer&& other) noexcept {
   if (this != &other) {
     if (data_) munmap(data_, mapped_);
     data_ = std::exchange(other.data_, nullptr);
-    size_ = std::exchange(other.size_, 0);
     mapped_ = std::exchange(other.mapped_, 0);
   }
   return *this;

@@ -112,7 +112,7 @@ def load(model: str | os.PathLike[str] | None = None, *, threads: int | None = N
         tokens were generated past that prefix.
       use_mmap: map the engine file instead of reading it into memory. By default the weights
         are read into private memory advised for transparent huge pages: loading copies the
-        file once, and decode streams the weights faster (Gemma 3 270M q4 ~6 % on the AMD EPYC
+        file once, and decode streams the weights faster (Gemma 3 270M q4 5-11 % on the AMD EPYC
         VM; README, "Weights in memory"). A map loads lazily and shares its pages with other
         processes mapping the same file (several servers of one model), as llama.cpp's default
         does.
